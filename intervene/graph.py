@@ -1,0 +1,223 @@
+"""The model graph's names: nodes, receivers, patterns, and the shape they are checked against.
+
+This module owns the *vocabulary* of DESIGN.md §1 and nothing else. It is pure Python (no
+torch, no pydantic) so that the spec layer can check names without loading a model.
+
+Node names (the field's circuit-tool names, so a head list can be pasted from a paper)::
+
+    input        token embedding (+ learned positions)
+    a{l}.h{h}    head h of layer l
+    m{l}         MLP of layer l
+    r{l}         the residual stream entering layer l (r{L} is the final residual)
+    logits       the output (a receiver only)
+
+Patterns select nodes: ``a*.h*`` (every head), ``a9.*`` (every head of layer 9), ``m*``,
+``m{0..5}`` (a range, inclusive), ``a{3,5}.h{0..2}`` (sets and ranges), ``r*``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from dataclasses import dataclass
+from typing import Iterable, Literal
+
+NodeKind = Literal["input", "head", "mlp", "resid", "logits"]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the names are checked against: layer and head counts and the block layout."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    parallel: bool = False
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per key/value group (1 without grouped-query attention)."""
+        return self.n_heads // self.n_kv_heads
+
+
+@dataclass(frozen=True, order=True)
+class Node:
+    """A component whose output is written to the residual stream (or a residual cut)."""
+
+    kind: NodeKind
+    layer: int = -1
+    head: int = -1
+
+    def __str__(self) -> str:
+        if self.kind == "head":
+            return f"a{self.layer}.h{self.head}"
+        if self.kind == "mlp":
+            return f"m{self.layer}"
+        if self.kind == "resid":
+            return f"r{self.layer}"
+        return self.kind
+
+    @property
+    def sort_key(self) -> tuple[int, int, int]:
+        """Order in the forward pass: input, then per layer r, heads, mlp; logits last."""
+        rank = {"input": (-1, 0), "resid": (0, 0), "head": (0, 1), "mlp": (0, 2), "logits": (10**9, 0)}
+        base, sub = rank[self.kind]
+        return (self.layer + base if self.kind not in ("input", "logits") else base, sub, self.head)
+
+
+class PatternError(ValueError):
+    """A node pattern that does not parse."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class NodeRangeError(ValueError):
+    """A well-formed pattern that names nodes the model does not have."""
+
+    def __init__(self, message: str, hint: str | None, code: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.code = code  # "unknown-node" | "layer-out-of-range" | "head-out-of-range"
+
+
+# An index part: "*", "7", "{0..5}", "{3,5,9}", "{0..2,7}".
+_IDX = r"(\*|\d+|\{[0-9.,\s]+\})"
+_PATTERNS: dict[str, re.Pattern[str]] = {
+    "head": re.compile(rf"^a{_IDX}\.(?:h{_IDX}|\*)$"),
+    "mlp": re.compile(rf"^m{_IDX}$"),
+    "resid": re.compile(rf"^r{_IDX}$"),
+}
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """A parsed pattern: a node kind plus a layer selector and (heads) a head selector.
+
+    A selector is ``None`` for ``*`` or a tuple of explicit indices.
+    """
+
+    text: str
+    kind: NodeKind
+    layers: tuple[int, ...] | None = None
+    heads: tuple[int, ...] | None = None
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def _parse_index(part: str, text: str) -> tuple[int, ...] | None:
+    if part == "*":
+        return None
+    if part.isdigit():
+        return (int(part),)
+    out: list[int] = []
+    for item in part[1:-1].split(","):
+        item = item.strip()
+        if ".." in item:
+            lo_s, _, hi_s = item.partition("..")
+            if not (lo_s.strip().isdigit() and hi_s.strip().isdigit()):
+                raise PatternError(f'bad range "{item}" in "{text}"', "write a range as {0..5}")
+            lo, hi = int(lo_s), int(hi_s)
+            if hi < lo:
+                raise PatternError(f'empty range "{item}" in "{text}"', f"did you mean {{{hi}..{lo}}}?")
+            out.extend(range(lo, hi + 1))
+        elif item.isdigit():
+            out.append(int(item))
+        else:
+            raise PatternError(f'bad index "{item}" in "{text}"', "indices are integers, ranges {a..b}")
+    return tuple(dict.fromkeys(out))
+
+
+def parse_pattern(text: str) -> Pattern:
+    """Parse a node name or pattern; raise :class:`PatternError` with a hint if it is malformed."""
+    t = text.strip()
+    if t in ("input", "logits"):
+        return Pattern(t, t)  # type: ignore[arg-type]
+    for kind, rx in _PATTERNS.items():
+        m = rx.match(t)
+        if m:
+            layers = _parse_index(m.group(1), t)
+            heads = None
+            if kind == "head" and m.group(2) is not None:
+                heads = _parse_index(m.group(2), t)
+            return Pattern(t, kind, layers, heads)  # type: ignore[arg-type]
+    close = difflib.get_close_matches(t, ["input", "logits", "a0.h0", "m0", "r0", "a*.h*", "m*"], n=1)
+    hint = "nodes are input, a{layer}.h{head}, m{layer}, r{layer}, logits; wildcards a*.h*, m{0..5}"
+    if close:
+        hint = f'did you mean "{close[0]}"? ' + hint
+    raise PatternError(f'unknown node "{text}"', hint)
+
+
+def _check_range(values: tuple[int, ...], limit: int, what: str, text: str, code: str,
+                 layer: int | None = None) -> None:
+    for v in values:
+        if v >= limit:
+            if what == "layer":
+                msg = f"layer {v} is out of range in \"{text}\" (model has {limit} layers: 0-{limit - 1})"
+            else:
+                msg = (f"head {v} is out of range for a{layer} ({limit} heads: 0-{limit - 1})"
+                       if layer is not None else
+                       f"head {v} is out of range in \"{text}\" ({limit} heads: 0-{limit - 1})")
+            raise NodeRangeError(msg, None, code)
+
+
+def expand(pattern: Pattern | str, shape: ModelShape) -> list[Node]:
+    """All nodes a pattern selects in a model of this shape, in forward order.
+
+    Raises :class:`NodeRangeError` for explicit layers or heads that do not exist.
+    """
+    p = parse_pattern(pattern) if isinstance(pattern, str) else pattern
+    if p.kind in ("input", "logits"):
+        return [Node(p.kind)]
+    n_layers = shape.n_layers + (1 if p.kind == "resid" else 0)
+    layers = p.layers if p.layers is not None else tuple(range(n_layers))
+    try:
+        _check_range(layers, n_layers, "layer", p.text, "layer-out-of-range")
+        if p.kind == "head":
+            heads = p.heads if p.heads is not None else tuple(range(shape.n_heads))
+            _check_range(heads, shape.n_heads, "head", p.text, "head-out-of-range",
+                         layer=layers[0] if len(layers) == 1 else None)
+            return [Node("head", l, h) for l in layers for h in heads]
+    except NodeRangeError as e:
+        e.hint = suggest(p.text, shape)
+        if e.hint:
+            e.hint = f'did you mean "{e.hint}"?'
+        raise
+    return [Node(p.kind, l) for l in layers]
+
+
+def expand_all(patterns: Iterable[str], shape: ModelShape) -> list[Node]:
+    """The union of several patterns' nodes, without duplicates, in forward order."""
+    seen: dict[Node, None] = {}
+    for p in patterns:
+        for n in expand(p, shape):
+            seen.setdefault(n, None)
+    return sorted(seen, key=lambda n: n.sort_key)
+
+
+def all_nodes(shape: ModelShape) -> list[Node]:
+    """Every node that writes to the residual stream: input, heads and MLPs, in forward order."""
+    out = [Node("input")]
+    for layer in range(shape.n_layers):
+        out += [Node("head", layer, h) for h in range(shape.n_heads)]
+        out.append(Node("mlp", layer))
+    return out
+
+
+def suggest(text: str, shape: ModelShape) -> str | None:
+    """The closest valid node name to ``text`` (did-you-mean), or None."""
+    names = [str(n) for n in all_nodes(shape)] + [f"r{l}" for l in range(shape.n_layers + 1)] + ["logits"]
+    m = re.match(r"^a(\d+)\.h(\d+)$", text.strip())
+    if m:  # clamp an out-of-range index: a9.h99 -> a9.h9 is likelier than edit distance says
+        layer, head = int(m.group(1)), int(m.group(2))
+        if layer < shape.n_layers and head >= shape.n_heads:
+            cand = f"a{layer}.h{int(str(head)[:-1] or 0)}"
+            if cand in names:
+                return cand
+    close = difflib.get_close_matches(text.strip(), names, n=1, cutoff=0.6)
+    return close[0] if close else None
