@@ -81,6 +81,9 @@ def _default_cached(dtype: torch.dtype) -> tuple[Any, Any, str]:
     try:  # write the cache atomically: a temp folder renamed into place
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        hf.hf_quantizer = None  # the weights are de-quantised fp32 now; save them as such
+        if hasattr(hf.config, "quantization_config"):
+            del hf.config.quantization_config
         hf.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         os.replace(tmp, target)
