@@ -1,0 +1,140 @@
+"""JSONL datasets: the fixture file loads; every kind of bad line names its file, line, field."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import pytest
+from transformers import PreTrainedTokenizerFast
+
+from intervene.data import DatasetError, TokenIndex, load_jsonl, tokenize
+
+DATA = Path(__file__).parent / "data"
+GOOD = DATA / "ioi_small.jsonl"
+TEXT = "When Mary and John went to the store, John gave a drink to"
+LINE1 = {"text": TEXT, "answers": {"IO": " Mary", "S": " John"}, "positions": {"END": -1}}
+
+
+@functools.cache
+def tiny() -> PreTrainedTokenizerFast:
+    file = str(DATA / "tiny_bpe_tokenizer.json")
+    return PreTrainedTokenizerFast(tokenizer_file=file, eos_token="<|endoftext|>")
+
+
+def _line(**changes: object) -> str:
+    row = {**LINE1, **changes}
+    return json.dumps({k: v for k, v in row.items() if v is not ...})
+
+
+def test_good_file_without_tokenizer_keeps_token_indices() -> None:
+    ds = load_jsonl(GOOD)
+    assert ds.name == "ioi_small" and len(ds) == 2
+    first, second = ds
+    assert first.positions == {"IO": (5, 9), "S2": (38, 42), "END": TokenIndex(-1)}
+    assert first.meta == {"template": 0, "tags": ["a", {"b": 1}]}
+    assert type(first.meta["tags"][1]) is dict
+    assert first.origin == (str(GOOD), 1) and second.origin == (str(GOOD), 3)
+    assert second.span_text("S2") == "Bob" and second.meta == {}
+    assert ds.answer_names == ("IO", "S")
+    assert load_jsonl(GOOD, name="mine").name == "mine"
+
+
+def test_good_file_with_tokenizer_turns_token_indices_into_spans() -> None:
+    ds = load_jsonl(GOOD, tokenizer=tiny())
+    assert ds[0].positions["END"] == (len(TEXT) - 3, len(TEXT))  # the token " to"
+    late, early = tokenize(ds, tiny()), tokenize(load_jsonl(GOOD), tiny())
+    for name in ds.position_names:
+        assert late.positions[name].tolist() == early.positions[name].tolist()
+    assert tiny().decode([int(late.input_ids[1, late.positions["S2"][1]])]) == " Bob"
+
+
+BAD_LINES = [
+    ("{not json", None, "invalid JSON"),
+    ("[1, 2]", None, "expected a JSON object, got [1, 2]"),
+    (_line(text=...), "text", "missing required field"),
+    (_line(text=5), "text", "expected a non-empty string, got 5"),
+    (_line(text=""), "text", 'expected a non-empty string, got ""'),
+    (_line(answers=[" Mary"]), "answers", "expected an object"),
+    (_line(answers={"IO": 5, "S": " John"}), "answers.IO", "expected a non-empty string, got 5"),
+    (_line(answers={"IO": " Mary"}), "answers.S", "missing"),
+    (_line(answers={**LINE1["answers"], "T": " x"}), "answers.T", "not named on the first"),
+    (_line(positions={"END": [3, 99]}), "positions.END", "not a non-empty span inside the text"),
+    (_line(positions={"END": [9, 9]}), "positions.END", "not a non-empty span"),
+    (_line(positions={"END": [-1, 3]}), "positions.END", "not a non-empty span"),
+    (_line(positions={"END": "last"}), "positions.END", 'got "last"'),
+    (_line(positions={"END": True}), "positions.END", "got true"),
+    (_line(positions={"END": [1.5, 3]}), "positions.END", "got [1.5, 3]"),
+    (_line(positions={"END": -1, "IO": [5, 9]}), "positions.IO", "not named on the first"),
+    (_line(meta=3), "meta", "expected an object"),
+    (_line(answer={}), "answer", 'unknown field; did you mean "answers"?'),
+    (_line(zzz=1), "zzz", "unknown field; allowed: text, answers, positions, meta"),
+    (_line()[:-1] + ', "text": "again"}', "text", 'duplicate key "text"'),
+    (_line().replace('"S": " John"', '"S": " John", "S": " Bob"'), "answers.S", "duplicate key"),
+]
+
+
+@pytest.mark.parametrize(
+    "bad, field, message", BAD_LINES, ids=[f"{b[1]}:{b[2][:20]}" for b in BAD_LINES]
+)
+def test_bad_line_names_file_line_and_field(
+    tmp_path: Path, bad: str, field: str | None, message: str
+) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text(_line() + "\n\n" + bad + "\n" + _line() + "\n")
+    with pytest.raises(DatasetError) as info:
+        load_jsonl(path)
+    err = info.value
+    assert (err.path, err.line, err.field) == (str(path), 3, field)
+    assert message in err.message
+    assert str(err).startswith(f"{path}:3: " + (f'field "{field}": ' if field else ""))
+
+
+TOKEN_ERRORS = [
+    (_line(answers={"IO": " Maryanne", "S": " John"}), "answers.IO", 'answer " Maryanne" is 4'),
+    (_line(positions={"END": 40}), "positions.END", "token index 40 is out of range"),
+    (_line(positions={"END": -15}), "positions.END", "out of range for a text of 14 tokens"),
+]
+
+
+@pytest.mark.parametrize("bad, field, message", TOKEN_ERRORS)
+def test_tokenizer_checks_name_the_line(
+    tmp_path: Path, bad: str, field: str, message: str
+) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text(_line() + "\n" + bad + "\n")
+    assert len(load_jsonl(path)) == 2  # fine without a tokenizer
+    with pytest.raises(DatasetError) as info:
+        load_jsonl(path, tokenizer=tiny())
+    err = info.value
+    assert (err.line, err.field) == (2, field) and message in err.message
+
+
+def test_all_errors_are_collected_in_line_order(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text("\n".join([_line(), "{", _line(text=5, meta=[]), "7"]) + "\n")
+    with pytest.raises(DatasetError) as info:
+        load_jsonl(path)
+    where = [(e.line, e.field) for e in info.value.errors]
+    assert where == [(2, None), (3, "text"), (3, "meta"), (4, None)]
+    assert str(info.value).endswith("(and 3 more errors)")
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n"])
+def test_empty_file(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "e.jsonl"
+    path.write_text(content)
+    with pytest.raises(DatasetError, match="no examples") as info:
+        load_jsonl(path)
+    assert (info.value.path, info.value.line) == (str(path), None)
+
+
+def test_unreadable_files(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="cannot read") as info:
+        load_jsonl(tmp_path / "missing.jsonl")
+    assert info.value.path == str(tmp_path / "missing.jsonl")
+    binary = tmp_path / "b.jsonl"
+    binary.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(DatasetError, match="not UTF-8"):
+        load_jsonl(binary)
