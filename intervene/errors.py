@@ -1,0 +1,163 @@
+"""The two families of errors: bad spec data and misuse of the Python API.
+
+This module owns the closed list of spec error codes (:class:`ErrorCode`, documented one by
+one in ``docs/errors.md``; a test keeps the two equal), the :class:`Diagnostic` that every
+stage uses to say *where* a spec is wrong, and the exceptions:
+
+* :class:`SpecError` -- the spec (or a file it names) is wrong. Holds every problem found,
+  each a :class:`Diagnostic` with ``file:line:col``; ``str()`` prints them all, with the
+  source line and a caret under the offending value when the file text is known.
+* :class:`UsageError` -- the Python API was called wrongly (a bug in the caller's code, not
+  in a spec file).
+
+No dependencies: every layer may import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+
+
+class ErrorCode(str, Enum):
+    """Closed list of spec error codes. The value is the code; :attr:`slug` names it."""
+
+    # Reading the file and its shape.
+    E001 = "E001"  # yaml-syntax
+    E002 = "E002"  # unknown-field
+    E003 = "E003"  # missing-field
+    E004 = "E004"  # bad-type
+    E005 = "E005"  # bad-value
+    E006 = "E006"  # unknown-kind
+    E007 = "E007"  # duplicate-key
+    E008 = "E008"  # toml-syntax
+    E009 = "E009"  # unsupported-file-type
+    # Cross references and the model.
+    E010 = "E010"  # unknown-dataset
+    E011 = "E011"  # unknown-node
+    E012 = "E012"  # layer-out-of-range
+    E013 = "E013"  # head-out-of-range
+    E014 = "E014"  # unknown-position
+    E015 = "E015"  # not-single-token
+    E016 = "E016"  # unknown-answer
+    E017 = "E017"  # bad-expression
+    E018 = "E018"  # duplicate-name
+    E019 = "E019"  # unsupported-model
+    E020 = "E020"  # file-not-found
+    E021 = "E021"  # bad-dataset-file
+    E022 = "E022"  # wrong-dataset-kind
+
+    @property
+    def slug(self) -> str:
+        """The short name printed after the code, e.g. ``head-out-of-range``."""
+        return _SLUGS[self]
+
+    @classmethod
+    def from_slug(cls, slug: str) -> ErrorCode:
+        """The code whose slug is ``slug`` (raises :class:`KeyError` if there is none)."""
+        for code, s in _SLUGS.items():
+            if s == slug:
+                return code
+        raise KeyError(slug)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_SLUGS: dict[ErrorCode, str] = {
+    ErrorCode.E001: "yaml-syntax",
+    ErrorCode.E002: "unknown-field",
+    ErrorCode.E003: "missing-field",
+    ErrorCode.E004: "bad-type",
+    ErrorCode.E005: "bad-value",
+    ErrorCode.E006: "unknown-kind",
+    ErrorCode.E007: "duplicate-key",
+    ErrorCode.E008: "toml-syntax",
+    ErrorCode.E009: "unsupported-file-type",
+    ErrorCode.E010: "unknown-dataset",
+    ErrorCode.E011: "unknown-node",
+    ErrorCode.E012: "layer-out-of-range",
+    ErrorCode.E013: "head-out-of-range",
+    ErrorCode.E014: "unknown-position",
+    ErrorCode.E015: "not-single-token",
+    ErrorCode.E016: "unknown-answer",
+    ErrorCode.E017: "bad-expression",
+    ErrorCode.E018: "duplicate-name",
+    ErrorCode.E019: "unsupported-model",
+    ErrorCode.E020: "file-not-found",
+    ErrorCode.E021: "bad-dataset-file",
+    ErrorCode.E022: "wrong-dataset-kind",
+}
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem in a spec: where (1-based ``line``/``col``), what (``code``), and a fix.
+
+    ``field`` is the dotted path of the offending value (``experiments[0].targets``), ``value``
+    the value found there. ``end_col`` (optional) is the column just past the value on the
+    same line; it sets the caret width when printing.
+    """
+
+    file: str
+    line: int
+    col: int
+    code: ErrorCode
+    field: str
+    value: object
+    message: str
+    hint: str | None = None
+    end_col: int | None = None
+
+    @property
+    def key(self) -> tuple[str, int, int]:
+        """``(code, line, col)``: what tests compare."""
+        return (self.code.value, self.line, self.col)
+
+    def format(self, source: str | None = None) -> str:
+        """``file:line:col: CODE slug at field: message``, then the source line with a caret
+        under the value (when ``source``, the file's text, is given), then the hint."""
+        where = f" at {self.field}" if self.field else ""
+        out = [f"{self.file}:{self.line}:{self.col}: {self.code.value} {self.code.slug}{where}: {self.message}"]
+        lines = source.splitlines() if source is not None else []
+        if 1 <= self.line <= len(lines):
+            text = lines[self.line - 1].rstrip()
+            width = self._caret_width(text)
+            indent = min(len(text) - len(text.lstrip()), self.col - 1)  # print the line dedented
+            out.append("    " + text[indent:])
+            out.append("    " + " " * (self.col - 1 - indent) + "^" * width)
+        if self.hint:
+            out.append(f"  hint: {self.hint}")
+        return "\n".join(out)
+
+    def _caret_width(self, text: str) -> int:
+        start = self.col - 1
+        if self.end_col is not None and self.end_col > self.col:
+            return min(self.end_col, len(text) + 1) - self.col or 1
+        rest = text[start:]
+        for candidate in (repr(self.value), f'"{self.value}"', str(self.value)):
+            if candidate and rest.startswith(candidate):
+                return len(candidate)
+        return 1
+
+
+class SpecError(Exception):
+    """The spec is wrong. ``diagnostics`` lists every problem found, in file order."""
+
+    def __init__(self, diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None = None) -> None:
+        self.diagnostics: list[Diagnostic] = sorted(diagnostics, key=lambda d: (d.file, d.line, d.col))
+        self.sources: dict[str, str] = dict(sources or {})
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        return "\n".join(d.format(self.sources.get(d.file)) for d in self.diagnostics)
+
+    @property
+    def codes(self) -> list[ErrorCode]:
+        """The codes of all diagnostics, in file order."""
+        return [d.code for d in self.diagnostics]
+
+
+class UsageError(Exception):
+    """The Python API was misused (wrong argument types, calls in the wrong order, ...)."""

@@ -1,0 +1,592 @@
+"""Loading a spec and checking it, reporting every problem at once with ``file:line:col``.
+
+This module owns the checks and their diagnostics, in two stages:
+
+1. :func:`load_spec` (no model needed): parse the file (:mod:`.source_map`), validate it
+   against :mod:`.schema`, map each pydantic error's ``loc`` to the value's position, and run
+   the static cross-reference checks (datasets named exist, ``ioi_abc.of`` names an ``ioi``
+   dataset, node patterns parse, the expression metric is safe, files named exist). Raises one
+   :class:`~intervene.errors.SpecError` holding all diagnostics.
+2. :func:`check_against_model` (model facts, no forward pass): node patterns against the
+   model's shape, positions and answers against the datasets, ``{token: ...}`` vectors are
+   single tokens. Returns the diagnostics; the caller raises.
+
+Where a loaded spec came from: :func:`load_spec` returns a :class:`~.schema.Spec` carrying
+its path and source map as private attributes -- ``spec.where(("experiments", 0,
+"targets"))`` gives ``"specs/ioi.yaml:14"`` and ``spec.resolve("vec.npy")`` a path relative to
+the spec file. ``spec.name`` defaults to the file stem.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+import types
+import typing
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
+
+from intervene import graph
+from intervene.errors import Diagnostic, ErrorCode, SpecError
+from intervene.spec import schema
+from intervene.spec.source_map import Loaded, Loc, SourceMap, dotted, load_file, load_toml, load_yaml
+from intervene.spec.source_map import value_at as _get
+
+__all__ = ["ModelFacts", "ExpressionError", "load_spec", "parse_spec", "check_against_model",
+           "parse_expression", "EXPRESSION_FUNCTIONS"]
+
+
+# ------------------------------------------------------------------------------ loading
+
+
+def load_spec(path: str | Path) -> schema.Spec:
+    """Load and statically check a spec file; raise :class:`SpecError` listing every problem."""
+    return _finish(load_file(path), Path(path))
+
+
+def parse_spec(text: str, file: str = "<string>", fmt: str = "yaml", base_dir: str | Path | None = None
+               ) -> schema.Spec:
+    """Like :func:`load_spec` for text in memory (``fmt`` is ``"yaml"`` or ``"toml"``); files the
+    spec names are resolved against ``base_dir`` (default: the current folder)."""
+    loaded = load_toml(text, file) if fmt == "toml" else load_yaml(text, file)
+    return _finish(loaded, Path(base_dir or ".") / Path(file).name)
+
+
+def _finish(loaded: Loaded, path: Path) -> schema.Spec:
+    src, data = loaded.source, loaded.data
+    diags = list(loaded.diagnostics)
+    if data is None and not diags:
+        diags.append(_at(src, (), ErrorCode.E004, "the spec is empty", "start with `version: 1`", data))
+    elif data is not None and not isinstance(data, dict):
+        diags.append(_at(src, (), ErrorCode.E004, f"the spec must be a mapping, got {_kind(data)}", None, data))
+    spec: schema.Spec | None = None
+    if isinstance(data, dict) and not any(d.code in (ErrorCode.E001, ErrorCode.E008) for d in diags):
+        try:
+            spec = schema.Spec.model_validate(data)
+        except ValidationError as e:
+            diags += [d for err in e.errors() if (d := _from_pydantic(err, data, src)) is not None]
+        diags += _static_checks(data, src, path.parent)
+    diags = _dedupe(diags)
+    if diags or spec is None:
+        raise SpecError(diags, {src.file: src.text})
+    if spec.name is None:
+        spec = spec.model_copy(update={"name": path.stem})
+    spec._path = path
+    spec._source_map = src
+    return spec
+
+
+def _dedupe(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
+    seen: dict[tuple[str, str, int, int, str], Diagnostic] = {}
+    for d in diags:
+        seen.setdefault((d.file, *d.key, d.field), d)
+    return list(seen.values())
+
+
+def _at(src: SourceMap | None, loc: Loc, code: ErrorCode, message: str, hint: str | None, value: Any,
+        *, key: bool = False, offset: int = 0, width: int | None = None, fld: Loc | None = None) -> Diagnostic:
+    """A diagnostic pointing at the value (or the key, with ``key=True``) at ``loc``; ``fld``
+    names the field when it differs from the place pointed at (a missing field)."""
+    name = dotted(loc if fld is None else fld)
+    if src is None:
+        return Diagnostic("<spec>", 0, 0, code, name, value, message, hint)
+    line, col, end_line, end_col = src.key_span(loc) if key else src.value_span(loc)
+    col += offset
+    end = col + width if width is not None else (end_col if end_line == line else None)
+    return Diagnostic(src.file, line, col, code, name, value, message, hint, end)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+            float: "a number", type(None): "nothing (null)"}.get(type(value), type(value).__name__)
+
+
+def _did_you_mean(word: Any, options: Iterable[str], what: str = "allowed") -> str:
+    opts = sorted(str(o) for o in options)
+    close = difflib.get_close_matches(str(word), opts, n=1, cutoff=0.6)
+    listing = f"{what}: {', '.join(opts)}" if opts else f"no {what} defined"
+    return f'did you mean "{close[0]}"? {listing}' if close else listing
+
+
+# ------------------------------------------------------------------------------ pydantic errors
+
+
+def _classify(tp: Any) -> tuple[str, Any]:
+    """What a loc element under a value of type ``tp`` means: a field, tag, key or index."""
+    if typing.get_origin(tp) is typing.Annotated:
+        inner, *meta = typing.get_args(tp)
+        if any(isinstance(m, FieldInfo) and m.discriminator for m in meta):
+            return ("tagged", inner)
+        return _classify(inner)
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _classify(args[0]) if len(args) == 1 else ("scalar", None)
+    if origin is dict:
+        return ("dict", typing.get_args(tp)[1])
+    if origin in (tuple, list):
+        return ("seq", typing.get_args(tp)[0])
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return ("model", tp)
+    return ("scalar", None)
+
+
+def _members(union: Any) -> dict[str, type[BaseModel]]:
+    """Tag -> model for a union discriminated by ``kind``."""
+    out = {}
+    for m in typing.get_args(union):
+        out[typing.get_args(m.model_fields["kind"].annotation)[0]] = m
+    return out
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[Loc, type[BaseModel] | None, tuple[str, Any], bool]:
+    """Strip union tags from a pydantic ``loc``: (data loc, model owning the last field,
+    the type state at the end, whether the error is about a mapping key)."""
+    state: tuple[str, Any] = ("model", schema.Spec)
+    data_loc: list[Any] = []
+    owner: type[BaseModel] | None = None
+    is_key = False
+    for part in loc:
+        kind, tp = state
+        if part == "[key]":
+            is_key = True
+        elif kind == "tagged":
+            model = _members(tp).get(part)
+            state = ("model", model) if model else ("scalar", None)
+        elif kind == "model":
+            owner = tp
+            data_loc.append(part)
+            fi = tp.model_fields.get(part)
+            if fi is None:
+                state = ("scalar", None)
+            elif fi.discriminator:
+                state = ("tagged", fi.annotation)
+            else:
+                state = _classify(fi.annotation)
+        else:
+            data_loc.append(part)
+            state = _classify(tp) if kind in ("dict", "seq") else ("scalar", None)
+    return tuple(data_loc), owner, state, is_key
+
+
+_TYPE_NAMES = {"int": "an integer", "string": "a string", "bool": "true or false", "float": "a number",
+               "tuple": "a list", "list": "a list", "dict": "a mapping", "model": "a mapping",
+               "model_attributes": "a mapping", "none": "null"}
+
+
+def _from_pydantic(err: Any, data: dict[str, Any], src: SourceMap) -> Diagnostic | None:
+    t, ctx, msg = err["type"], err.get("ctx") or {}, err["msg"]
+    loc, owner, state, is_key = _walk(err["loc"])
+    value = _get(data, loc)
+    name = _short(loc)
+    if t == "missing":
+        hint = f'{name} kinds: {", ".join(_members(state[1]))}' if state[0] == "tagged" else None
+        return _at(src, loc[:-1], ErrorCode.E003, f'missing field "{name}"', hint, None, fld=loc)
+    if t == "extra_forbidden":
+        fields = owner.model_fields if owner is not None else {}
+        return _at(src, loc, ErrorCode.E002, f'unknown field "{name}"', _did_you_mean(name, fields, "fields"),
+                   value, key=True)
+    if t in ("union_tag_invalid", "union_tag_not_found"):
+        kinds = list(_members(state[1])) if state[0] == "tagged" else []
+        if t == "union_tag_not_found":
+            return _at(src, loc, ErrorCode.E003, 'missing field "kind"', f'{_what(loc)} kinds: {", ".join(kinds)}',
+                       value)
+        tag = ctx.get("tag")
+        return _at(src, loc + ("kind",), ErrorCode.E006, f'unknown {_what(loc)} kind "{tag}"',
+                   _did_you_mean(tag, kinds, "kinds"), tag)
+    if t == "duplicate_name":
+        where = ("experiments", ctx["index"], "name")
+        return _at(src, where, ErrorCode.E018, msg, "give each experiment its own name", _get(data, where))
+    if t == "too_short" and isinstance(value, (list, dict)) and len(value) >= ctx.get("min_length", 0):
+        return None  # pydantic's echo of failed items, not a real length problem
+    if is_key:
+        return _at(src, loc, ErrorCode.E005, f'"{name}" is not a valid name', _IDENT_HINT, name, key=True)
+    if t.endswith("_type") and t[: -len("_type")] in _TYPE_NAMES:
+        want = _TYPE_NAMES[t[: -len("_type")]]
+        return _at(src, loc, ErrorCode.E004, f"{name} must be {want}, got {_kind(value)} {value!r}", None, value)
+    if t.endswith("_type") or t.endswith("_parsing"):
+        return _at(src, loc, ErrorCode.E004, f"{name}: {msg}, got {value!r}", None, value)
+    return _at(src, loc, ErrorCode.E005, _value_message(t, name, value, msg, ctx),
+               _value_hint(t, value, ctx), value)
+
+
+def _short(loc: Loc) -> str:
+    """The last field name of ``loc`` with its indices: ``targets[0]``, ``n``, ``experiments[2]``."""
+    i = max((j for j, p in enumerate(loc) if isinstance(p, str)), default=-1)
+    return dotted(loc[i:]) if i >= 0 else "spec"
+
+
+def _what(loc: Loc) -> str:
+    """``("experiments", 0)`` -> ``experiment``: what the mapping at ``loc`` is."""
+    name = next((str(p) for p in reversed(loc) if isinstance(p, str)), "spec")
+    return name[:-1] if name in ("experiments", "interventions", "datasets") else name
+
+
+_IDENT_HINT = "names are identifiers: letters, digits and _, not starting with a digit"
+
+
+def _value_message(t: str, name: str, value: Any, msg: str, ctx: dict[str, Any]) -> str:
+    if t == "literal_error":
+        return f"{name} must be {ctx.get('expected')}, got {value!r}"
+    if t == "string_pattern_mismatch":
+        return f'"{value}" is not a valid {name}'
+    if t == "string_too_short":
+        return f"{name} must not be empty"
+    if t == "too_short":
+        return f"{name} must not be empty" if ctx.get("min_length") == 1 else \
+            f"{name} needs at least {ctx.get('min_length')} items, got {len(value) if value else 0}"
+    bounds = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
+    if t in bounds:
+        limit = next(iter(ctx.values()), "?")
+        return f"{name} must be {bounds[t]} {limit}, got {value!r}"
+    return msg
+
+
+def _value_hint(t: str, value: Any, ctx: dict[str, Any]) -> str | None:
+    if t == "literal_error":
+        options = [o.strip().strip("'") for o in str(ctx.get("expected", "")).replace(" or ", ", ").split(",")]
+        return _did_you_mean(value, [o for o in options if o], "allowed")
+    if t == "string_pattern_mismatch":
+        if ctx.get("pattern") == schema.IDENTIFIER_PATTERN:
+            return _IDENT_HINT
+        return "device is auto, cpu, cuda or cuda:N" if "cuda" in str(ctx.get("pattern")) else None
+    return None
+
+
+# ------------------------------------------------------------------------------ static checks
+
+
+def _static_checks(data: dict[str, Any], src: SourceMap, base: Path) -> list[Diagnostic]:
+    """Cross references that need no model, run on the raw data so they report even when
+    pydantic found other problems."""
+    checker = _Static(data, src, base)
+    checker.datasets()
+    checker.metric()
+    checker.experiments()
+    return checker.out
+
+
+@dataclass
+class _Static:
+    """The load-time cross-reference checks over raw (unvalidated) data."""
+
+    data: dict[str, Any]
+    src: SourceMap
+    base: Path
+
+    def __post_init__(self) -> None:
+        self.out: list[Diagnostic] = []
+        ds = self.data.get("datasets")
+        self.ds: dict[Any, Any] = ds if isinstance(ds, dict) else {}
+
+    def ref(self, loc: Loc) -> None:
+        name = _get(self.data, loc)
+        if isinstance(name, str) and name not in self.ds:
+            self.out.append(_at(self.src, loc, ErrorCode.E010, f'unknown dataset "{name}"',
+                                _did_you_mean(name, map(str, self.ds), "datasets"), name))
+
+    def file_exists(self, loc: Loc, what: str) -> None:
+        rel = _get(self.data, loc)
+        if isinstance(rel, str) and rel and not (self.base / rel).is_file():
+            self.out.append(_at(self.src, loc, ErrorCode.E020, f'{what} "{rel}" does not exist (looked in '
+                                f"{self.base / rel})", "paths are relative to the spec file", rel))
+
+    def patterns(self, loc: Loc) -> None:
+        items = _get(self.data, loc)
+        for j, text in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(text, str):
+                continue
+            try:
+                kind = graph.parse_pattern(text).kind
+            except graph.PatternError as e:
+                self.out.append(_at(self.src, loc + (j,), ErrorCode.E011, e.message, e.hint, text))
+                continue
+            if kind == "logits":
+                self.out.append(_at(self.src, loc + (j,), ErrorCode.E011, '"logits" only reads the residual '
+                                    "stream; it has no output to intervene on",
+                                    "the final residual is r{n_layers}", text))
+
+    def datasets(self) -> None:
+        for name, ds in self.ds.items():
+            kind = ds.get("kind") if isinstance(ds, dict) else None
+            if kind == "jsonl":
+                self.file_exists(("datasets", name, "path"), "dataset file")
+            if kind != "ioi_abc" or not isinstance(ds.get("of"), str):
+                continue
+            of = ds["of"]
+            target = self.ds.get(of)
+            if of not in self.ds:
+                self.ref(("datasets", name, "of"))
+            elif not (isinstance(target, dict) and target.get("kind") == "ioi"):
+                iois = [str(n) for n, d in self.ds.items() if isinstance(d, dict) and d.get("kind") == "ioi"]
+                got = target.get("kind") if isinstance(target, dict) else None
+                self.out.append(_at(self.src, ("datasets", name, "of"), ErrorCode.E022,
+                                    f'ioi_abc needs an ioi dataset, but "{of}" is {got}',
+                                    f"ioi datasets: {', '.join(iois)}" if iois else "add a kind: ioi dataset", of))
+
+    def metric(self) -> None:
+        expr = _get(self.data, ("metric", "expr"))
+        if _get(self.data, ("metric", "kind")) == "expression" and isinstance(expr, str) and expr.strip():
+            try:
+                parse_expression(expr)
+            except ExpressionError as e:
+                self.out.append(_expr_diag(self.src, ("metric", "expr"), expr, e))
+
+    def experiments(self) -> None:
+        experiments = self.data.get("experiments")
+        seen: set[str] = set()
+        for i, exp in enumerate(experiments if isinstance(experiments, list) else []):
+            if not isinstance(exp, dict):
+                continue
+            here: Loc = ("experiments", i)
+            name = exp.get("name")
+            if isinstance(name, str):
+                if name in seen:
+                    self.out.append(_at(self.src, here + ("name",), ErrorCode.E018,
+                                        f'experiment name "{name}" is used twice',
+                                        "give each experiment its own name", name))
+                seen.add(name)
+            self.ref(here + ("dataset",))
+            self.patterns(here + ("targets",))
+            self.ref(here + ("source", "dataset"))
+            interventions = exp.get("interventions")
+            for k in range(len(interventions) if isinstance(interventions, list) else 0):
+                at = here + ("interventions", k)
+                self.patterns(at + ("nodes",))
+                self.ref(at + ("source", "dataset"))
+                self.file_exists(at + ("vector", "file"), "vector file")
+                self.file_exists(at + ("direction", "file"), "vector file")
+
+
+# ------------------------------------------------------------------------------ expressions
+
+EXPRESSION_FUNCTIONS = ("exp", "log", "abs", "max", "min")
+
+
+class ExpressionError(ValueError):
+    """An expression metric that does not parse or uses something not allowed.
+
+    ``offset`` is the 0-based character offset of the problem in the expression, if known."""
+
+    def __init__(self, message: str, offset: int | None = None, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.offset, self.hint = message, offset, hint
+
+
+_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.UAdd, ast.USub)
+
+
+def _vet(tree: ast.AST) -> list[str]:
+    """Reject any syntax but numbers, names, + - * / **, unary signs and allowed calls.
+    Returns the answer names used."""
+    names: list[str] = []
+
+    def bad(node: ast.AST, what: str, hint: str | None = None) -> ExpressionError:
+        return ExpressionError(what, getattr(node, "col_offset", None), hint)
+
+    def visit(node: ast.AST) -> None:
+        if isinstance(node, ast.Expression):
+            visit(node.body)
+        elif isinstance(node, ast.BinOp):
+            if not isinstance(node.op, _OPS):
+                hint = "use ** for powers" if isinstance(node.op, ast.BitXor) else None
+                raise bad(node, f"operator {type(node.op).__name__} is not allowed", hint)
+            visit(node.left)
+            visit(node.right)
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, _OPS):
+            visit(node.operand)
+        elif isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            pass
+        elif isinstance(node, ast.Name):
+            if node.id in EXPRESSION_FUNCTIONS or node.id.startswith("_"):
+                raise bad(node, f'"{node.id}" is not an answer name', f"call it: {node.id}(...)")
+            names.append(node.id)
+        elif isinstance(node, ast.Call):
+            func = node.func.id if isinstance(node.func, ast.Name) else None
+            if func not in EXPRESSION_FUNCTIONS or node.keywords or not node.args:
+                raise bad(node, f'call of "{ast.unparse(node.func)}" is not allowed',
+                          f"functions: {', '.join(EXPRESSION_FUNCTIONS)}")
+            for a in node.args:
+                visit(a)
+        else:
+            raise bad(node, f'"{ast.unparse(node)}" is not allowed in an expression',
+                      "use answer names, numbers, + - * / **, and " + ", ".join(EXPRESSION_FUNCTIONS))
+
+    visit(tree)
+    return names
+
+
+def parse_expression(text: str) -> Any:
+    """Parse an expression metric into a sympy expression whose symbols are answer names.
+
+    The text is first vetted with :mod:`ast` (numbers, names, arithmetic, and the calls in
+    :data:`EXPRESSION_FUNCTIONS` only), then handed to sympy's ``parse_expr`` with a global
+    namespace holding nothing but sympy's number/symbol constructors and those functions, and
+    every name bound to a ``Symbol``. Raises :class:`ExpressionError`."""
+    try:
+        tree = ast.parse(text.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ExpressionError(f"cannot parse expression: {e.msg}", (e.offset or 1) - 1) from None
+    names = _vet(tree)
+    import sympy
+    from sympy.parsing.sympy_parser import parse_expr, standard_transformations
+
+    funcs = {"exp": sympy.exp, "log": sympy.log, "abs": sympy.Abs, "max": sympy.Max, "min": sympy.Min}
+    global_dict: dict[str, Any] = {"__builtins__": {}, "Integer": sympy.Integer, "Float": sympy.Float,
+                                   "Rational": sympy.Rational, "Symbol": sympy.Symbol, **funcs}
+    local_dict: dict[str, Any] = {n: sympy.Symbol(n) for n in names}
+    try:
+        expr = parse_expr(text.strip(), local_dict=local_dict, global_dict=global_dict,
+                          transformations=standard_transformations, evaluate=True)
+    except Exception as e:  # sympy raises many types (TypeError for max() of nothing, ...)
+        raise ExpressionError(f"cannot build expression: {e}") from None
+    allowed = (sympy.exp, sympy.log, sympy.Abs, sympy.Max, sympy.Min)
+    for f in expr.atoms(sympy.Function):
+        if not isinstance(f, allowed):
+            raise ExpressionError(f"function {f.func} is not allowed")
+    return expr
+
+
+def _expr_diag(src: SourceMap | None, loc: Loc, text: str, e: ExpressionError) -> Diagnostic:
+    offset, width = _offset_in(src, loc, text, e.offset, 1)
+    return _at(src, loc, ErrorCode.E017, f'bad expression "{text}": {e.message}', e.hint, text,
+               offset=offset, width=width)
+
+
+def _offset_in(src: SourceMap | None, loc: Loc, text: str, offset: int | None, width: int
+               ) -> tuple[int, int | None]:
+    """Caret (offset, width) inside a string value when its text appears verbatim in the file;
+    else (0, None): the whole value."""
+    if src is None or offset is None:
+        return 0, None
+    line, col, _, _ = src.value_span(loc)
+    raw = src.text.splitlines()[line - 1] if line <= len(src.text.splitlines()) else ""
+    lead = len(text) - len(text.lstrip())
+    for quote in ("", '"', "'"):
+        if raw[col - 1:].startswith(quote + text):
+            return len(quote) + lead + offset, width
+    return 0, None
+
+
+# ------------------------------------------------------------------------------ model facts
+
+
+@dataclass(frozen=True)
+class ModelFacts:
+    """What the model-aware checks need to know, gathered without a forward pass."""
+
+    shape: graph.ModelShape
+    is_single_token: Callable[[str], bool]
+    dataset_positions: dict[str, set[str]]
+    dataset_answers: dict[str, set[str]]
+
+
+def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic]:
+    """Node patterns, positions, answer names and token vectors checked against the model and
+    the datasets. Returns diagnostics in file order (empty when all is well)."""
+    src = spec.source_map
+    out: list[Diagnostic] = []
+
+    def nodes(loc: Loc, texts: Iterable[str]) -> None:
+        for j, text in enumerate(texts):
+            try:
+                if not graph.expand(text, facts.shape):
+                    out.append(_at(src, loc + (j,), ErrorCode.E011, f'"{text}" matches no node', None, text))
+            except graph.PatternError as e:
+                out.append(_at(src, loc + (j,), ErrorCode.E011, e.message, e.hint, text))
+            except graph.NodeRangeError as e:
+                out.append(_at(src, loc + (j,), ErrorCode.from_slug(e.code), e.message,
+                               _range_hint(e, text, facts.shape), text))
+
+    def positions(loc: Loc, given: Any, datasets: Iterable[str | None]) -> None:
+        for ds in dict.fromkeys(d for d in datasets if d is not None):
+            known = facts.dataset_positions.get(ds)
+            names = [given] if isinstance(given, str) else list(given)
+            for j, p in enumerate(names):
+                if known is not None and p != "all" and p not in known:
+                    where = loc if isinstance(given, str) else loc + (j,)
+                    out.append(_at(src, where, ErrorCode.E014, f'position "{p}" is not defined by dataset "{ds}"',
+                                   _did_you_mean(p, known, f"positions of {ds}"), p))
+
+    def token(loc: Loc, vec: schema.Vector) -> None:
+        if vec.token is not None and not facts.is_single_token(vec.token):
+            out.append(_at(src, loc + ("token",), ErrorCode.E015, f'"{vec.token}" is not a single token',
+                           'a token usually starts with a space: " Mary"', vec.token))
+
+    for i, exp in enumerate(spec.experiments):
+        here: Loc = ("experiments", i)
+        if isinstance(exp, schema.SweepExperiment):
+            nodes(here + ("targets",), exp.targets)
+            if exp.positions != "all":
+                positions(here + ("positions",), exp.positions, [exp.dataset, _source_dataset(exp.source)])
+            continue
+        for k, iv in enumerate(exp.interventions):
+            at = here + ("interventions", k)
+            nodes(at + ("nodes",), iv.nodes)
+            extra = _source_dataset(iv.source) if isinstance(iv, schema.PatchIntervention) else None
+            if iv.positions != "all":
+                positions(at + ("positions",), iv.positions, [exp.dataset, extra])
+            if isinstance(iv, schema.AddIntervention):
+                token(at + ("vector",), iv.vector)
+            elif isinstance(iv, schema.ProjectOutIntervention):
+                token(at + ("direction",), iv.direction)
+    _check_metric(spec, facts, src, out, positions)
+    return sorted(_dedupe(out), key=lambda d: (d.line, d.col))
+
+
+def _range_hint(e: graph.NodeRangeError, text: str, shape: graph.ModelShape) -> str | None:
+    """graph's did-you-mean plus the valid range."""
+    extra = f"layers are 0-{shape.n_layers - 1}"
+    m = re.match(r"^a(\d+)\.", text.strip())
+    if e.code == "head-out-of-range" and m:
+        layer = m.group(1)
+        extra = f"heads of layer {layer} are a{layer}.h0 … a{layer}.h{shape.n_heads - 1}"
+    elif e.code == "layer-out-of-range" and text.strip().startswith("r"):
+        extra = f"residual cuts are r0 … r{shape.n_layers}"
+    return f"{e.hint} {extra}" if e.hint else extra
+
+
+def _source_dataset(source: Any) -> str | None:
+    return source.dataset if isinstance(source, schema.DatasetSource) else None
+
+
+def _check_metric(spec: schema.Spec, facts: ModelFacts, src: SourceMap | None, out: list[Diagnostic],
+                  positions: Callable[[Loc, Any, Iterable[str | None]], None]) -> None:
+    metric = spec.metric
+    used = list(dict.fromkeys(e.dataset for e in spec.experiments))
+    positions(("metric", "position"), metric.position, used)
+    for ds in used:
+        known = facts.dataset_answers.get(ds)
+        if known is None:
+            continue
+        for fld in ("answer", "wrong"):
+            name = getattr(metric, fld, None)
+            if name is not None and name not in known:
+                out.append(_at(src, ("metric", fld), ErrorCode.E016, f'answer "{name}" is not defined by dataset '
+                               f'"{ds}"', _did_you_mean(name, known, f"answers of {ds}"), name))
+        if isinstance(metric, schema.ExpressionMetric):
+            try:
+                symbols = sorted(str(s) for s in parse_expression(metric.expr).free_symbols)
+            except ExpressionError as e:
+                out.append(_expr_diag(src, ("metric", "expr"), metric.expr, e))
+                continue
+            for name in symbols:
+                if name not in known:
+                    offset, width = _offset_in(src, ("metric", "expr"), metric.expr,
+                                               _name_offset(metric.expr, name), len(name))
+                    out.append(_at(src, ("metric", "expr"), ErrorCode.E016,
+                                   f'answer "{name}" is not defined by dataset "{ds}"',
+                                   _did_you_mean(name, known, f"answers of {ds}"), name, offset=offset, width=width))
+
+
+def _name_offset(text: str, name: str) -> int | None:
+    for node in ast.walk(ast.parse(text.strip(), mode="eval")):
+        if isinstance(node, ast.Name) and node.id == name:
+            return node.col_offset
+    return None

@@ -1,0 +1,335 @@
+"""The spec format, version 1, as frozen pydantic models.
+
+This module owns what a well-formed spec *is*: fields, types, defaults and the constraints
+one value can check alone. Every model is frozen and forbids unknown fields; every union is
+discriminated by ``kind``. Cross references (does dataset ``corrupted`` exist? is ``a4.h12`` a
+head of this model?) are checked in :mod:`intervene.spec.check`, which also maps pydantic's
+errors to file positions.
+
+Sequences are stored as tuples so a spec is immutable all the way down. Sources ``resample``
+and ``mean`` default to the experiment's own dataset when ``dataset`` is omitted.
+
+A :class:`Spec` loaded from a file remembers it (private attributes set by
+:func:`intervene.spec.check.load_spec`): ``spec.path``, ``spec.source_map`` and
+``spec.where(loc) -> "file:line"`` let any later stage point at the spec line it is running.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Union
+
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, StrictBool, StrictFloat,
+                      StrictInt, StrictStr, StringConstraints, field_validator, model_validator)
+from pydantic_core import PydanticCustomError
+
+if TYPE_CHECKING:
+    from intervene.spec.source_map import SourceMap
+
+IDENTIFIER_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+Identifier = Annotated[str, StringConstraints(strict=True, pattern=IDENTIFIER_PATTERN)]
+NonEmptyStr = Annotated[str, StringConstraints(strict=True, min_length=1)]
+NodePatterns = Annotated[tuple[NonEmptyStr, ...], Field(min_length=1)]
+
+
+def _check_positions(value: Any) -> Any:
+    if value == "all":
+        return value
+    if isinstance(value, (list, tuple)) and value:
+        for i, item in enumerate(value):
+            if not isinstance(item, str) or not item:
+                raise PydanticCustomError("bad_positions", "item {index} of positions must be a position name, "
+                                          "got {item}", {"index": i, "item": repr(item)})
+        return tuple(value)
+    raise PydanticCustomError("bad_positions", 'positions must be "all" or a non-empty list of position '
+                              "names, got {value}", {"value": repr(value)})
+
+
+def _check_per_position(value: Any) -> Any:
+    if value == "auto" or isinstance(value, bool):
+        return value
+    raise PydanticCustomError("bad_per_position", "per_position must be auto, true or false, got {value}",
+                              {"value": repr(value)})
+
+
+def _check_version(value: Any) -> Any:
+    if isinstance(value, bool) or not isinstance(value, int):  # YAML `true` is not version 1
+        raise PydanticCustomError("literal_error", "Input should be 1", {"expected": "1"})
+    return value
+
+
+Positions = Annotated[Union[Literal["all"], tuple[str, ...]], BeforeValidator(_check_positions)]
+PerPosition = Annotated[Union[Literal["auto"], bool], BeforeValidator(_check_per_position)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# ------------------------------------------------------------------------------ model
+
+
+class ModelSpec(_Model):
+    """Which model to load: the embedded default, a Hugging Face id or a local path."""
+
+    name: NonEmptyStr = "smollm2-135m"
+    revision: StrictStr | None = None
+    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    device: Annotated[str, StringConstraints(strict=True, pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
+
+
+# ------------------------------------------------------------------------------ datasets
+
+
+class IoiDataset(_Model):
+    """The built-in indirect-object-identification generator."""
+
+    kind: Literal["ioi"]
+    n: StrictInt = Field(ge=1)
+    seed: StrictInt = 0
+    templates: tuple[StrictInt, ...] | None = None
+    names: tuple[NonEmptyStr, ...] | None = Field(default=None, min_length=3)
+
+
+class IoiAbcDataset(_Model):
+    """The ABC corruption of an ``ioi`` dataset: same templates, three fresh names."""
+
+    kind: Literal["ioi_abc"]
+    of: Identifier
+    seed: StrictInt = 0
+
+
+class JsonlDataset(_Model):
+    """Examples read from a JSON-lines file (``path`` is relative to the spec file)."""
+
+    kind: Literal["jsonl"]
+    path: NonEmptyStr
+
+
+Dataset = Annotated[Union[IoiDataset, IoiAbcDataset, JsonlDataset], Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------ metric
+
+
+class _AtPosition(_Model):
+    position: NonEmptyStr = "END"
+
+
+class LogitDiffMetric(_AtPosition):
+    """logit(answer) - logit(wrong) at ``position``."""
+
+    kind: Literal["logit_diff"]
+    answer: NonEmptyStr
+    wrong: NonEmptyStr
+
+
+class ProbDiffMetric(_AtPosition):
+    """p(answer) - p(wrong) at ``position``."""
+
+    kind: Literal["prob_diff"]
+    answer: NonEmptyStr
+    wrong: NonEmptyStr
+
+
+class LogprobMetric(_AtPosition):
+    """log p(answer) at ``position``."""
+
+    kind: Literal["logprob"]
+    answer: NonEmptyStr
+
+
+class KlToCleanMetric(_AtPosition):
+    """KL(clean run || this run) of the next-token distributions at ``position``."""
+
+    kind: Literal["kl_to_clean"]
+
+
+class AccuracyMetric(_AtPosition):
+    """1 where ``answer`` is the top token at ``position``, else 0."""
+
+    kind: Literal["accuracy"]
+    answer: NonEmptyStr
+
+
+class ExpressionMetric(_AtPosition):
+    """A sympy expression over answer-token logits (``IO - S``); functions exp, log, abs, max, min."""
+
+    kind: Literal["expression"]
+    expr: NonEmptyStr
+
+
+Metric = Annotated[Union[LogitDiffMetric, ProbDiffMetric, LogprobMetric, KlToCleanMetric, AccuracyMetric,
+                         ExpressionMetric], Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------ sources, vectors
+
+
+class DatasetSource(_Model):
+    """Values from the same-index example of another dataset."""
+
+    kind: Literal["dataset"]
+    dataset: Identifier
+
+
+class ResampleSource(_Model):
+    """Values from a random other example (seeded) of ``dataset`` (default: the experiment's)."""
+
+    kind: Literal["resample"]
+    dataset: Identifier | None = None
+    seed: StrictInt = 0
+
+
+class MeanSource(_Model):
+    """The mean over ``dataset`` (default: the experiment's); per position when aligned."""
+
+    kind: Literal["mean"]
+    dataset: Identifier | None = None
+    per_position: PerPosition = "auto"
+
+
+class ZeroSource(_Model):
+    """Zero ablation (off-distribution: reports warn)."""
+
+    kind: Literal["zero"]
+
+
+Source = Annotated[Union[DatasetSource, ResampleSource, MeanSource, ZeroSource], Field(discriminator="kind")]
+
+
+class Vector(_Model):
+    """A direction: literal ``values``, a ``.npy`` ``file`` (relative to the spec) or a ``token``'s
+    unit-norm unembedding direction. Exactly one of the three."""
+
+    values: Annotated[tuple[StrictFloat, ...], Field(min_length=1)] | None = None
+    file: NonEmptyStr | None = None
+    token: NonEmptyStr | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Vector:
+        given = [k for k in ("values", "file", "token") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise PydanticCustomError("bad_vector", "a vector needs exactly one of values, file, token; "
+                                      "got {given}", {"given": ", ".join(given) or "none"})
+        return self
+
+
+# ------------------------------------------------------------------------------ interventions
+
+
+class PatchIntervention(_Model):
+    """Replace the nodes' outputs with values from ``source``."""
+
+    kind: Literal["patch"]
+    nodes: NodePatterns
+    positions: Positions = "all"
+    source: Source
+
+
+class AddIntervention(_Model):
+    """Steering: add ``scale * vector`` to the nodes' outputs."""
+
+    kind: Literal["add"]
+    nodes: NodePatterns
+    positions: Positions = "all"
+    vector: Vector
+    scale: StrictFloat = 1.0
+
+
+class ProjectOutIntervention(_Model):
+    """Remove the component of the nodes' outputs along ``direction``."""
+
+    kind: Literal["project_out"]
+    nodes: NodePatterns
+    positions: Positions = "all"
+    direction: Vector
+
+
+Intervention = Annotated[Union[PatchIntervention, AddIntervention, ProjectOutIntervention],
+                         Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------ experiments
+
+
+class SweepExperiment(_Model):
+    """Patch each target on its own: one run per target (and per position if ``per_position``)."""
+
+    name: Identifier
+    kind: Literal["sweep"]
+    dataset: Identifier
+    targets: NodePatterns
+    positions: Positions = "all"
+    per_position: StrictBool = False
+    source: Source
+
+
+class PatchExperiment(_Model):
+    """One run with all ``interventions`` applied together."""
+
+    name: Identifier
+    kind: Literal["patch"]
+    dataset: Identifier
+    interventions: Annotated[tuple[Intervention, ...], Field(min_length=1)]
+
+
+Experiment = Annotated[Union[SweepExperiment, PatchExperiment], Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------ the spec
+
+
+class Spec(_Model):
+    """A whole spec file (format version 1)."""
+
+    version: Annotated[Literal[1], BeforeValidator(_check_version)]
+    name: NonEmptyStr | None = None
+    seed: StrictInt = 0
+    model: ModelSpec = ModelSpec()
+    datasets: Annotated[dict[Identifier, Dataset], Field(min_length=1)]
+    metric: Metric
+    experiments: Annotated[tuple[Experiment, ...], Field(min_length=1)]
+
+    _path: Path | None = PrivateAttr(default=None)
+    _source_map: SourceMap | None = PrivateAttr(default=None)
+
+    @field_validator("experiments")
+    @classmethod
+    def _unique_names(cls, experiments: tuple[Any, ...]) -> tuple[Any, ...]:
+        seen: set[str] = set()
+        for i, e in enumerate(experiments):
+            if e.name in seen:
+                raise PydanticCustomError("duplicate_name", 'experiment name "{name}" is used twice',
+                                          {"name": e.name, "index": i})
+            seen.add(e.name)
+        return experiments
+
+    @property
+    def path(self) -> Path | None:
+        """The file this spec was loaded from (None when built in Python)."""
+        return self._path
+
+    @property
+    def source_map(self) -> SourceMap | None:
+        """Positions of every value in the file (None when built in Python)."""
+        return self._source_map
+
+    def where(self, loc: tuple[str | int, ...]) -> str:
+        """``"file:line"`` of the value at ``loc`` (e.g. ``("experiments", 0, "targets")``)."""
+        if self._source_map is None:
+            return "<spec>"
+        return self._source_map.where(loc)
+
+    def resolve(self, relative: str) -> Path:
+        """A path named in the spec, resolved against the spec file's folder."""
+        base = self._path.parent if self._path is not None else Path.cwd()
+        return base / relative
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of :class:`Spec`, for editors (e.g. yaml-language-server)."""
+    schema = Spec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "intervene spec (version 1)"
+    return schema
