@@ -1,0 +1,38 @@
+"""intervene: declarative, fused, batched interventions on transformer language models.
+
+The pipeline, end to end::
+
+    spec file (YAML/TOML)          specs/ioi_head_sweep.yaml
+      │  intervene.spec            load + check: every error at once, as file:line:col
+      ▼
+    Spec (pydantic, frozen)        + model facts (shape, tokenizer, datasets): no forward pass
+      │  intervene.compile         expand patterns, lower experiments, add baselines
+      ▼
+    ir.Program                     runs on the batch axis and their ops; prints as text:
+                                     r2    a0.h0  on clean  a0.h0@* ← corrupted[i]   # specs/ioi_head_sweep.yaml:24
+      │  intervene.execute         base passes cached; rows join at their first patched layer
+      ▼
+    per-example metric values  ->  intervene.results (bootstrap, normalisation, JSON)
+                                   intervene.report (table, heatmap)
+
+In Python::
+
+    import intervene
+    res = intervene.run("specs/ioi_head_sweep.yaml", out="out/ioi.json")
+    print(res.experiment("head_sweep").top(5))
+"""
+
+__version__ = "0.1.0"
+
+from intervene.errors import SpecError, UsageError  # noqa: E402
+from intervene.spec.check import load_spec  # noqa: E402
+
+
+def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+    """Check, compile and execute a spec (see :func:`intervene.api.run`)."""
+    from intervene import api
+
+    return api.run(*args, **kwargs)
+
+
+__all__ = ["load_spec", "run", "SpecError", "UsageError", "__version__"]

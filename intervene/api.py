@@ -1,0 +1,231 @@
+"""The Python API: check and run a spec in a few lines.
+
+    >>> import intervene
+    >>> spec = intervene.load_spec("specs/ioi_head_sweep.yaml")
+    >>> res = intervene.run(spec, out="results.json")          # doctest: +SKIP
+    >>> res.experiment("head_sweep").top(5)                     # doctest: +SKIP
+
+``run`` is the whole pipeline: load the model (cached per process), build and tokenise the
+datasets, check the spec against the model (SpecError before any forward pass), compile to
+one program, execute it fused, and assemble the numbers.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from intervene import data, ir, metrics, results
+from intervene.compile import compile_spec
+from intervene.errors import Diagnostic, ErrorCode, SpecError
+from intervene.execute import Executor
+from intervene.models.loading import LoadedModel, load_model
+from intervene.spec import schema
+from intervene.spec.check import ModelFacts, check_against_model, load_spec  # noqa: F401  (re-export)
+
+
+@functools.lru_cache(maxsize=4)
+def cached_model(name: str, revision: str | None, dtype: str, device: str) -> LoadedModel:
+    """Load a model once per process."""
+    return load_model(name, revision, dtype, device)
+
+
+def model_for(spec: schema.Spec, device: str | None = None) -> LoadedModel:
+    m = spec.model
+    return cached_model(m.name, m.revision, m.dtype, device or m.device)
+
+
+@dataclass
+class Prepared:
+    """A spec made ready to execute: model, datasets, batches, program."""
+
+    spec: schema.Spec
+    model: LoadedModel
+    datasets: dict[str, data.Dataset]
+    batches: dict[str, data.Batch]
+    program: ir.Program
+
+
+def _dataset_diag(spec: schema.Spec, name: str, e: data.DatasetError) -> list[Diagnostic]:
+    """A dataset problem as diagnostics: at the data file's line when it has one, else the spec."""
+    out = []
+    for err in getattr(e, "errors", None) or [e]:
+        path, line, fld = getattr(err, "path", None), getattr(err, "line", None), getattr(err, "field", None)
+        msg = getattr(err, "message", str(err))
+        if path and line:
+            out.append(Diagnostic(str(path), int(line), 1, ErrorCode.E021, f"datasets.{name}" + (f".{fld}" if fld else ""),
+                                  None, msg, None))
+        else:
+            src = spec.source_map
+            line_, col = src.value_span(("datasets", name))[:2] if src is not None else (1, 1)
+            out.append(Diagnostic(src.file if src else "<spec>", line_, col, ErrorCode.E021, f"datasets.{name}",
+                                  None, msg, None))
+    return out
+
+
+def build_datasets(spec: schema.Spec, tokenizer: Any) -> dict[str, data.Dataset]:
+    """Every dataset of the spec (``ioi_abc`` after the ``ioi`` it corrupts)."""
+    out: dict[str, data.Dataset] = {}
+    diags: list[Diagnostic] = []
+    order = sorted(spec.datasets.items(), key=lambda kv: kv[1].kind == "ioi_abc")
+    for name, d in order:
+        try:
+            if d.kind == "ioi":
+                out[name] = data.ioi(d.n, d.seed, tokenizer, templates=d.templates, names=d.names, name=name)
+            elif d.kind == "ioi_abc":
+                out[name] = data.ioi_abc(out[d.of], d.seed, tokenizer, name=name)
+            else:
+                out[name] = data.load_jsonl(spec.resolve(d.path), name, tokenizer)
+        except data.DatasetError as e:
+            diags += _dataset_diag(spec, name, e)
+        except ValueError as e:
+            diags += _dataset_diag(spec, name, data.DatasetError(None, None, None, str(e)))
+    if diags:
+        raise SpecError(diags)
+    return out
+
+
+def prepare(spec: schema.Spec, model: LoadedModel | None = None, device: str | None = None) -> Prepared:
+    """Everything up to (not including) the first forward pass; SpecError on any problem."""
+    lm = model or model_for(spec, device)
+    tok = lm.tokenizer
+    datasets = build_datasets(spec, tok)
+    batches: dict[str, data.Batch] = {}
+    diags: list[Diagnostic] = []
+    for name, ds in datasets.items():
+        try:
+            batches[name] = data.tokenize(ds, tok, padding_side="right")
+        except data.DatasetError as e:
+            diags += _dataset_diag(spec, name, e)
+    facts = ModelFacts(
+        shape=lm.adapter.shape,
+        is_single_token=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]) == 1,
+        dataset_positions={n: set(ds.position_names) for n, ds in datasets.items()},
+        dataset_answers={n: set(ds.answer_names) for n, ds in datasets.items()},
+    )
+    diags += check_against_model(spec, facts)
+    if diags:
+        raise SpecError(diags)
+    positions = {n: tuple(ds.position_names) for n, ds in datasets.items()}
+    program = compile_spec(spec, lm.adapter.shape, positions)
+    return Prepared(spec, lm, datasets, batches, program)
+
+
+def resolve_vectors(p: Prepared) -> dict[str, torch.Tensor]:
+    """The program's named vectors as tensors on the model's device."""
+    out: dict[str, torch.Tensor] = {}
+    a = p.model.adapter
+    for name, v in p.program.vectors.items():
+        if v.token is not None:
+            tid = p.model.tokenizer(v.token, add_special_tokens=False)["input_ids"][0]
+            t = a.hf.get_output_embeddings().weight[tid].detach().float()
+        elif v.file is not None:
+            t = torch.from_numpy(np.load(p.spec.resolve(v.file))).float().reshape(-1)
+        else:
+            t = torch.tensor(v.values, dtype=torch.float32)
+        if t.shape[0] != a.shape.d_model:
+            raise SpecError([Diagnostic(str(p.spec.path or "<spec>"), 1, 1, ErrorCode.E005, name, t.shape[0],
+                                        f"vector has {t.shape[0]} values; the model's d_model is {a.shape.d_model}",
+                                        None)])
+        if v.unit:
+            t = t / t.norm().clamp_min(1e-12)
+        out[name] = t.to(a.device, a.dtype)
+    return out
+
+
+def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max_tokens: int = 32768
+            ) -> list[torch.Tensor]:
+    """Run the prepared program: per-example metric values of every run."""
+    metric = metrics.from_spec(p.spec.metric)
+    ex = Executor(p.model.adapter, p.batches, resolve_vectors(p), p.program.metric_position,
+                  max_tokens=max_tokens, progress=progress)
+
+    def readout(ds: str, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        b = p.batches[ds]
+        ans = {k: v[idx] for k, v in b.answer_ids.items()}
+        return metric(logits, ans, ex.base(ds).logits[idx.to(logits.device)])
+
+    with torch.inference_mode():
+        return ex.execute(p.program, readout)
+
+
+def assemble(p: Prepared, values: list[torch.Tensor], seconds: float) -> results.Results:
+    """Per-experiment statistics from the per-run values."""
+    seed = p.spec.seed
+    exps: list[results.ExperimentResult] = []
+    for i, exp in enumerate(p.spec.experiments):
+        runs = [(r, values[j].double().numpy()) for j, r in enumerate(p.program.runs) if r.experiment == exp.name]
+        by_key = {r.key: v for r, v in runs}
+        clean = by_key[("clean",)]
+        src = by_key.get(("source",))
+        rows = [results.Row(r.key, results.bootstrap(v, seed),
+                            results.normalised(v, clean, src, seed) if src is not None else None)
+                for r, v in runs if r.key not in (("clean",), ("source",))]
+        warnings = []
+        srcs = [op.source for r, _ in runs for op in r.ops if op.source is not None and op.origin != "baseline"]
+        if any(s.kind == "zero" for s in srcs):
+            warnings.append("zero ablation is off-distribution: prefer mean or resample ablation")
+        for s in {s for s in srcs if s.kind == "mean"}:
+            b = p.batches[s.dataset]
+            aligned = bool((b.lengths == b.lengths[0]).all())
+            pp = aligned if s.per_position is None else s.per_position
+            warnings.append(f"mean over {s.dataset} taken {'per position' if pp else 'over all positions'}")
+        src_desc = str(srcs[0]) if srcs and len(set(srcs)) == 1 else (None if not srcs else "several")
+        exps.append(results.ExperimentResult(
+            exp.name, exp.kind, exp.dataset, src_desc, results.bootstrap(clean, seed),
+            results.bootstrap(src, seed) if src is not None else None, rows, warnings))
+    lm = p.model
+    meta = {
+        "spec_path": str(p.spec.path) if p.spec.path else None,
+        "spec": p.spec.model_dump(mode="json"),
+        "spec_text": Path(p.spec.path).read_text() if p.spec.path else None,
+        "model": {"id": lm.model_id, "revision": lm.revision, "family": lm.adapter.family,
+                  "source": lm.source, "dtype": str(lm.adapter.dtype), "device": str(lm.adapter.device)},
+        "seed": seed,
+        "versions": results.environment(),
+    }
+    return results.Results(p.spec.name or "spec", str(metrics.from_spec(p.spec.metric)), exps, meta,
+                           str(p.program), _dump_datasets(p), seconds)
+
+
+def _dump_datasets(p: Prepared) -> dict[str, list[dict[str, Any]]]:
+    """Every example used: text, answers with token ids, resolved token positions."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    tok = p.model.tokenizer
+    for name, ds in p.datasets.items():
+        b = p.batches[name]
+        rows = []
+        for i, ex in enumerate(ds):
+            n = int(b.lengths[i])
+            ids = b.input_ids[i][b.attention_mask[i].bool()].tolist()
+            rows.append({
+                "text": ex.text,
+                "answers": {k: {"text": v, "token_id": int(b.answer_ids[k][i])} for k, v in ex.answers.items()
+                            if k in b.answer_ids},
+                "positions": {k: int(b.positions[k][i]) for k in b.positions},
+                "tokens": tok.convert_ids_to_tokens(ids),
+                "n_tokens": n,
+                "meta": dict(ex.meta),
+            })
+        out[name] = rows
+    return out
+
+
+def run(spec: schema.Spec | str | Path, *, model: LoadedModel | None = None, device: str | None = None,
+        out: str | Path | None = None, progress: Callable[[int, int], None] | None = None) -> results.Results:
+    """Check, compile and execute a spec; write the results file atomically if ``out`` is given."""
+    if not isinstance(spec, schema.Spec):
+        spec = load_spec(spec)
+    p = prepare(spec, model, device)
+    t0 = time.perf_counter()
+    values = execute(p, progress)
+    res = assemble(p, values, time.perf_counter() - t0)
+    if out is not None:
+        res.save(out)
+    return res

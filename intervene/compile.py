@@ -1,0 +1,99 @@
+"""The compiler: a checked spec plus the model's shape becomes one :class:`intervene.ir.Program`.
+
+Passes, in order:
+
+1. ``expand``  — node patterns to nodes (``a*.h*`` -> 270 heads), positions to names.
+2. ``lower``   — each experiment to runs: a sweep gives one run per target (per position when
+   asked), a patch experiment one run holding all its interventions; sources and vectors to
+   their IR forms; every op remembers its spec line.
+3. ``baselines`` — per experiment, the runs its numbers are normalised by: the unpatched base
+   (``clean``) and, for a patch source, the base with the final residual at the metric position
+   read from that source (``source``: m of everything ablated, DESIGN.md §4's m(∅)).
+
+All experiments of a spec go into one program, so the executor fuses them into shared passes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from intervene import graph, ir
+from intervene.spec import schema
+
+
+def lower_source(src: Any, default_dataset: str) -> ir.Source:
+    """A spec source block as an IR source (``dataset`` defaults to the experiment's own)."""
+    if src.kind == "dataset":
+        return ir.Source("run", src.dataset, "index")
+    if src.kind == "resample":
+        return ir.Source("run", src.dataset or default_dataset, "resample", seed=src.seed)
+    if src.kind == "mean":
+        pp = None if src.per_position == "auto" else bool(src.per_position)
+        return ir.Source("mean", src.dataset or default_dataset, per_position=pp)
+    return ir.Source("zero")
+
+
+def _positions(p: Any) -> tuple[str, ...] | None:
+    return None if p == "all" else tuple(p)
+
+
+def _vector(v: Any, vectors: dict[str, ir.Vector], unit: bool) -> str:
+    name = f"v{len(vectors)}"
+    vectors[name] = ir.Vector(name, values=v.values, token=v.token, file=v.file, unit=unit)
+    return name
+
+
+def baseline_runs(exp_name: str, dataset: str, source: ir.Source | None, position: str, n_layers: int
+                  ) -> list[ir.Run]:
+    """The unpatched run, and (with a source) the run whose logits are read wholly from it."""
+    runs = [ir.Run("clean", dataset, (), exp_name, ("clean",))]
+    if source is not None:
+        op = ir.Op("patch", graph.Node("resid", n_layers), (position,), source, origin="baseline")
+        runs.append(ir.Run(f"all ← {source}", dataset, (op,), exp_name, ("source",)))
+    return runs
+
+
+def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str, tuple[str, ...]]) -> ir.Program:
+    """Lower every experiment of a (checked) spec into one program; ``positions`` lists each
+    dataset's named positions (what ``positions: all`` means for a per-position sweep)."""
+    prog = ir.Program(name=spec.name or "spec", metric_position=spec.metric.position)
+    for i, exp in enumerate(spec.experiments):
+        loc = ("experiments", i)
+        if exp.kind == "sweep":
+            src = lower_source(exp.source, exp.dataset)
+            prog.runs += baseline_runs(exp.name, exp.dataset, src, spec.metric.position, shape.n_layers)
+            origin = spec.where(loc + ("targets",))
+            nodes = graph.expand_all(exp.targets, shape)
+            pos = _positions(exp.positions)
+            if exp.per_position:
+                names = pos if pos is not None else positions[exp.dataset]
+                for node in nodes:
+                    for p in names:
+                        op = ir.Op("patch", node, (p,), src, origin=origin)
+                        prog.runs.append(ir.Run(f"{node}@{p}", exp.dataset, (op,), exp.name, (str(node), p)))
+            else:
+                for node in nodes:
+                    op = ir.Op("patch", node, pos, src, origin=origin)
+                    prog.runs.append(ir.Run(str(node), exp.dataset, (op,), exp.name, (str(node),)))
+        else:
+            ops: list[ir.Op] = []
+            sources: list[ir.Source] = []
+            for j, iv in enumerate(exp.interventions):
+                origin = spec.where(loc + ("interventions", j))
+                pos = _positions(iv.positions)
+                for node in graph.expand_all(iv.nodes, shape):
+                    if iv.kind == "patch":
+                        s = lower_source(iv.source, exp.dataset)
+                        sources.append(s)
+                        ops.append(ir.Op("patch", node, pos, s, origin=origin))
+                    elif iv.kind == "add":
+                        v = _vector(iv.vector, prog.vectors, unit=iv.vector.token is not None)
+                        ops.append(ir.Op("add", node, pos, vector=v, scale=iv.scale, origin=origin))
+                    else:
+                        v = _vector(iv.direction, prog.vectors, unit=True)
+                        ops.append(ir.Op("project_out", node, pos, vector=v, origin=origin))
+            uniq = list(dict.fromkeys(sources))
+            prog.runs += baseline_runs(exp.name, exp.dataset, uniq[0] if len(uniq) == 1 else None,
+                                       spec.metric.position, shape.n_layers)
+            prog.runs.append(ir.Run(exp.name, exp.dataset, tuple(ops), exp.name, ("patched",)))
+    return prog

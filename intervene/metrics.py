@@ -1,0 +1,121 @@
+"""Metrics: a number per example from the logits at the metric position (DESIGN.md §4).
+
+A :class:`Metric` is built from the spec's ``metric`` block and called by the executor's
+readout with the logits of a batch of rows, the answer-token ids of their examples, and the
+unpatched run's logits (for ``kl_to_clean``). Expression metrics are sympy trees evaluated by
+walking the tree into torch operations: nothing is ever ``eval``'d.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import sympy
+import torch
+from torch import Tensor
+
+
+def _expression_fn(expr: Any) -> Callable[[dict[str, Tensor]], Tensor]:
+    """Compile a vetted sympy expression over answer names into a torch function."""
+    funcs: dict[type, Callable[..., Tensor]] = {
+        sympy.exp: torch.exp, sympy.log: torch.log, sympy.Abs: torch.abs,
+    }
+
+    def walk(e: Any, env: dict[str, Tensor]) -> Tensor | float:
+        if e.is_Symbol:
+            return env[e.name]
+        if e.is_Number:
+            return float(e)
+        args = [walk(a, env) for a in e.args]
+        if e.is_Add:
+            return sum(args[1:], args[0])  # type: ignore[arg-type]
+        if e.is_Mul:
+            out = args[0]
+            for a in args[1:]:
+                out = out * a
+            return out
+        if e.is_Pow:
+            return args[0] ** args[1]  # type: ignore[operator]
+        if isinstance(e, sympy.Max) or isinstance(e, sympy.Min):
+            op = torch.maximum if isinstance(e, sympy.Max) else torch.minimum
+            ts = [torch.as_tensor(a) for a in args]
+            out = ts[0]
+            for a in ts[1:]:
+                out = op(out, a)
+            return out
+        for cls, fn in funcs.items():
+            if isinstance(e, cls):
+                return fn(torch.as_tensor(args[0]))
+        raise ValueError(f"cannot evaluate {e.func} in an expression metric")
+
+    def run(env: dict[str, Tensor]) -> Tensor:
+        ref = next(iter(env.values()))
+        out = walk(expr, env)
+        return torch.as_tensor(out, dtype=ref.dtype).expand(ref.shape).clone() if not isinstance(out, Tensor) else out
+
+    return run
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One of logit_diff, prob_diff, logprob, kl_to_clean, accuracy, expression."""
+
+    kind: str
+    answer: str | None = None
+    wrong: str | None = None
+    expr: str | None = None
+    position: str = "END"
+
+    def __post_init__(self) -> None:
+        if self.kind == "expression":
+            from intervene.spec.check import parse_expression
+
+            object.__setattr__(self, "_fn", _expression_fn(parse_expression(self.expr or "")))
+
+    @property
+    def answers_used(self) -> list[str]:
+        """Answer-token names the metric reads."""
+        if self.kind == "expression":
+            from intervene.spec.check import parse_expression
+
+            return sorted(s.name for s in parse_expression(self.expr or "").free_symbols)
+        return [n for n in (self.answer, self.wrong) if n]
+
+    def __str__(self) -> str:
+        if self.kind in ("logit_diff", "prob_diff"):
+            return f"{self.kind}({self.answer}, {self.wrong})@{self.position}"
+        if self.kind in ("logprob", "accuracy"):
+            return f"{self.kind}({self.answer})@{self.position}"
+        if self.kind == "expression":
+            return f"{self.expr} @{self.position}"
+        return f"{self.kind}@{self.position}"
+
+    def __call__(self, logits: Tensor, answers: dict[str, Tensor], clean_logits: Tensor) -> Tensor:
+        """Per-row values [n] from logits [n, V], answer ids {name: [n]}, clean logits [n, V]."""
+        logits = logits.float()
+        rows = torch.arange(logits.shape[0], device=logits.device)
+        pick = lambda name: logits[rows, answers[name].to(logits.device)]  # noqa: E731
+        if self.kind == "logit_diff":
+            return pick(self.answer) - pick(self.wrong)  # type: ignore[arg-type]
+        if self.kind == "prob_diff":
+            p = logits.softmax(-1)
+            return p[rows, answers[self.answer].to(p.device)] - p[rows, answers[self.wrong].to(p.device)]  # type: ignore[index]
+        if self.kind == "logprob":
+            return logits.log_softmax(-1)[rows, answers[self.answer].to(logits.device)]  # type: ignore[index]
+        if self.kind == "accuracy":
+            return (logits.argmax(-1) == answers[self.answer].to(logits.device)).float()  # type: ignore[index]
+        if self.kind == "kl_to_clean":
+            lp = clean_logits.float().log_softmax(-1)
+            lq = logits.log_softmax(-1)
+            return (lp.exp() * (lp - lq)).sum(-1)
+        if self.kind == "expression":
+            env = {n: pick(n) for n in self.answers_used}
+            return self._fn(env)  # type: ignore[attr-defined]
+        raise ValueError(f"unknown metric kind {self.kind!r}")
+
+
+def from_spec(m: Any) -> Metric:
+    """The metric of a spec's ``metric`` block."""
+    return Metric(kind=m.kind, answer=getattr(m, "answer", None), wrong=getattr(m, "wrong", None),
+                  expr=getattr(m, "expr", None), position=m.position)
