@@ -146,7 +146,7 @@ class Executor:
         self._means: dict[tuple, Tensor] = {}
         self._need_z: dict[str, set[int]] = {}
         self._need_mlp: dict[str, set[int]] = {}
-        self._resample: dict[tuple[str, str, int], Tensor] = {}
+        self._resample: dict[tuple[str, str, int, bool], Tensor] = {}
 
     # -- base passes ---------------------------------------------------------------------------
     def _plan_needs(self, program: ir.Program) -> None:
@@ -202,26 +202,27 @@ class Executor:
         return cache
 
     # -- sources -------------------------------------------------------------------------------
-    def _pairing(self, run_ds: str, src: ir.Source, ex: Tensor) -> Tensor:
-        """Source example index for each run example."""
+    def _pairing(self, run_ds: str, src: ir.Source, ex: Tensor, same_length: bool) -> Tensor:
+        """Source example index for each run example (resampled ones of the same token length
+        when ``same_length``: all-position patches need it)."""
         if src.pairing == "index":
             n_src = self.batches[src.dataset].input_ids.shape[0]
             if int(ex.max()) >= n_src:
                 raise ExecutionError(f"{src.dataset} has {n_src} examples; {run_ds} needs it paired by index")
             return ex
-        key = (run_ds, src.dataset, src.seed or 0)
+        key = (run_ds, src.dataset, src.seed or 0, same_length)
         if key not in self._resample:
-            self._resample[key] = self._draw(run_ds, src.dataset, src.seed or 0)
+            self._resample[key] = self._draw(run_ds, src.dataset, src.seed or 0, same_length)
         return self._resample[key][ex]
 
-    def _draw(self, run_ds: str, src_ds: str, seed: int) -> Tensor:
-        """A seeded random other example of the same token length for each run example."""
+    def _draw(self, run_ds: str, src_ds: str, seed: int, same_length: bool = True) -> Tensor:
+        """A seeded random other example (of the same token length if asked) for each run example."""
         rb, sb = self.batches[run_ds], self.batches[src_ds]
         rng = np.random.default_rng(seed)
         rlen, slen = rb.lengths.numpy(), sb.lengths.numpy()
         out = np.empty(len(rlen), dtype=np.int64)
         for i, n in enumerate(rlen):
-            cands = np.flatnonzero(slen == n)
+            cands = np.flatnonzero(slen == n) if same_length else np.arange(len(slen))
             if run_ds == src_ds:
                 cands = cands[cands != i]
             if len(cands) == 0:
@@ -291,7 +292,7 @@ class Executor:
         src = op.source
         assert src is not None
         if src.kind == "run":
-            sx = self._pairing(run_ds, src, ex)
+            sx = self._pairing(run_ds, src, ex, same_length=op.positions is None)
             t, ts = self._positions(run_ds, op, ex, src.dataset, sx)
             vals = self._node_values(src.dataset, op.node, sx)
             idx = ts.to(vals.device)

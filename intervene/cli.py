@@ -1,0 +1,138 @@
+"""The ``intervene`` command: check, compile, run specs; print the JSON Schema.
+
+    intervene check specs/*.yaml          every problem of every file, as file:line:col
+    intervene compile specs/x.yaml        the compiled program, one line per run and op
+    intervene run specs/x.yaml --out r.json [--heatmap h.png] [--device auto]
+    intervene schema > spec.schema.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative, fused interventions on "
+                  "transformer language models.")
+err = Console(stderr=True)
+out = Console()
+
+
+def _load(path: Path):  # type: ignore[no-untyped-def]
+    from intervene.spec.check import load_spec
+
+    return load_spec(path)
+
+
+@app.command()
+def check(specs: list[Path] = typer.Argument(..., help="spec files"),
+          model: bool = typer.Option(True, "--model/--no-model",
+                                     help="also check against the model and datasets (no forward pass)")) -> None:
+    """Check spec files: report every error at once, each as file:line:col with a hint."""
+    from intervene.errors import SpecError
+
+    bad = 0
+    for path in specs:
+        try:
+            spec = _load(path)
+            if model:
+                from intervene import api
+
+                api.prepare(spec)
+        except SpecError as e:
+            bad += 1
+            err.print(str(e), markup=False, highlight=False)
+            n = len(e.diagnostics)
+            err.print(f"{path}: {n} error{'s' * (n != 1)}", style="red")
+            continue
+        except Exception as e:  # model could not load, etc.: say so plainly
+            bad += 1
+            err.print(f"{path}: {type(e).__name__}: {e}", style="red", markup=False)
+            continue
+        out.print(f"{path}: ok", style="green")
+    raise typer.Exit(1 if bad else 0)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of spec files (for editor completion)."""
+    from intervene.spec.schema import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@app.command(name="compile")
+def compile_(spec_path: Path = typer.Argument(..., help="spec file")) -> None:
+    """Print the compiled program: one line per run and per op, with the spec line it came from."""
+    from intervene import api
+    from intervene.errors import SpecError
+
+    try:
+        p = api.prepare(_load(spec_path))
+    except SpecError as e:
+        err.print(str(e), markup=False, highlight=False)
+        raise typer.Exit(1)
+    out.print(str(p.program), markup=False, highlight=False)
+
+
+@app.command()
+def run(spec_path: Path = typer.Argument(..., help="spec file"),
+        out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="results JSON (written atomically)"),
+        heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="heatmap PNG for head sweeps "
+                                               "(default: beside --out)"),
+        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (default: the spec's)"),
+        top: int = typer.Option(15, "--top", help="rows shown per sweep"),
+        progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
+    """Run a spec: print a score table, write results JSON and sweep heatmaps."""
+    from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from intervene import api, report
+    from intervene.errors import SpecError
+
+    try:
+        spec = _load(spec_path)
+        err.print(f"loading model {spec.model.name} …")
+        p = api.prepare(spec, device=device)
+    except SpecError as e:
+        err.print(str(e), markup=False, highlight=False)
+        raise typer.Exit(1)
+    n_runs = len(p.program.runs)
+    err.print(f"{n_runs} runs × {', '.join(f'{k}: {len(v)}' for k, v in p.datasets.items())} examples "
+              f"on {p.model.adapter.device}")
+    import time
+
+    t0 = time.perf_counter()
+    if progress and sys.stderr.isatty():
+        with Progress("[progress.description]{task.description}", BarColumn(), "{task.completed}/{task.total} chunks",
+                      TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
+            task = bar.add_task("executing", total=None)
+            values = api.execute(p, progress=lambda d, t: bar.update(task, completed=d, total=t))
+    else:
+        values = api.execute(p, progress=(lambda d, t: err.print(f"chunk {d}/{t}")) if progress else None)
+    res = api.assemble(p, values, time.perf_counter() - t0)
+    report.print_results(res, out, top=top)
+    shape = p.model.adapter.shape
+    for e in res.experiments:
+        if e.kind != "sweep":
+            continue
+        target = heatmap or (out_path.with_suffix("") if out_path else None)
+        if target is None:
+            continue
+        png = Path(f"{target.with_suffix('')}-{e.name}.png") if len(res.experiments) > 1 or not heatmap else target
+        if report.heatmap(e, png, shape.n_layers, shape.n_heads):
+            out.print(f"heatmap: {png}")
+    if out_path:
+        res.save(out_path)
+        out.print(f"results: {out_path}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

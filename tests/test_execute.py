@@ -1,0 +1,171 @@
+"""The fused executor: DESIGN.md §6 invariants 3, 4 and 7, and agreement with plain HF hooks.
+
+* a head patch equals swapping that head's slice of the output projection's input in the HF
+  model with a forward pre-hook (an independent implementation);
+* patching from a source identical to the base changes nothing (3);
+* patching every node (or the final residual) from a corrupted run gives its logits (4);
+* a fused program (many runs, tiny chunks, rows joining at their start layer) equals each run
+  executed alone (7).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny import FAMILIES, random_batch, tiny
+
+from intervene import ir
+from intervene.execute import ExecutionError, Executor
+from intervene.graph import Node, all_nodes
+
+T = 7
+
+
+def logits_readout(ds: str, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return logits
+
+
+def batches(seed: int = 0, lengths: list[int] | None = None) -> dict[str, object]:
+    lengths = lengths or [7, 7, 5, 5]
+    mid = {"MID": [2, 3, 1, 4][:len(lengths)]}
+    return {"clean": random_batch(len(lengths), T, seed, lengths, positions=mid),
+            "corr": random_batch(len(lengths), T, seed + 100, lengths, positions=mid),
+            "other": random_batch(4, T, seed + 200, [7, 5, 7, 5], positions={"MID": [1, 2, 3, 4]})}
+
+
+def run_program(m, bs, runs, vectors=None, max_tokens=4096):  # type: ignore[no-untyped-def]
+    ex = Executor(m, bs, vectors or {}, "END", max_tokens=max_tokens)
+    with torch.no_grad():
+        return ex.execute(ir.Program("t", list(runs)), logits_readout)
+
+
+def _o_proj(m, l):  # type: ignore[no-untyped-def]
+    return m.o_proj(l)
+
+
+def hf_head_patch(m, clean, corr, layer: int, head: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Reference: HF forward with the head's o_proj-input slice taken from the corrupted run."""
+    dh = m.d_head
+    store = {}
+    mod = _o_proj(m, layer)
+    h1 = mod.register_forward_pre_hook(lambda mod_, args: store.__setitem__("x", args[0].clone()))
+    with torch.no_grad():
+        m.hf(input_ids=corr.input_ids, attention_mask=corr.attention_mask, position_ids=corr.position_ids)
+    h1.remove()
+
+    def swap(mod_, args):  # type: ignore[no-untyped-def]
+        x = args[0].clone()
+        x[..., head * dh:(head + 1) * dh] = store["x"][..., head * dh:(head + 1) * dh]
+        return (x,)
+
+    h2 = mod.register_forward_pre_hook(swap)
+    with torch.no_grad():
+        out = m.hf(input_ids=clean.input_ids, attention_mask=clean.attention_mask,
+                   position_ids=clean.position_ids).logits
+    h2.remove()
+    return out[torch.arange(len(clean)), clean.positions["END"]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_head_patch_matches_hf_hooks(family: str) -> None:
+    m = tiny(family)
+    bs = batches(1)
+    src = ir.Source("run", "corr")
+    runs = [ir.Run(f"a{l}.h{h}", "clean", (ir.Op("patch", Node("head", l, h), None, src),))
+            for l in range(m.shape.n_layers) for h in range(m.shape.n_heads)]
+    got = run_program(m, bs, runs, max_tokens=3 * T)
+    for r, v in zip(runs, got):
+        n = r.ops[0].node
+        ref = hf_head_patch(m, bs["clean"], bs["corr"], n.layer, n.head)
+        torch.testing.assert_close(v, ref, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got[0], got[1]), "different heads must give different results"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patch_from_identical_source_changes_nothing(family: str) -> None:
+    m = tiny(family)
+    bs = batches(2)
+    bs["copy"] = bs["clean"]
+    src = ir.Source("run", "copy")
+    nodes = all_nodes(m.shape) + [Node("resid", l) for l in range(m.shape.n_layers + 1)]
+    runs = [ir.Run("clean", "clean")] + [ir.Run(str(n), "clean", (ir.Op("patch", n, None, src),)) for n in nodes]
+    got = run_program(m, bs, runs)
+    for v in got[1:]:
+        torch.testing.assert_close(v, got[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_patching_every_node_gives_the_corrupted_run(family: str) -> None:
+    m = tiny(family)
+    bs = batches(3)
+    src = ir.Source("run", "corr")
+    every = tuple(ir.Op("patch", n, None, src) for n in all_nodes(m.shape))
+    final = (ir.Op("patch", Node("resid", m.shape.n_layers), ("END",), src),)
+    runs = [ir.Run("every", "clean", every), ir.Run("final", "clean", final), ir.Run("corr", "corr")]
+    got = run_program(m, bs, runs)
+    torch.testing.assert_close(got[0], got[2], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got[1], got[2], atol=1e-5, rtol=1e-5)
+
+
+def _ops(shape) -> st.SearchStrategy[ir.Op]:  # type: ignore[no-untyped-def]
+    nodes = st.sampled_from(all_nodes(shape) + [Node("resid", l) for l in range(shape.n_layers + 1)])
+    positions = st.sampled_from([None, ("END",), ("FIRST", "MID")])
+    sources = st.sampled_from([ir.Source("run", "corr"), ir.Source("run", "clean", "resample", seed=3),
+                               ir.Source("mean", "other", per_position=False), ir.Source("zero"),
+                               ir.Source("run", "other", "resample", seed=1)])
+    patch = st.builds(lambda n, p, s: ir.Op("patch", n, p, s), nodes, positions, sources)
+    add = st.builds(lambda n, p, c: ir.Op("add", n, p, vector="v", scale=c), nodes, positions,
+                    st.floats(-2, 2, allow_nan=False))
+    proj = st.builds(lambda n, p: ir.Op("project_out", n, p, vector="u"), nodes, positions)
+    return st.one_of(patch, add, proj)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=6, deadline=None)
+@given(data=st.data())
+def test_fused_equals_one_at_a_time(family: str, data: st.DataObject) -> None:
+    m = tiny(family)
+    bs = batches(4)
+    d = m.shape.d_model
+    vectors = {"v": torch.linspace(-1, 1, d), "u": torch.nn.functional.normalize(torch.cos(torch.arange(d) * 1.0), dim=0)}
+    runs = data.draw(st.lists(st.lists(_ops(m.shape), min_size=1, max_size=3), min_size=2, max_size=6))
+    program = [ir.Run(f"r{i}", "clean", tuple(ops)) for i, ops in enumerate(runs)]
+    fused = run_program(m, bs, program, vectors, max_tokens=2 * T)  # chunks of two rows
+    for run, v in zip(program, fused):
+        alone = run_program(m, bs, [run], vectors)[0]
+        torch.testing.assert_close(v, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_op_changes_output_where_expected() -> None:
+    """A patch at END only leaves earlier positions' effect nil: patching the final residual at
+    FIRST does not change the END logits; at END it does."""
+    m = tiny("llama_gqa")
+    bs = batches(5)
+    src = ir.Source("run", "corr")
+    L = m.shape.n_layers
+    runs = [ir.Run("clean", "clean"),
+            ir.Run("first", "clean", (ir.Op("patch", Node("resid", L), ("FIRST",), src),)),
+            ir.Run("end", "clean", (ir.Op("patch", Node("resid", L), ("END",), src),))]
+    got = run_program(m, bs, runs)
+    torch.testing.assert_close(got[1], got[0])
+    assert not torch.allclose(got[2], got[0])
+
+
+def test_all_position_patch_needs_equal_lengths() -> None:
+    m = tiny("gpt2")
+    bs = batches(6)
+    bs["short"] = random_batch(4, T, 9, [4, 4, 4, 4])
+    op = ir.Op("patch", Node("head", 0, 0), None, ir.Source("run", "short"), origin="spec.yaml:9")
+    with pytest.raises(ExecutionError, match="spec.yaml:9: patching all positions of a0.h0 needs"):
+        run_program(m, bs, [ir.Run("x", "clean", (op,))])
+
+
+def test_resample_draws_another_example_of_same_length() -> None:
+    m = tiny("gpt2")
+    bs = batches(7, lengths=[7, 7, 7])
+    ex = Executor(m, bs, {}, "END")
+    draw = ex._draw("clean", "clean", seed=5)
+    assert all(int(draw[i]) != i for i in range(3))
+    assert torch.equal(draw, Executor(m, bs, {}, "END")._draw("clean", "clean", seed=5))

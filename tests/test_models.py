@@ -1,0 +1,79 @@
+"""Invariant 1 (DESIGN.md §6): with no intervention the executor's logits equal the HF model's.
+
+Every family, left- and right-padded batches with attention masks; the real model too.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tiny import FAMILIES, random_batch, tiny
+
+from intervene.execute import forward
+from intervene.models.adapters import adapt
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=8, deadline=None)
+@given(seed=st.integers(0, 10_000), side=st.sampled_from(["left", "right"]),
+       lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4))
+def test_forward_equals_hf(family: str, seed: int, side: str, lengths: list[int]) -> None:
+    m = tiny(family)
+    b = random_batch(len(lengths), 9, seed, lengths, side)
+    with torch.no_grad():
+        ref = m.hf(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids).logits
+        out = forward(m, b.input_ids, b.attention_mask, b.position_ids)
+    real = b.attention_mask.bool()
+    torch.testing.assert_close(out[real], ref[real], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_padding_side_does_not_change_logits(family: str) -> None:
+    m = tiny(family)
+    right = random_batch(3, 8, 1, [8, 5, 2], "right")
+    left = random_batch(3, 8, 1, [8, 5, 2], "left")
+    # same real tokens in both layouts
+    for i, n in enumerate([8, 5, 2]):
+        left.input_ids[i, 8 - n:] = right.input_ids[i, :n]
+    with torch.no_grad():
+        a = forward(m, right.input_ids, right.attention_mask)
+        b = forward(m, left.input_ids, left.attention_mask)
+    for i, n in enumerate([8, 5, 2]):
+        torch.testing.assert_close(a[i, :n], b[i, 8 - n:], atol=1e-4, rtol=1e-4)
+
+
+def test_per_head_outputs_sum_to_attention_output() -> None:
+    """Head outputs (z_h @ W_O[h]) plus the bias are exactly the attention output (DESIGN.md §1)."""
+    for family in FAMILIES:
+        m = tiny(family)
+        z = torch.randn(2, m.shape.n_heads, 5, m.d_head)
+        heads = torch.einsum("bhtd,hde->bhte", z, m.o_weight(0))
+        bias = m.o_bias(0)
+        total = heads.sum(1) + (bias if bias is not None else 0)
+        torch.testing.assert_close(total, m.attention_out(0, z), atol=1e-5, rtol=1e-5)
+
+
+def test_unsupported_family_is_a_clear_error() -> None:
+    from transformers import AutoModelForCausalLM, BloomConfig
+
+    hf = AutoModelForCausalLM.from_config(BloomConfig(n_layer=1, n_head=2, hidden_size=8, vocab_size=16))
+    with pytest.raises(ValueError, match='model type "bloom" is not supported'):
+        adapt(hf)
+
+
+@pytest.mark.real_model
+def test_real_model_matches_hf(real_model) -> None:  # type: ignore[no-untyped-def]
+    tok, m = real_model.tokenizer, real_model.adapter
+    texts = ["When John and Mary went to the store, John gave a drink to", "Hello there, how are"]
+    for side in ("left", "right"):
+        tok.padding_side = side
+        enc = tok(texts, return_tensors="pt", padding=True)
+        pos = (enc.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            ref = m.hf(input_ids=enc.input_ids, attention_mask=enc.attention_mask, position_ids=pos).logits
+            out = forward(m, enc.input_ids, enc.attention_mask, pos)
+        real = enc.attention_mask.bool()
+        torch.testing.assert_close(out[real], ref[real], atol=1e-4, rtol=1e-4)
+    tok.padding_side = "right"
