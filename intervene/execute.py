@@ -78,12 +78,8 @@ def attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
 def attend(model: Adapter, l: int, x_normed: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Tensor) -> Tensor:
     """Per-head z [B, H, T, dh]: attention-weighted values, before the output projection."""
     qkv = model.qkv(l, x_normed, rot)
-    k, v = qkv.k, qkv.v
-    g = model.shape.group_size
-    if g > 1:
-        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
     return torch.nn.functional.scaled_dot_product_attention(
-        qkv.q, k, v, attn_mask=mask, scale=model.attn_scale(l))
+        qkv.q, qkv.k, qkv.v, attn_mask=mask, scale=model.attn_scale(l), enable_gqa=model.shape.group_size > 1)
 
 
 def gather_positions(batch: BatchLike, pos: Tensor, name: str) -> Tensor:
@@ -147,6 +143,7 @@ class Executor:
         self._need_z: dict[str, set[int]] = {}
         self._need_mlp: dict[str, set[int]] = {}
         self._resample: dict[tuple[str, str, int, bool], Tensor] = {}
+        self._width: int | None = None  # token width of the chunk being run (padding trimmed)
 
     # -- base passes ---------------------------------------------------------------------------
     def _plan_needs(self, program: ir.Program) -> None:
@@ -271,7 +268,7 @@ class Executor:
                 return t, None
             sb = self.batches[src_ds]
             return t, torch.stack([gather_positions(sb, src_ex, p) for p in op.positions], 1)
-        T = rb.input_ids.shape[1]
+        T = self._width or rb.input_ids.shape[1]
         t = torch.arange(T).expand(len(ex), T)
         if src_ds is None:
             return t, None
@@ -337,25 +334,35 @@ class Executor:
         return out  # type: ignore[return-value]
 
     def _chunks(self, program: ir.Program, ds: str, run_idx: list[int]) -> list[_Rows]:
-        B = self.batches[ds].input_ids.shape[0]
-        T = self.batches[ds].input_ids.shape[1]
+        """Rows grouped by example token length (so a chunk carries no padding under right
+        padding), each group sorted by start layer and cut to the token budget."""
+        b = self.batches[ds]
+        B = b.input_ids.shape[0]
         starts = np.array([program.runs[i].start_layer(self.L) for i in run_idx])
-        order = np.argsort(starts, kind="stable")
-        run = np.repeat(np.array(run_idx)[order], B)
-        ex = np.tile(np.arange(B), len(run_idx))
-        start = np.repeat(starts[order], B)
-        step = max(1, self.max_tokens // max(T, 1))
-        return [_Rows(run[i:i + step], ex[i:i + step], start[i:i + step]) for i in range(0, len(run), step)]
+        lengths = b.lengths.numpy()
+        out: list[_Rows] = []
+        for n in np.unique(lengths):
+            exs = np.flatnonzero(lengths == n)
+            order = np.argsort(starts, kind="stable")
+            run = np.repeat(np.array(run_idx)[order], len(exs))
+            ex = np.tile(exs, len(run_idx))
+            start = np.repeat(starts[order], len(exs))
+            step = max(1, self.max_tokens // max(int(n), 1))
+            out += [_Rows(run[i:i + step], ex[i:i + step], start[i:i + step]) for i in range(0, len(run), step)]
+        return out
 
     def _run_chunk(self, program: ir.Program, ds: str, rows: _Rows, readout: Readout) -> Tensor:
         m, batch, base = self.model, self.batches[ds], self.base(ds)
         dev = m.device
         ex = torch.from_numpy(rows.ex)
         n = len(ex)
-        pos_ids = batch.position_ids[ex].to(dev)
-        mask = attention_mask(batch.attention_mask[ex].to(dev), m.dtype)
+        T = int(batch.lengths[ex].max()) if bool((_first_token(batch.attention_mask[ex]) == 0).all()) \
+            else batch.input_ids.shape[1]
+        self._width = T
+        pos_ids = batch.position_ids[ex, :T].to(dev)
+        mask = attention_mask(batch.attention_mask[ex, :T].to(dev), m.dtype)
         first = int(rows.start[0])
-        x = base.resid[min(first, self.L)][ex.to(dev)].clone()
+        x = base.resid[min(first, self.L)][ex.to(dev), :T].clone()
         rot_full = m.rotary(x, pos_ids)
         # segments: contiguous rows of one run
         seg_bounds = np.flatnonzero(np.diff(rows.run)) + 1
@@ -364,7 +371,7 @@ class Executor:
         for l in range(first, self.L):
             new_active = int(np.searchsorted(rows.start, l, side="right"))
             if new_active > active:  # rows joining at layer l start from the base's residual
-                x[active:new_active] = base.resid[l][ex[active:new_active].to(dev)]
+                x[active:new_active] = base.resid[l][ex[active:new_active].to(dev), :T]
                 active = new_active
             xa = x[:active]
             rot = None if rot_full is None else (rot_full[0][:active], rot_full[1][:active])
@@ -378,7 +385,7 @@ class Executor:
             x[:active] = xa
         # rows that start at L (no ops): the base's final residual
         if active < n:
-            x[active:] = base.resid[self.L][ex[active:].to(dev)]
+            x[active:] = base.resid[self.L][ex[active:].to(dev), :T]
         end = gather_positions(batch, ex, self.metric_position).to(dev)
         self._apply_final(program, rows, x, ds, ex)
         logits = m.unembed(x[torch.arange(n, device=dev), end])
