@@ -184,7 +184,7 @@ def assemble(p: Prepared, values: list[torch.Tensor], seconds: float) -> results
     meta = {
         "spec_path": str(p.spec.path) if p.spec.path else None,
         "spec": p.spec.model_dump(mode="json"),
-        "spec_text": Path(p.spec.path).read_text() if p.spec.path else None,
+        "spec_text": p.spec.source_map.text if p.spec.source_map is not None else None,
         "model": {"id": lm.model_id, "revision": lm.revision, "family": lm.adapter.family,
                   "source": lm.source, "dtype": str(lm.adapter.dtype), "device": str(lm.adapter.device)},
         "seed": seed,

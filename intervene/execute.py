@@ -407,7 +407,10 @@ class Executor:
             rows = torch.arange(a, b, device=out.device)[:, None]
             if op.action == "patch":
                 t, v = self._replacement(ds, op, ex[a:b])
-                out[rows, t.to(out.device)] = v.to(out.dtype)
+                if op.positions is None:
+                    out[a:b] = v.to(out.dtype)
+                else:
+                    out[rows, t.to(out.device)] = v.to(out.dtype)
             else:
                 t = self._positions(ds, op, ex[a:b], None, None)[0].to(out.device)
                 vec = self.vectors[op.vector].to(out.device, out.dtype)  # type: ignore[index]
@@ -422,7 +425,10 @@ class Executor:
             if op.node.kind == "head" and op.action == "patch":
                 rows = torch.arange(a, b, device=z.device)[:, None]
                 t, v = self._replacement(ds, op, ex[a:b])
-                z[rows, op.node.head, t.to(z.device)] = v.to(z.dtype)
+                if op.positions is None:  # t is arange(T) on every row: a slice write
+                    z[a:b, op.node.head] = v.to(z.dtype)
+                else:
+                    z[rows, op.node.head, t.to(z.device)] = v.to(z.dtype)
 
     def _apply_head_edits(self, ops: list[tuple[int, int, ir.Op]], attn: Tensor, z: Tensor, l: int, ds: str,
                           ex: Tensor) -> None:

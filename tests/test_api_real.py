@@ -1,0 +1,118 @@
+"""End to end on the real default model: spec -> numbers that agree with plain HF hooks.
+
+Marked ``real_model``: SmolLM2-135M loads once per session (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from intervene import api
+from intervene.errors import SpecError
+from intervene.spec.check import parse_spec
+
+pytestmark = pytest.mark.real_model
+
+SWEEP = """
+version: 1
+seed: 0
+datasets:
+  clean: {kind: ioi, n: 6, seed: 3}
+  corrupted: {kind: ioi_abc, of: clean, seed: 4}
+metric: {kind: logit_diff, answer: IO, wrong: S, position: END}
+experiments:
+  - name: heads
+    kind: sweep
+    dataset: clean
+    targets: ["a{23,29}.h{0..3}"]
+    source: {kind: dataset, dataset: corrupted}
+  - name: mlp_end
+    kind: sweep
+    dataset: clean
+    targets: ["m{27..29}"]
+    positions: [END]
+    source: {kind: mean, dataset: corrupted}
+"""
+
+
+def _hooks_reference(lm, b_clean, b_corr, layer: int, head: int) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Per-example logit diff with head (layer, head)'s o_proj-input slice taken from the corrupted run."""
+    attn = lm.adapter.hf.model.layers[layer].self_attn
+    dh = lm.adapter.d_head
+    saved = {}
+    h = attn.o_proj.register_forward_pre_hook(lambda m, a: saved.__setitem__("x", a[0].clone()))
+    with torch.no_grad():
+        lm.adapter.hf(input_ids=b_corr.input_ids, attention_mask=b_corr.attention_mask,
+                      position_ids=b_corr.position_ids)
+    h.remove()
+
+    def swap(m, a):  # type: ignore[no-untyped-def]
+        x = a[0].clone()
+        x[..., head * dh:(head + 1) * dh] = saved["x"][..., head * dh:(head + 1) * dh]
+        return (x,)
+
+    h = attn.o_proj.register_forward_pre_hook(swap)
+    with torch.no_grad():
+        logits = lm.adapter.hf(input_ids=b_clean.input_ids, attention_mask=b_clean.attention_mask,
+                               position_ids=b_clean.position_ids).logits
+    h.remove()
+    rows = torch.arange(len(b_clean))
+    last = logits[rows, b_clean.positions["END"]]
+    return last[rows, b_clean.answer_ids["IO"]] - last[rows, b_clean.answer_ids["S"]]
+
+
+def test_sweep_matches_hooks_and_writes_results(real_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = parse_spec(SWEEP, "sweep.yaml")
+    out = tmp_path / "r.json"
+    res = api.run(spec, model=real_model, out=out)
+    heads = res.experiment("heads")
+    assert heads.clean.mean > 2.0, "SmolLM2 solves IOI: the clean logit difference is clearly positive"
+    assert abs(heads.source_metric.mean) < heads.clean.mean / 2
+    p = api.prepare(spec, model=real_model)
+    for row in heads.rows[:3] + heads.rows[-2:]:
+        layer, head = (int(x) for x in row.key[0][1:].split(".h"))
+        ref = _hooks_reference(real_model, p.batches["clean"], p.batches["corrupted"], layer, head)
+        torch.testing.assert_close(torch.tensor(row.raw.values, dtype=torch.float64), ref.double(), atol=2e-3, rtol=1e-4)
+    # the results file holds everything needed to re-check the run
+    data = json.loads(out.read_text())
+    assert data["meta"]["model"]["family"] == "llama"
+    assert data["meta"]["seed"] == 0 and "torch" in data["meta"]["versions"]
+    ex0 = data["datasets"]["clean"][0]
+    assert ex0["tokens"][ex0["positions"]["S2"]].strip("Ġ ") == ex0["answers"]["S"]["text"].strip()
+    assert len(data["datasets"]["corrupted"]) == 6
+    assert len(data["experiments"][0]["rows"]) == 8
+    assert len(data["experiments"][0]["rows"][0]["raw"]["values"]) == 6
+    assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
+    mlp = res.experiment("mlp_end")
+    assert [r.key for r in mlp.rows] == [("m27",), ("m28",), ("m29",)]
+    assert any("mean over corrupted" in w for w in mlp.warnings)
+
+
+def test_model_checks_before_any_forward(real_model) -> None:  # type: ignore[no-untyped-def]
+    bad = SWEEP.replace('"a{23,29}.h{0..3}"', '"a23.h12"').replace("positions: [END]", "positions: [ENDD]")
+    spec = parse_spec(bad, "bad.yaml")
+    with pytest.raises(SpecError) as e:
+        api.prepare(spec, model=real_model)
+    codes = sorted(d.code.value for d in e.value.diagnostics)
+    assert codes == ["E013", "E014"]
+    assert all(d.file == "bad.yaml" and d.line > 1 for d in e.value.diagnostics)
+
+
+def test_results_file_is_written_atomically(real_model, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    spec = parse_spec(SWEEP.replace('"a{23,29}.h{0..3}"', "a29.h0"), "s.yaml")
+    res = api.run(spec, model=real_model)
+    out = tmp_path / "r.json"
+    out.write_text("previous")
+
+    def boom(*a, **k):  # type: ignore[no-untyped-def]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(json, "dump", boom)
+    with pytest.raises(KeyboardInterrupt):
+        res.save(out)
+    assert out.read_text() == "previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]

@@ -1,0 +1,75 @@
+"""The compiler: specs lower to the expected runs, and the printed program is golden-tested."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from intervene.compile import compile_spec
+from intervene.graph import ModelShape
+from intervene.spec.check import load_spec, parse_spec
+
+ROOT = Path(__file__).parent.parent
+GOLDEN = Path(__file__).parent / "golden"
+SMOLLM2 = ModelShape(n_layers=30, n_heads=9, n_kv_heads=3, d_model=576)
+IOI_POSITIONS = ("IO", "S1", "S1+1", "S2", "END")
+
+
+@pytest.mark.parametrize("name", ["ioi_head_sweep"])
+def test_golden_program(name: str) -> None:
+    spec = load_spec(ROOT / "specs" / f"{name}.yaml")
+    prog = compile_spec(spec, SMOLLM2, {d: IOI_POSITIONS for d in spec.datasets})
+    text = str(prog).replace(str(ROOT) + os.sep, "")
+    golden = GOLDEN / f"{name}.txt"
+    if os.environ.get("INTERVENE_UPDATE_GOLDEN"):
+        golden.write_text(text + "\n")
+    assert text + "\n" == golden.read_text()
+
+
+SPEC = """
+version: 1
+datasets:
+  clean: {kind: ioi, n: 4}
+  corrupted: {kind: ioi_abc, of: clean}
+metric: {kind: logit_diff, answer: IO, wrong: S}
+experiments:
+  - name: per_pos
+    kind: sweep
+    dataset: clean
+    targets: ["m{0..1}", a2.h3]
+    per_position: true
+    positions: [S2, END]
+    source: {kind: resample, seed: 7}
+  - name: together
+    kind: patch
+    dataset: clean
+    interventions:
+      - {kind: patch, nodes: ["a5.*"], positions: [END], source: {kind: mean}}
+      - {kind: add, nodes: [m3], vector: {values: [1.0, 2.0]}, scale: 2.0}
+      - {kind: project_out, nodes: [r4], direction: {token: " Mary"}}
+"""
+
+
+def test_lowering() -> None:
+    spec = parse_spec(SPEC, "t.yaml")
+    prog = compile_spec(spec, SMOLLM2, {d: IOI_POSITIONS for d in spec.datasets})
+    per_pos = [r for r in prog.runs if r.experiment == "per_pos"]
+    assert [r.name for r in per_pos] == ["clean", "all ← clean[π7(i)]", "m0@S2", "m0@END", "m1@S2", "m1@END",
+                                         "a2.h3@S2", "a2.h3@END"]
+    assert per_pos[1].ops[0].node.layer == 30 and per_pos[1].ops[0].positions == ("END",)
+    together = [r for r in prog.runs if r.experiment == "together"]
+    assert [r.name for r in together] == ["clean", "all ← mean(clean, auto)", "together"]
+    ops = together[-1].ops
+    assert len(ops) == 9 + 1 + 1
+    assert {op.action for op in ops} == {"patch", "add", "project_out"}
+    assert prog.vectors["v1"].unit and not prog.vectors["v0"].unit
+    assert together[-1].start_layer(30) == 3
+    assert all(op.origin.startswith("t.yaml:") for op in ops)
+
+
+def test_every_experiment_default_source_dataset_is_its_own() -> None:
+    spec = parse_spec(SPEC, "t.yaml")
+    prog = compile_spec(spec, SMOLLM2, {d: IOI_POSITIONS for d in spec.datasets})
+    assert prog.datasets() == {"clean"}
