@@ -18,8 +18,8 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative, fused interventions on "
                   "transformer language models.")
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 
 def _load(path: Path):  # type: ignore[no-untyped-def]
@@ -116,13 +116,10 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
     res = api.assemble(p, values, time.perf_counter() - t0)
     report.print_results(res, out, top=top)
     shape = p.model.adapter.shape
-    for e in res.experiments:
-        if e.kind != "sweep":
-            continue
-        target = heatmap or (out_path.with_suffix("") if out_path else None)
-        if target is None:
-            continue
-        png = Path(f"{target.with_suffix('')}-{e.name}.png") if len(res.experiments) > 1 or not heatmap else target
+    sweeps = [e for e in res.experiments if e.kind == "sweep"]
+    base = heatmap or (out_path.with_suffix(".png") if out_path else None)
+    for e in sweeps if base else []:
+        png = base if len(sweeps) == 1 else base.with_name(f"{base.stem}-{e.name}.png")
         if report.heatmap(e, png, shape.n_layers, shape.n_heads):
             out.print(f"heatmap: {png}")
     if out_path:
