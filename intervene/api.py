@@ -79,6 +79,8 @@ def build_datasets(spec: schema.Spec, tokenizer: Any) -> dict[str, data.Dataset]
             if d.kind == "ioi":
                 out[name] = data.ioi(d.n, d.seed, tokenizer, templates=d.templates, names=d.names, name=name)
             elif d.kind == "ioi_abc":
+                if d.of not in out:  # reported by the static checks
+                    continue
                 out[name] = data.ioi_abc(out[d.of], d.seed, tokenizer, name=name)
             else:
                 out[name] = data.load_jsonl(spec.resolve(d.path), name, tokenizer)
@@ -91,7 +93,27 @@ def build_datasets(spec: schema.Spec, tokenizer: Any) -> dict[str, data.Dataset]
     return out
 
 
-def prepare(spec: schema.Spec, model: LoadedModel | None = None, device: str | None = None) -> Prepared:
+def check(path: str | Path, with_model: bool = True, device: str | None = None) -> list[Diagnostic]:
+    """Every problem of a spec file: static ones and, where the file is well-formed enough to
+    build, those found against the model and datasets (no forward pass). Empty when all is well."""
+    try:
+        spec = load_spec(path)
+        diags: list[Diagnostic] = []
+    except SpecError as e:
+        if e.partial is None or not with_model:
+            return e.diagnostics
+        spec, diags = e.partial, e.diagnostics  # type: ignore[assignment]
+    if with_model:
+        try:
+            prepare(spec, device=device, compile_program=not diags)
+        except SpecError as e:
+            diags = diags + e.diagnostics
+    unique = {(d.file, d.line, d.col, d.code): d for d in diags}
+    return sorted(unique.values(), key=lambda d: (d.file, d.line, d.col))
+
+
+def prepare(spec: schema.Spec, model: LoadedModel | None = None, device: str | None = None,
+            compile_program: bool = True) -> Prepared:
     """Everything up to (not including) the first forward pass; SpecError on any problem."""
     lm = model or model_for(spec, device)
     tok = lm.tokenizer
@@ -113,7 +135,7 @@ def prepare(spec: schema.Spec, model: LoadedModel | None = None, device: str | N
     if diags:
         raise SpecError(diags)
     positions = {n: tuple(ds.position_names) for n, ds in datasets.items()}
-    program = compile_spec(spec, lm.adapter.shape, positions)
+    program = compile_spec(spec, lm.adapter.shape, positions) if compile_program else ir.Program(spec.name or "")
     return Prepared(spec, lm, datasets, batches, program)
 
 

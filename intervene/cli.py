@@ -35,25 +35,23 @@ def check(specs: list[Path] = typer.Argument(..., help="spec files"),
     """Check spec files: report every error at once, each as file:line:col with a hint."""
     from intervene.errors import SpecError
 
+    from intervene import api
+
     bad = 0
     for path in specs:
         try:
-            spec = _load(path)
-            if model:
-                from intervene import api
-
-                api.prepare(spec)
-        except SpecError as e:
-            bad += 1
-            err.print(str(e), markup=False, highlight=False)
-            n = len(e.diagnostics)
-            err.print(f"{path}: {n} error{'s' * (n != 1)}", style="red")
-            continue
-        except Exception as e:  # model could not load, etc.: say so plainly
+            diags = api.check(path, with_model=model)
+        except Exception as e:  # the model could not load, etc.: say so plainly
             bad += 1
             err.print(f"{path}: {type(e).__name__}: {e}", style="red", markup=False)
             continue
-        out.print(f"{path}: ok", style="green")
+        if diags:
+            bad += 1
+            sources = {d.file: Path(d.file).read_text() for d in diags if Path(d.file).is_file()}
+            err.print(str(SpecError(diags, sources)), markup=False, highlight=False)
+            err.print(f"{path}: {len(diags)} error{'s' * (len(diags) != 1)}", style="red")
+        else:
+            out.print(f"{path}: ok", style="green")
     raise typer.Exit(1 if bad else 0)
 
 

@@ -143,11 +143,17 @@ class Diagnostic:
 
 
 class SpecError(Exception):
-    """The spec is wrong. ``diagnostics`` lists every problem found, in file order."""
+    """The spec is wrong. ``diagnostics`` lists every problem found, in file order.
 
-    def __init__(self, diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None = None) -> None:
+    ``partial`` is the spec object when the file was well-formed but failed cross-reference
+    checks, so that later checks (against the model) can still run and be reported together.
+    """
+
+    def __init__(self, diagnostics: Iterable[Diagnostic], sources: Mapping[str, str] | None = None,
+                 partial: object | None = None) -> None:
         self.diagnostics: list[Diagnostic] = sorted(diagnostics, key=lambda d: (d.file, d.line, d.col))
         self.sources: dict[str, str] = dict(sources or {})
+        self.partial = partial
         super().__init__(str(self))
 
     def __str__(self) -> str:

@@ -96,7 +96,9 @@ def load_model(name: str = DEFAULT_MODEL, revision: str | None = None, dtype: st
                device: str = "auto") -> LoadedModel:
     """Load by the default's name, a local path or a Hugging Face id; wrap in its adapter."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     if dtype not in DTYPES:
         raise ModelLoadError(f'dtype "{dtype}" is not one of {", ".join(DTYPES)}')
     td = DTYPES[dtype]

@@ -73,12 +73,13 @@ def _finish(loaded: Loaded, path: Path) -> schema.Spec:
             diags += [d for err in e.errors() if (d := _from_pydantic(err, data, src)) is not None]
         diags += _static_checks(data, src, path.parent)
     diags = _dedupe(diags)
+    if spec is not None:
+        if spec.name is None:
+            spec = spec.model_copy(update={"name": path.stem})
+        spec._path = path
+        spec._source_map = src
     if diags or spec is None:
-        raise SpecError(diags, {src.file: src.text})
-    if spec.name is None:
-        spec = spec.model_copy(update={"name": path.stem})
-    spec._path = path
-    spec._source_map = src
+        raise SpecError(diags, {src.file: src.text}, partial=spec)
     return spec
 
 
