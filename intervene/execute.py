@@ -147,6 +147,9 @@ class Executor:
 
     # -- base passes ---------------------------------------------------------------------------
     def _plan_needs(self, program: ir.Program) -> None:
+        """Record which z's and MLP outputs the program reads from each dataset's base pass
+        (and drop base passes cached before without them)."""
+        before = {ds: (set(self._need_z.get(ds, ())), set(self._need_mlp.get(ds, ()))) for ds in self._bases}
         for run in program.runs:
             for op in run.ops:
                 s = op.source
@@ -156,6 +159,9 @@ class Executor:
                     self._need_z.setdefault(s.dataset, set()).add(op.node.layer)
                 elif op.node.kind == "mlp":
                     self._need_mlp.setdefault(s.dataset, set()).add(op.node.layer)
+        for ds, (z, mlp) in before.items():
+            if z != self._need_z.get(ds, set()) or mlp != self._need_mlp.get(ds, set()):
+                del self._bases[ds]
 
     def base(self, dataset: str) -> BaseCache:
         """The unpatched pass over ``dataset`` (computed once, in chunks)."""
