@@ -62,6 +62,7 @@ class BaseCache:
     resid: list[Tensor]  # L+1 entries [B, T, d]: resid[l] enters layer l, resid[L] is final
     z: dict[int, Tensor] = field(default_factory=dict)  # [B, H, T, dh]
     mlp: dict[int, Tensor] = field(default_factory=dict)  # [B, T, d]
+    kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # rotated k, v [B, G, T, dh]
     logits: Tensor | None = None  # [B, V] at the metric position
 
 
@@ -75,11 +76,22 @@ def attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
     return out[:, None]
 
 
-def attend(model: Adapter, l: int, x_normed: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Tensor) -> Tensor:
-    """Per-head z [B, H, T, dh]: attention-weighted values, before the output projection."""
+def attend(model: Adapter, l: int, x_normed: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Tensor,
+           prefix: tuple[Tensor, Tensor] | None = None,
+           on_kv: Callable[[Tensor, Tensor], None] | None = None) -> Tensor:
+    """Per-head z [B, H, T, dh]: attention-weighted values, before the output projection.
+
+    ``prefix`` holds keys and values [B, G, P, dh] of P earlier positions (from a base pass)
+    that ``x_normed`` continues; ``mask`` is then [B, 1, T, P + T]. ``on_kv`` sees the keys
+    and values computed here (for caching)."""
     qkv = model.qkv(l, x_normed, rot)
+    k, v = qkv.k, qkv.v
+    if on_kv:
+        on_kv(k, v)
+    if prefix is not None:
+        k, v = torch.cat((prefix[0], k), 2), torch.cat((prefix[1], v), 2)
     return torch.nn.functional.scaled_dot_product_attention(
-        qkv.q, qkv.k, qkv.v, attn_mask=mask, scale=model.attn_scale(l), enable_gqa=model.shape.group_size > 1)
+        qkv.q, k, v, attn_mask=mask, scale=model.attn_scale(l), enable_gqa=model.shape.group_size > 1)
 
 
 def gather_positions(batch: BatchLike, pos: Tensor, name: str) -> Tensor:
@@ -92,10 +104,14 @@ def gather_positions(batch: BatchLike, pos: Tensor, name: str) -> Tensor:
 def block(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Tensor,
           on_z: Callable[[Tensor], None] | None = None,
           on_attn: Callable[[Tensor, Tensor], None] | None = None,
-          on_mlp: Callable[[Tensor], None] | None = None) -> Tensor:
+          on_mlp: Callable[[Tensor], None] | None = None,
+          prefix: tuple[Tensor, Tensor] | None = None,
+          on_kv: Callable[[Tensor, Tensor], None] | None = None,
+          inplace: bool = False) -> Tensor:
     """One transformer block on residual x; the callbacks may edit z, the attention output and
-    the MLP output in place (sequential or parallel layout as the model has it)."""
-    z = attend(m, l, m.norm_attn(l, x), rot, mask)
+    the MLP output in place (sequential or parallel layout as the model has it). With
+    ``inplace`` the residual ``x`` itself is updated and returned."""
+    z = attend(m, l, m.norm_attn(l, x), rot, mask, prefix, on_kv)
     if on_z:
         on_z(z)
     attn = m.attention_out(l, z)
@@ -105,12 +121,12 @@ def block(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask
         mlp = m.mlp(l, m.norm_mlp(l, x))
         if on_mlp:
             on_mlp(mlp)
-        return x + attn + mlp
-    x = x + attn
+        return x.add_(attn).add_(mlp) if inplace else x + attn + mlp
+    x = x.add_(attn) if inplace else x + attn
     mlp = m.mlp(l, m.norm_mlp(l, x))
     if on_mlp:
         on_mlp(mlp)
-    return x + mlp
+    return x.add_(mlp) if inplace else x + mlp
 
 
 def forward(m: Adapter, input_ids: Tensor, attention_mask_: Tensor, position_ids: Tensor | None = None) -> Tensor:
@@ -143,7 +159,10 @@ class Executor:
         self._need_z: dict[str, set[int]] = {}
         self._need_mlp: dict[str, set[int]] = {}
         self._resample: dict[tuple[str, str, int, bool], Tensor] = {}
-        self._width: int | None = None  # token width of the chunk being run (padding trimmed)
+        # Token window [P, T) of the chunk being run: T trims padding; positions before P are
+        # unchanged in every row of the chunk, so they are read from the base pass (keys and
+        # values) instead of being recomputed. Op positions are absolute; tensors hold t - P.
+        self._window: tuple[int, int] | None = None
 
     # -- base passes ---------------------------------------------------------------------------
     def _plan_needs(self, program: ir.Program) -> None:
@@ -179,6 +198,7 @@ class Executor:
             resid=[cat([p.resid[l] for p in parts]) for l in range(self.L + 1)],
             z={l: cat([p.z[l] for p in parts]) for l in parts[0].z},
             mlp={l: cat([p.mlp[l] for p in parts]) for l in parts[0].mlp},
+            kv={l: (cat([p.kv[l][0] for p in parts]), cat([p.kv[l][1] for p in parts])) for l in parts[0].kv},
             logits=cat([p.logits for p in parts]),  # type: ignore[misc]
         )
         self._bases[dataset] = cache
@@ -198,7 +218,8 @@ class Executor:
             cache.resid.append(x)
             x = block(m, l, x, rot, mask,
                       on_z=(lambda z, l=l: cache.z.__setitem__(l, z)) if l in need_z else None,
-                      on_mlp=(lambda y, l=l: cache.mlp.__setitem__(l, y)) if l in need_mlp else None)
+                      on_mlp=(lambda y, l=l: cache.mlp.__setitem__(l, y)) if l in need_mlp else None,
+                      on_kv=lambda k, v, l=l: cache.kv.__setitem__(l, (k, v)))
         cache.resid.append(x)
         end = gather_positions(batch, ex, self.metric_position).to(dev)
         cache.logits = m.unembed(x[torch.arange(len(ex), device=dev), end])
@@ -274,8 +295,8 @@ class Executor:
                 return t, None
             sb = self.batches[src_ds]
             return t, torch.stack([gather_positions(sb, src_ex, p) for p in op.positions], 1)
-        T = self._width or rb.input_ids.shape[1]
-        t = torch.arange(T).expand(len(ex), T)
+        P, T = self._window or (0, rb.input_ids.shape[1])
+        t = torch.arange(P, T).expand(len(ex), T - P)
         if src_ds is None:
             return t, None
         sb = self.batches[src_ds]
@@ -357,52 +378,79 @@ class Executor:
             out += [_Rows(run[i:i + step], ex[i:i + step], start[i:i + step]) for i in range(0, len(run), step)]
         return out
 
+    def _first_change(self, ds: str, op: ir.Op, ex: Tensor) -> Tensor:
+        """Per row, the first position whose values the op can change (later ones follow)."""
+        rb = self.batches[ds]
+        if op.positions is not None:
+            return torch.stack([gather_positions(rb, ex, p) for p in op.positions], 1).min(1).values
+        if op.action == "patch" and op.source is not None and op.source.kind == "run":
+            sb = self.batches[op.source.dataset]  # type: ignore[index]
+            sx = self._pairing(ds, op.source, ex, same_length=True)
+            W = min(rb.input_ids.shape[1], sb.input_ids.shape[1])
+            differ = rb.input_ids[ex, :W] != sb.input_ids[sx, :W]
+            return torch.where(differ.any(1), differ.long().argmax(1), torch.full_like(ex, W))
+        return _first_token(rb.attention_mask[ex])
+
+    def _window_start(self, program: ir.Program, ds: str, rows: _Rows, ex: Tensor, end: Tensor) -> int:
+        """The first position any row of the chunk can differ from its base at (<= its END)."""
+        P = int(end.min())
+        for a, b in _segments(rows.run):
+            for op in program.runs[int(rows.run[a])].ops:
+                P = min(P, int(self._first_change(ds, op, ex[a:b]).min()))
+        return max(P, 0)
+
     def _run_chunk(self, program: ir.Program, ds: str, rows: _Rows, readout: Readout) -> Tensor:
         m, batch, base = self.model, self.batches[ds], self.base(ds)
         dev = m.device
         ex = torch.from_numpy(rows.ex)
+        exd = ex.to(dev)
         n = len(ex)
         T = int(batch.lengths[ex].max()) if bool((_first_token(batch.attention_mask[ex]) == 0).all()) \
             else batch.input_ids.shape[1]
-        self._width = T
-        pos_ids = batch.position_ids[ex, :T].to(dev)
-        mask = attention_mask(batch.attention_mask[ex, :T].to(dev), m.dtype)
+        end = gather_positions(batch, ex, self.metric_position)
+        P = self._window_start(program, ds, rows, ex, end)
+        self._window = (P, T)
+        pos_ids = batch.position_ids[ex, P:T].to(dev)
+        mask = attention_mask(batch.attention_mask[ex, :T].to(dev), m.dtype)[:, :, P:T, :T]
         first = int(rows.start[0])
-        x = base.resid[min(first, self.L)][ex.to(dev), :T].clone()
+        x = base.resid[min(first, self.L)][exd, P:T].clone()
         rot_full = m.rotary(x, pos_ids)
-        # segments: contiguous rows of one run
-        seg_bounds = np.flatnonzero(np.diff(rows.run)) + 1
-        segs = [(int(a), int(b)) for a, b in zip(np.r_[0, seg_bounds], np.r_[seg_bounds, n])]
+        segs = _segments(rows.run)
         active = 0
         for l in range(first, self.L):
             new_active = int(np.searchsorted(rows.start, l, side="right"))
             if new_active > active:  # rows joining at layer l start from the base's residual
-                x[active:new_active] = base.resid[l][ex[active:new_active].to(dev), :T]
+                x[active:new_active] = base.resid[l][exd[active:new_active], P:T]
                 active = new_active
             xa = x[:active]
             rot = None if rot_full is None else (rot_full[0][:active], rot_full[1][:active])
+            prefix = None
+            if P > 0:
+                k, v = base.kv[l]
+                prefix = (k[exd[:active], :, :P], v[exd[:active], :, :P])
             layer_ops = [(a, b, op) for a, b in segs if a < active
                          for op in program.runs[int(rows.run[a])].ops if op.layer == l]
             self._apply(layer_ops, ("input", "resid"), xa, ds, ex)
-            xa = block(m, l, xa, rot, mask[:active],
-                       on_z=lambda z: self._apply_head_patches(layer_ops, z, ds, ex),
-                       on_attn=lambda attn, z: self._apply_head_edits(layer_ops, attn, z, l, ds, ex),
-                       on_mlp=lambda y: self._apply(layer_ops, ("mlp",), y, ds, ex))
-            x[:active] = xa
+            block(m, l, xa, rot, mask[:active], prefix=prefix, inplace=True,
+                  on_z=lambda z: self._apply_head_patches(layer_ops, z, ds, ex),
+                  on_attn=lambda attn, z: self._apply_head_edits(layer_ops, attn, z, l, ds, ex),
+                  on_mlp=lambda y: self._apply(layer_ops, ("mlp",), y, ds, ex))
         # rows that start at L (no ops): the base's final residual
         if active < n:
-            x[active:] = base.resid[self.L][ex[active:].to(dev), :T]
-        end = gather_positions(batch, ex, self.metric_position).to(dev)
+            x[active:] = base.resid[self.L][exd[active:], P:T]
         self._apply_final(program, rows, x, ds, ex)
-        logits = m.unembed(x[torch.arange(n, device=dev), end])
+        logits = m.unembed(x[torch.arange(n, device=dev), (end - P).to(dev)])
         return readout(ds, logits, ex).detach().cpu()
 
     def _apply_final(self, program: ir.Program, rows: _Rows, x: Tensor, ds: str, ex: Tensor) -> None:
         """Ops on the final residual r{L}."""
-        seg_bounds = np.flatnonzero(np.diff(rows.run)) + 1
-        segs = [(int(a), int(b)) for a, b in zip(np.r_[0, seg_bounds], np.r_[seg_bounds, len(ex)])]
-        ops = [(a, b, op) for a, b in segs for op in program.runs[int(rows.run[a])].ops if op.layer == self.L]
+        ops = [(a, b, op) for a, b in _segments(rows.run) for op in program.runs[int(rows.run[a])].ops
+               if op.layer == self.L]
         self._apply(ops, ("resid",), x, ds, ex)
+
+    def _local(self, t: Tensor, device: torch.device) -> Tensor:
+        """Absolute token indices as indices into the chunk's window."""
+        return (t - (self._window or (0, 0))[0]).to(device)
 
     def _apply(self, ops: list[tuple[int, int, ir.Op]], kinds: tuple[str, ...], out: Tensor, ds: str,
                ex: Tensor) -> None:
@@ -416,9 +464,9 @@ class Executor:
                 if op.positions is None:
                     out[a:b] = v.to(out.dtype)
                 else:
-                    out[rows, t.to(out.device)] = v.to(out.dtype)
+                    out[rows, self._local(t, out.device)] = v.to(out.dtype)
             else:
-                t = self._positions(ds, op, ex[a:b], None, None)[0].to(out.device)
+                t = self._local(self._positions(ds, op, ex[a:b], None, None)[0], out.device)
                 vec = self.vectors[op.vector].to(out.device, out.dtype)  # type: ignore[index]
                 cur = out[rows, t]
                 if op.action == "add":
@@ -434,7 +482,7 @@ class Executor:
                 if op.positions is None:  # t is arange(T) on every row: a slice write
                     z[a:b, op.node.head] = v.to(z.dtype)
                 else:
-                    z[rows, op.node.head, t.to(z.device)] = v.to(z.dtype)
+                    z[rows, op.node.head, self._local(t, z.device)] = v.to(z.dtype)
 
     def _apply_head_edits(self, ops: list[tuple[int, int, ir.Op]], attn: Tensor, z: Tensor, l: int, ds: str,
                           ex: Tensor) -> None:
@@ -442,7 +490,7 @@ class Executor:
             if op.node.kind != "head" or op.action == "patch":
                 continue
             rows = torch.arange(a, b, device=attn.device)[:, None]
-            t = self._positions(ds, op, ex[a:b], None, None)[0].to(attn.device)
+            t = self._local(self._positions(ds, op, ex[a:b], None, None)[0], attn.device)
             vec = self.vectors[op.vector].to(attn.device, attn.dtype)  # type: ignore[index]
             if op.action == "add":
                 attn[rows, t] = attn[rows, t] + op.scale * vec
@@ -450,6 +498,12 @@ class Executor:
                 w = self.model.o_weight(l)[op.node.head] @ vec
                 coef = z[rows, op.node.head, t] @ w
                 attn[rows, t] = attn[rows, t] - coef[..., None] * vec
+
+
+def _segments(run: np.ndarray) -> list[tuple[int, int]]:
+    """[a, b) bounds of the runs of equal values in a chunk's row -> run array."""
+    bounds = np.flatnonzero(np.diff(run)) + 1
+    return [(int(a), int(b)) for a, b in zip(np.r_[0, bounds], np.r_[bounds, len(run)])]
 
 
 def _first_token(mask: Tensor) -> Tensor:
