@@ -8,7 +8,8 @@ to time it side by side with the two ways people usually write the sweep today:
   ``self_attn.o_proj``.
 * :func:`nnsight_sweep` -- the same sweep written with nnsight, batching several
   heads' patched runs into one trace (one ``tracer.invoke`` per head).
-* :func:`pyvene_sweep` -- not provided; see ``bench/README.md`` for why.
+* :func:`pyvene_sweep` -- the same sweep with pyvene: one collect run, then one
+  forward per layer over ``n_heads`` stacked copies of the batch.
 
 What is measured (identical in every implementation)
 ----------------------------------------------------
@@ -40,6 +41,7 @@ from torch import nn
 __all__ = [
     "hooks_sweep",
     "nnsight_sweep",
+    "pyvene_sweep",
     "position_ids_from_mask",
     "logit_diff",
     "IOI_PAIRS",
@@ -305,6 +307,122 @@ def nnsight_sweep(
     return result
 
 
+# --------------------------------------------------------------------------- pyvene
+
+
+def pyvene_sweep(
+    hf: nn.Module,
+    clean_ids: torch.Tensor,
+    clean_mask: torch.Tensor,
+    corrupt_ids: torch.Tensor,
+    corrupt_mask: torch.Tensor,
+    end_pos: torch.Tensor,
+    io_ids: torch.Tensor,
+    s_ids: torch.Tensor,
+) -> torch.Tensor:
+    """Head-patching sweep written with pyvene (tested with 0.1.8), one layer per forward.
+
+    Owns: one ``IntervenableModel`` with a ``CollectIntervention`` on every
+    layer's ``attention_value_output`` (the ``o_proj`` input) at all positions,
+    run once on the corrupted batch; then, per layer, an ``IntervenableModel``
+    with one ``VanillaIntervention`` on ``head_attention_value_output`` (unit
+    ``"h.pos"``) and a forward over ``n_heads`` stacked copies of the clean batch,
+    copy ``k`` patched at head ``k`` (all positions) from the collected values
+    passed as ``source_representations``. ``n_layers + 1`` forwards in all.
+
+    pyvene's constructor freezes the model (``requires_grad=False``, ``eval()``);
+    both are restored before returning. Runs under ``torch.inference_mode()``.
+
+    Returns the ``[n_layers, n_heads]`` float32 CPU tensor of patched logit diffs.
+    """
+    import pyvene as pv
+
+    _check_inputs(clean_ids, clean_mask, corrupt_ids, corrupt_mask, end_pos)
+    n_layers, n_heads, head_dim = _head_geometry(hf)
+    B, T = clean_ids.shape
+    clean_pos = position_ids_from_mask(clean_mask)
+    corrupt_pos = position_ids_from_mask(corrupt_mask)
+    positions = list(range(T))
+
+    grads = [p.requires_grad for p in hf.parameters()]
+    training = hf.training
+    try:
+        with torch.inference_mode():
+            collect = pv.IntervenableModel(
+                pv.IntervenableConfig(
+                    representations=[
+                        pv.RepresentationConfig(
+                            layer=l,
+                            component="attention_value_output",
+                            unit="pos",
+                            max_number_of_units=T,
+                        )
+                        for l in range(n_layers)
+                    ],
+                    intervention_types=pv.CollectIntervention,
+                ),
+                model=hf,
+            )
+            (_, collected), _ = collect(
+                dict(
+                    input_ids=corrupt_ids,
+                    attention_mask=corrupt_mask,
+                    position_ids=corrupt_pos,
+                ),
+                unit_locations={"base": positions},
+                use_cache=False,
+            )
+            # [L, B, T, H*d] -> [L, H, B, T, d]
+            corrupt = (
+                torch.stack(list(collected))
+                .view(n_layers, B, T, n_heads, head_dim)
+                .permute(0, 3, 1, 2, 4)
+            )
+
+            def tile(t: torch.Tensor) -> torch.Tensor:
+                return t.repeat(n_heads, *([1] * (t.dim() - 1)))
+
+            base = dict(
+                input_ids=tile(clean_ids),
+                attention_mask=tile(clean_mask),
+                position_ids=tile(clean_pos),
+            )
+            # row k*B + b of the stacked batch: example b, patched at head k
+            heads = [[k] for k in range(n_heads) for _ in range(B)]
+            locations = [(heads, [positions] * (n_heads * B))]
+            result = torch.empty(n_layers, n_heads, dtype=torch.float32)
+            for l in range(n_layers):
+                patch = pv.IntervenableModel(
+                    pv.IntervenableConfig(
+                        representations=[
+                            pv.RepresentationConfig(
+                                layer=l,
+                                component="head_attention_value_output",
+                                unit="h.pos",
+                                max_number_of_units=1,
+                            )
+                        ],
+                        intervention_types=pv.VanillaIntervention,
+                    ),
+                    model=hf,
+                )
+                source = corrupt[l].reshape(n_heads * B, 1, T, head_dim)
+                _, out = patch(
+                    base,
+                    source_representations=[source],
+                    unit_locations={"sources->base": (locations, locations)},
+                    use_cache=False,
+                )
+                logits = out.logits.view(n_heads, B, T, -1)
+                for k in range(n_heads):
+                    result[l, k] = logit_diff(logits[k], end_pos, io_ids, s_ids).float().cpu()
+    finally:
+        for p, g in zip(hf.parameters(), grads):
+            p.requires_grad_(g)
+        hf.train(training)
+    return result
+
+
 # --------------------------------------------------------------------------- IOI data + timing
 
 #: (template, names in order A, B, S) -- S repeats A or B; the answer is the other one.
@@ -387,7 +505,7 @@ def _main(argv: Optional[list[str]] = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--which", nargs="+", default=["hooks", "nnsight"],
-                        choices=["hooks", "nnsight"])
+                        choices=["hooks", "nnsight", "pyvene"])
     parser.add_argument("--batch-heads", nargs="+", type=int, default=[8])
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
@@ -408,14 +526,15 @@ def _main(argv: Optional[list[str]] = None) -> None:
           f"  mean {per_prompt.mean().item():.3f}  shape {tuple(batch['clean_ids'].shape)}",
           flush=True)
 
-    def cpu_ticks() -> tuple[int, int]:
-        """(steal, total) jiffies of all CPUs, from /proc/stat (Linux only)."""
+    def busy_seconds() -> float:
+        """CPU-seconds all processes spent busy so far, from /proc/stat (Linux)."""
         try:
             with open("/proc/stat") as f:
                 fields = [int(v) for v in f.readline().split()[1:]]
         except OSError:
-            return 0, 1
-        return (fields[7] if len(fields) > 7 else 0), sum(fields)
+            return float("nan")
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
     configs = [(w, k) for w in args.which for k in (args.batch_heads if w == "nnsight" else [None])]
     results: dict[str, torch.Tensor] = {}
@@ -425,21 +544,22 @@ def _main(argv: Optional[list[str]] = None) -> None:
     for rep in range(args.repeat):
         for which, k in configs:
             label = which if k is None else f"{which}[batch_heads={k}]"
-            s0, j0 = cpu_ticks()
+            b0 = busy_seconds()
             t0, c0 = time.perf_counter(), time.process_time()
             if which == "hooks":
                 out = hooks_sweep(hf, **batch)
+            elif which == "pyvene":
+                out = pyvene_sweep(hf, **batch)
             else:
                 out = nnsight_sweep(hf, **batch, batch_heads=k, tokenizer=tok)
             dt, cpu = time.perf_counter() - t0, time.process_time() - c0
-            s1, j1 = cpu_ticks()
+            others = (busy_seconds() - b0 - cpu) / dt  # cores busy with other work
             results[label] = out
             times.setdefault(label, []).append(dt)
-            # cpu/wall near the thread count means the cores were ours; well
-            # below it, or a high load average / steal, means something competed.
-            print(f"{label} run {rep + 1}: {dt:.1f} s  (cpu/wall {cpu / dt:.2f}, "
-                  f"load avg {os.getloadavg()[0]:.1f}, "
-                  f"steal {100 * (s1 - s0) / max(j1 - j0, 1):.0f}%)", flush=True)
+            # "others" is how many cores other processes kept busy meanwhile: on
+            # a 2-core machine anything above ~0.1 means the timing is polluted.
+            print(f"{label} run {rep + 1}: {dt:.1f} s  (own cpu/wall {cpu / dt:.2f}, "
+                  f"others {others:.2f} cores)", flush=True)
     for label, ts in times.items():
         print(f"{label}: " + ", ".join(f"{t:.1f}" for t in ts) + f" s  (min {min(ts):.1f})")
     labels = list(results)

@@ -213,3 +213,32 @@ def test_nnsight_sweep_batches_heads_into_one_forward(tiny_llama, batch):
     B = batch["clean_ids"].shape[0]
     # One corrupted forward, then ceil(8 / 3) = 3 forwards of 3, 3 and 2 copies.
     assert rows == [B, 3 * B, 3 * B, 2 * B]
+
+
+# --------------------------------------------------------------------------- pyvene
+
+
+def test_pyvene_sweep_matches_hooks(tiny_llama, batch):
+    pytest.importorskip("pyvene")
+    from bench.baselines import pyvene_sweep
+
+    expected = hooks_sweep(tiny_llama, **batch)
+    grads = [p.requires_grad for p in tiny_llama.parameters()]
+    out = pyvene_sweep(tiny_llama, **batch)
+    assert out.shape == (N_LAYERS, N_HEADS)
+    torch.testing.assert_close(out, expected, atol=1e-4, rtol=0)
+    # pyvene freezes the model on construction; the sweep undoes that.
+    assert [p.requires_grad for p in tiny_llama.parameters()] == grads
+    for module in tiny_llama.modules():
+        assert not module._forward_pre_hooks and not module._forward_hooks
+
+
+def test_pyvene_sweep_identity_patch_gives_clean_metric(tiny_llama, batch):
+    pytest.importorskip("pyvene")
+    from bench.baselines import pyvene_sweep
+
+    out = pyvene_sweep(tiny_llama, **with_clean_as_corrupt(batch))
+    expected = clean_metric(tiny_llama, batch)
+    torch.testing.assert_close(
+        out, torch.full_like(out, expected), atol=1e-5, rtol=0
+    )
