@@ -221,3 +221,104 @@ def suggest(text: str, shape: ModelShape) -> str | None:
                 return cand
     close = difflib.get_close_matches(text.strip(), names, n=1, cutoff=0.6)
     return close[0] if close else None
+
+
+# -- receivers and edges (DESIGN.md §1) ---------------------------------------------------------
+
+ReceiverKind = Literal["q", "k", "v", "mlp", "logits"]
+
+
+@dataclass(frozen=True, order=True)
+class Receiver:
+    """Where a node's output is read: a head's query, a head's (or kv group's) key or value,
+    an MLP, or the logits. ``index`` is the head (q; k/v without grouped-query attention) or the
+    key/value group (k/v under grouped-query attention)."""
+
+    kind: ReceiverKind
+    layer: int = -1
+    index: int = -1
+    grouped: bool = False  # k/v of a key/value group (GQA), named a{l}.g{g}<k>
+
+    def __str__(self) -> str:
+        if self.kind == "mlp":
+            return f"m{self.layer}"
+        if self.kind == "logits":
+            return "logits"
+        letter = "g" if self.grouped else "h"
+        return f"a{self.layer}.{letter}{self.index}<{self.kind}>"
+
+
+_RECEIVER = re.compile(r"^a(\d+)\.([hg])(\d+)<([qkv])>$")
+
+
+def parse_receiver(text: str, shape: ModelShape) -> Receiver:
+    """``a3.h2<q>``, ``a3.g1<k>`` (GQA) or ``a3.h2<k>``, ``m3``, ``logits``; ValueError otherwise."""
+    t = text.strip()
+    if t == "logits":
+        return Receiver("logits")
+    m = re.match(r"^m(\d+)$", t)
+    if m:
+        layer = int(m.group(1))
+        if layer >= shape.n_layers:
+            raise NodeRangeError(f"layer {layer} is out of range in \"{t}\" (model has {shape.n_layers} layers: "
+                                 f"0-{shape.n_layers - 1})", None, "layer-out-of-range")
+        return Receiver("mlp", layer)
+    m = _RECEIVER.match(t)
+    if not m:
+        raise PatternError(f'unknown receiver "{t}"',
+                           "receivers are a{l}.h{h}<q|k|v>, a{l}.g{g}<k|v> (grouped-query attention), m{l}, logits")
+    layer, letter, idx, kind = int(m.group(1)), m.group(2), int(m.group(3)), m.group(4)
+    grouped = shape.n_kv_heads < shape.n_heads
+    if layer >= shape.n_layers:
+        raise NodeRangeError(f"layer {layer} is out of range in \"{t}\" (model has {shape.n_layers} layers: "
+                             f"0-{shape.n_layers - 1})", None, "layer-out-of-range")
+    if kind in "kv" and grouped and letter == "h":
+        raise PatternError(f'"{t}": keys and values belong to key/value groups in this model',
+                           f"write a{layer}.g{idx // shape.group_size}<{kind}> (head {idx} reads group "
+                           f"{idx // shape.group_size})")
+    if letter == "g" and (kind == "q" or not grouped):
+        raise PatternError(f'"{t}": only keys and values of a grouped-query model have groups',
+                           f"write a{layer}.h{idx}<{kind}>")
+    limit = shape.n_kv_heads if letter == "g" else shape.n_heads
+    if idx >= limit:
+        what = "groups" if letter == "g" else "heads"
+        raise NodeRangeError(f"{what[:-1]} {idx} is out of range for a{layer} ({limit} {what}: 0-{limit - 1})",
+                             None, "head-out-of-range")
+    return Receiver(kind, layer, idx, grouped=letter == "g")  # type: ignore[arg-type]
+
+
+def receivers(shape: ModelShape) -> list[Receiver]:
+    """Every receiver of the model, in forward order."""
+    grouped = shape.n_kv_heads < shape.n_heads
+    out: list[Receiver] = []
+    for l in range(shape.n_layers):
+        out += [Receiver("q", l, h) for h in range(shape.n_heads)]
+        kv = shape.n_kv_heads if grouped else shape.n_heads
+        out += [Receiver(k, l, i, grouped) for k in ("k", "v") for i in range(kv)]  # type: ignore[misc]
+        out.append(Receiver("mlp", l))
+    out.append(Receiver("logits"))
+    return out
+
+
+def edge_error(src: Node, recv: Receiver, shape: ModelShape) -> str | None:
+    """Why ``src -> recv`` is not an edge of this model (None when it is one)."""
+    if src.kind not in ("input", "head", "mlp"):
+        return f"{src} is not a node that writes to the residual stream"
+    if recv.kind == "logits" or src.kind == "input":
+        return None
+    if src.layer < recv.layer:
+        return None
+    if src.layer > recv.layer:
+        return f"{src} -> {recv} goes backwards (layer {src.layer} to layer {recv.layer})"
+    if src.kind == "head" and recv.kind == "mlp":
+        if shape.parallel:
+            return (f"{src} -> {recv}: attention and MLP of layer {src.layer} read the same residual "
+                    "in a parallel block, so there is no edge between them")
+        return None
+    return f"{src} -> {recv}: {src} is computed after {recv} reads its input"
+
+
+def edges(shape: ModelShape) -> list[tuple[Node, Receiver]]:
+    """Every edge (src -> receiver) of the model, DESIGN.md §1."""
+    recvs = receivers(shape)
+    return [(s, r) for s in all_nodes(shape) for r in recvs if edge_error(s, r, shape) is None]
