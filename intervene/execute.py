@@ -27,7 +27,7 @@ from torch import Tensor
 
 from intervene import ir
 from intervene.graph import Node
-from intervene.models.adapters import Adapter
+from intervene.models.adapters import QKV, Adapter
 
 
 class BatchLike(Protocol):
@@ -78,13 +78,17 @@ def attention_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
 
 def attend(model: Adapter, l: int, x_normed: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Tensor,
            prefix: tuple[Tensor, Tensor] | None = None,
-           on_kv: Callable[[Tensor, Tensor], None] | None = None) -> Tensor:
+           on_kv: Callable[[Tensor, Tensor], None] | None = None,
+           on_qkv: Callable[[QKV], None] | None = None) -> Tensor:
     """Per-head z [B, H, T, dh]: attention-weighted values, before the output projection.
 
     ``prefix`` holds keys and values [B, G, P, dh] of P earlier positions (from a base pass)
     that ``x_normed`` continues; ``mask`` is then [B, 1, T, P + T]. ``on_kv`` sees the keys
-    and values computed here (for caching)."""
+    and values computed here (for caching); ``on_qkv`` may replace some heads' queries or
+    groups' keys/values in place (receiver-level edge entries)."""
     qkv = model.qkv(l, x_normed, rot)
+    if on_qkv:
+        on_qkv(qkv)
     k, v = qkv.k, qkv.v
     if on_kv:
         on_kv(k, v)
@@ -107,23 +111,28 @@ def block(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask
           on_mlp: Callable[[Tensor], None] | None = None,
           prefix: tuple[Tensor, Tensor] | None = None,
           on_kv: Callable[[Tensor, Tensor], None] | None = None,
+          on_qkv: Callable[[QKV], None] | None = None,
+          mlp_delta: Callable[[], Tensor | None] | None = None,
           inplace: bool = False) -> Tensor:
     """One transformer block on residual x; the callbacks may edit z, the attention output and
-    the MLP output in place (sequential or parallel layout as the model has it). With
-    ``inplace`` the residual ``x`` itself is updated and returned."""
-    z = attend(m, l, m.norm_attn(l, x), rot, mask, prefix, on_kv)
+    the MLP output in place (sequential or parallel layout as the model has it), replace
+    receivers' q/k/v, and add a delta to the MLP's input only. With ``inplace`` the residual
+    ``x`` itself is updated and returned."""
+    z = attend(m, l, m.norm_attn(l, x), rot, mask, prefix, on_kv, on_qkv)
     if on_z:
         on_z(z)
     attn = m.attention_out(l, z)
     if on_attn:
         on_attn(attn, z)
     if m.shape.parallel:
-        mlp = m.mlp(l, m.norm_mlp(l, x))
+        d = mlp_delta() if mlp_delta else None
+        mlp = m.mlp(l, m.norm_mlp(l, x if d is None else x + d))
         if on_mlp:
             on_mlp(mlp)
         return x.add_(attn).add_(mlp) if inplace else x + attn + mlp
     x = x.add_(attn) if inplace else x + attn
-    mlp = m.mlp(l, m.norm_mlp(l, x))
+    d = mlp_delta() if mlp_delta else None
+    mlp = m.mlp(l, m.norm_mlp(l, x if d is None else x + d))
     if on_mlp:
         on_mlp(mlp)
     return x.add_(mlp) if inplace else x + mlp
@@ -414,6 +423,9 @@ class Executor:
         mask = attention_mask(batch.attention_mask[ex, :T].to(dev), m.dtype)[:, :, P:T, :T]
         first = int(rows.start[0])
         x = base.resid[min(first, self.L)][exd, P:T].clone()
+        # this run's own outputs of the source nodes of its edge entries
+        outs: dict[Node, Tensor] = {op.node: x.new_zeros(x.shape) for a, b in _segments(rows.run)
+                                    for op in program.runs[int(rows.run[a])].ops if op.receiver is not None}
         rot_full = m.rotary(x, pos_ids)
         segs = _segments(rows.run)
         active = 0
@@ -428,25 +440,81 @@ class Executor:
             if P > 0:
                 k, v = base.kv[l]
                 prefix = (k[exd[:active], :, :P], v[exd[:active], :, :P])
-            layer_ops = [(a, b, op) for a, b in segs if a < active
-                         for op in program.runs[int(rows.run[a])].ops if op.layer == l]
+            run_ops = [(a, b, op) for a, b in segs if a < active for op in program.runs[int(rows.run[a])].ops]
+            layer_ops = [(a, b, op) for a, b, op in run_ops if op.receiver is None and op.layer == l]
+            edge_ops = [(a, b, op) for a, b, op in run_ops if op.receiver is not None and op.acts_at(self.L) == l]
             self._apply(layer_ops, ("input", "resid"), xa, ds, ex)
-            block(m, l, xa, rot, mask[:active], prefix=prefix, inplace=True,
-                  on_z=lambda z: self._apply_head_patches(layer_ops, z, ds, ex),
+            if l == 0:
+                self._record(outs, Node("input"), xa)
+
+            def on_z(z: Tensor, l: int = l) -> None:
+                self._apply_head_patches(layer_ops, z, ds, ex)
+                for node in outs:
+                    if node.kind == "head" and node.layer == l:
+                        self._record(outs, node, z[:, node.head] @ m.o_weight(l)[node.head])
+
+            def on_mlp(y: Tensor, l: int = l) -> None:
+                self._apply(layer_ops, ("mlp",), y, ds, ex)
+                self._record(outs, Node("mlp", l), y)
+
+            attn_edges = [e for e in edge_ops if e[2].receiver.kind in ("q", "k", "v")]  # type: ignore[union-attr]
+            mlp_edges = [e for e in edge_ops if e[2].receiver.kind == "mlp"]  # type: ignore[union-attr]
+            block(m, l, xa, rot, mask[:active], prefix=prefix, inplace=True, on_z=on_z,
                   on_attn=lambda attn, z: self._apply_head_edits(layer_ops, attn, z, l, ds, ex),
-                  on_mlp=lambda y: self._apply(layer_ops, ("mlp",), y, ds, ex))
+                  on_mlp=on_mlp,
+                  on_qkv=(lambda qkv: self._receiver_qkv(attn_edges, qkv, xa, l, rot, ds, ex, outs))
+                  if attn_edges else None,
+                  mlp_delta=(lambda: self._deltas(mlp_edges, xa, ds, ex, outs)) if mlp_edges else None)
         # rows that start at L (no ops): the base's final residual
         if active < n:
             x[active:] = base.resid[self.L][exd[active:], P:T]
         self._apply_final(program, rows, x, ds, ex)
+        logit_edges = [(a, b, op) for a, b in _segments(rows.run) for op in program.runs[int(rows.run[a])].ops
+                       if op.receiver is not None and op.receiver.kind == "logits"]
+        if logit_edges:
+            x = x + self._deltas(logit_edges, x, ds, ex, outs)
         logits = m.unembed(x[torch.arange(n, device=dev), (end - P).to(dev)])
         return readout(ds, logits, ex).detach().cpu()
 
     def _apply_final(self, program: ir.Program, rows: _Rows, x: Tensor, ds: str, ex: Tensor) -> None:
         """Ops on the final residual r{L}."""
         ops = [(a, b, op) for a, b in _segments(rows.run) for op in program.runs[int(rows.run[a])].ops
-               if op.layer == self.L]
+               if op.receiver is None and op.layer == self.L]
         self._apply(ops, ("resid",), x, ds, ex)
+
+    def _record(self, outs: dict[Node, Tensor], node: Node, value: Tensor) -> None:
+        """Keep this run's output of an edge source node (rows [:active] are computed)."""
+        if node in outs:
+            outs[node][:value.shape[0]] = value
+
+    def _deltas(self, ops: list[tuple[int, int, ir.Op]], like: Tensor, ds: str, ex: Tensor,
+                outs: dict[Node, Tensor]) -> Tensor:
+        """Sum over edge entries of (source's output of the node - this run's output of it),
+        per receiver input row: DESIGN.md §2's correction to a receiver's input."""
+        delta = like.new_zeros(like.shape)
+        for a, b, op in ops:
+            t, v = self._replacement(ds, op, ex[a:b])
+            if op.node.kind == "head":
+                v = v.to(like.dtype) @ self.model.o_weight(op.node.layer)[op.node.head]
+            rows = torch.arange(a, b, device=like.device)[:, None]
+            tl = self._local(t, like.device)
+            delta[rows, tl] += v.to(like.dtype) - outs[op.node][rows, tl]
+        return delta
+
+    def _receiver_qkv(self, ops: list[tuple[int, int, ir.Op]], qkv: QKV, x: Tensor, l: int,
+                      rot: tuple[Tensor, Tensor] | None, ds: str, ex: Tensor, outs: dict[Node, Tensor]) -> None:
+        """Recompute the queries / keys / values of receivers whose input differs, from their
+        own input (residual + delta), each through its own normalisation."""
+        by_recv: dict[tuple[int, int, object], list[tuple[int, int, ir.Op]]] = {}
+        for a, b, op in ops:
+            by_recv.setdefault((a, b, op.receiver), []).append((a, b, op))
+        for (a, b, recv), group in by_recv.items():
+            d = self._deltas([(0, b - a, op) for _, _, op in group], x[a:b], ds, ex[a:b],
+                             {node: o[a:b] for node, o in outs.items()})
+            r = None if rot is None else (rot[0][a:b], rot[1][a:b])
+            own = self.model.qkv(l, self.model.norm_attn(l, x[a:b] + d), r)
+            kind, i = recv.kind, recv.index  # type: ignore[union-attr]
+            getattr(qkv, kind)[a:b, i] = getattr(own, kind)[:, i]
 
     def _local(self, t: Tensor, device: torch.device) -> Tensor:
         """Absolute token indices as indices into the chunk's window."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from intervene.graph import Node
+from intervene.graph import Node, Receiver
 
 Action = Literal["patch", "add", "project_out"]
 
@@ -66,15 +66,23 @@ class Op:
     vector: str | None = None  # add / project_out: key into Program.vectors
     scale: float = 1.0  # add
     origin: str = ""  # "specs/x.yaml:14"
+    receiver: Receiver | None = None  # set: an edge-source entry, node -> receiver only
 
     @property
     def layer(self) -> int:
-        """The layer at whose entry (r, input) or inside which (heads, MLPs) the op acts."""
+        """The layer of the node whose output the op reads or changes: a run departs from its
+        base there (an edge op needs the run's own value of its source node)."""
         return 0 if self.node.kind == "input" else self.node.layer
+
+    def acts_at(self, n_layers: int) -> int:
+        """The layer inside which the op takes effect (n_layers for the logits)."""
+        if self.receiver is None:
+            return self.layer
+        return n_layers if self.receiver.kind == "logits" else self.receiver.layer
 
     def __str__(self) -> str:
         where = "@" + ",".join(self.positions) if self.positions else "@*"
-        node = f"{self.node}{where}"
+        node = f"{self.node}{where}" if self.receiver is None else f"{self.node} -> {self.receiver}{where}"
         if self.action == "patch":
             body = f"{node} ← {self.source}"
         elif self.action == "add":

@@ -169,3 +169,75 @@ def test_resample_draws_another_example_of_same_length() -> None:
     draw = ex._draw("clean", "clean", seed=5)
     assert all(int(draw[i]) != i for i in range(3))
     assert torch.equal(draw, Executor(m, bs, {}, "END")._draw("clean", "clean", seed=5))
+
+
+# -- edge-source entries (receiver-level patches) -------------------------------------------------
+
+from intervene import graph  # noqa: E402
+
+
+def _edge_ops(m, node, src, positions=None):  # type: ignore[no-untyped-def]
+    """Entries for every edge leaving ``node``."""
+    return tuple(ir.Op("patch", node, positions, src, receiver=r) for s, r in graph.edges(m.shape) if s == node)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_all_edges_out_of_a_node_equal_the_node_patch(family: str) -> None:
+    m = tiny(family)
+    bs = batches(8)
+    src = ir.Source("run", "corr")
+    nodes = [Node("input"), Node("head", 0, 1), Node("mlp", 0), Node("head", 1, 3), Node("mlp", 2)]
+    runs = []
+    for n in nodes:
+        runs.append(ir.Run(f"node {n}", "clean", (ir.Op("patch", n, None, src),)))
+        runs.append(ir.Run(f"edges {n}", "clean", _edge_ops(m, n, src)))
+    got = run_program(m, bs, runs)
+    for i in range(0, len(runs), 2):
+        torch.testing.assert_close(got[i + 1], got[i], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(got[0], got[2])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_edge_into_logits_gives_the_corrupted_run(family: str) -> None:
+    m = tiny(family)
+    bs = batches(9)
+    src = ir.Source("run", "corr")
+    ops = tuple(ir.Op("patch", s, None, src, receiver=r) for s, r in graph.edges(m.shape) if r.kind == "logits")
+    got = run_program(m, bs, [ir.Run("edges", "clean", ops), ir.Run("corr", "corr")])
+    torch.testing.assert_close(got[0], got[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_one_receiver_edge_differs_from_the_node_patch(family: str) -> None:
+    """A single q edge changes only that head's query: different from patching the node, and
+    equal to the node patch only when it is the node's sole edge (never here)."""
+    m = tiny(family)
+    bs = batches(10)
+    src = ir.Source("run", "corr")
+    n = Node("head", 0, 0)
+    r = graph.Receiver("q", 2, 1)
+    got = run_program(m, bs, [ir.Run("clean", "clean"), ir.Run("edge", "clean", (ir.Op("patch", n, None, src, receiver=r),)),
+                              ir.Run("node", "clean", (ir.Op("patch", n, None, src),)),
+                              ir.Run("same", "clean", (ir.Op("patch", n, None, ir.Source("run", "clean"), receiver=r),))])
+    assert not torch.allclose(got[1], got[0])
+    assert not torch.allclose(got[1], got[2])
+    torch.testing.assert_close(got[3], got[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=5, deadline=None)
+@given(data=st.data())
+def test_fused_edges_equal_one_at_a_time(family: str, data: st.DataObject) -> None:
+    m = tiny(family)
+    bs = batches(11)
+    all_edges = graph.edges(m.shape)
+    src = st.sampled_from([ir.Source("run", "corr"), ir.Source("mean", "other", per_position=False), ir.Source("zero")])
+    pos = st.sampled_from([None, ("END",), ("MID", "END")])
+    edge = st.builds(lambda e, s, p: ir.Op("patch", e[0], p, s, receiver=e[1]), st.sampled_from(all_edges), src, pos)
+    runs = data.draw(st.lists(st.lists(st.one_of(edge, _ops(m.shape)), min_size=1, max_size=4), min_size=2, max_size=5))
+    program = [ir.Run(f"r{i}", "clean", tuple(ops)) for i, ops in enumerate(runs)]
+    d = m.shape.d_model
+    vectors = {"v": torch.linspace(-1, 1, d), "u": torch.nn.functional.normalize(torch.cos(torch.arange(d) * 1.0), dim=0)}
+    fused = run_program(m, bs, program, vectors, max_tokens=2 * T)
+    for run, v in zip(program, fused):
+        torch.testing.assert_close(v, run_program(m, bs, [run], vectors)[0], atol=1e-5, rtol=1e-5)
