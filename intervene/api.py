@@ -69,6 +69,22 @@ def _dataset_diag(spec: schema.Spec, name: str, e: data.DatasetError) -> list[Di
     return out
 
 
+def _check_names(spec: schema.Spec, single_token: Callable[[str], bool]) -> list[Diagnostic]:
+    """IOI ``names`` given in the spec must each be one token after a space."""
+    out = []
+    src = spec.source_map
+    for ds_name, d in spec.datasets.items():
+        for i, n in enumerate(getattr(d, "names", None) or ()):
+            if not single_token(" " + n):
+                loc = ("datasets", ds_name, "names", i)
+                line, col = src.value_span(loc)[:2] if src is not None else (1, 1)
+                out.append(Diagnostic(src.file if src else "<spec>", line, col, ErrorCode.E015,
+                                      f"datasets.{ds_name}.names[{i}]", n,
+                                      f'name "{n}" is not a single token (with its leading space) for this model',
+                                      "IOI names must be one token each: pick a common first name"))
+    return out
+
+
 def build_datasets(spec: schema.Spec, tokenizer: Any) -> dict[str, data.Dataset]:
     """Every dataset of the spec (``ioi_abc`` after the ``ioi`` it corrupts)."""
     out: dict[str, data.Dataset] = {}
@@ -117,6 +133,10 @@ def prepare(spec: schema.Spec, model: LoadedModel | None = None, device: str | N
     """Everything up to (not including) the first forward pass; SpecError on any problem."""
     lm = model or model_for(spec, device)
     tok = lm.tokenizer
+    single = lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) == 1  # noqa: E731
+    name_diags = _check_names(spec, single)
+    if name_diags:
+        raise SpecError(name_diags)
     datasets = build_datasets(spec, tok)
     batches: dict[str, data.Batch] = {}
     diags: list[Diagnostic] = []
@@ -127,7 +147,7 @@ def prepare(spec: schema.Spec, model: LoadedModel | None = None, device: str | N
             diags += _dataset_diag(spec, name, e)
     facts = ModelFacts(
         shape=lm.adapter.shape,
-        is_single_token=lambda s: len(tok(s, add_special_tokens=False)["input_ids"]) == 1,
+        is_single_token=single,
         dataset_positions={n: set(ds.position_names) for n, ds in datasets.items()},
         dataset_answers={n: set(ds.answer_names) for n, ds in datasets.items()},
     )

@@ -102,6 +102,14 @@ def test_model_checks_before_any_forward(real_model) -> None:  # type: ignore[no
     assert all(d.file == "bad.yaml" and d.line > 1 for d in e.value.diagnostics)
 
 
+def test_multi_token_name_is_a_spec_error(real_model) -> None:  # type: ignore[no-untyped-def]
+    bad = SWEEP.replace("{kind: ioi, n: 6, seed: 3}", "{kind: ioi, n: 6, seed: 3, names: [John, Mary, Bartholomew, Sue]}")
+    with pytest.raises(SpecError) as e:
+        api.prepare(parse_spec(bad, "names.yaml"), model=real_model)
+    (d,) = e.value.diagnostics
+    assert (d.code.value, d.line, d.value) == ("E015", 5, "Bartholomew")  # line 5: `clean:`
+
+
 def test_results_file_is_written_atomically(real_model, tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     spec = parse_spec(SWEEP.replace('"a{23,29}.h{0..3}"', "a29.h0"), "s.yaml")
     res = api.run(spec, model=real_model)
