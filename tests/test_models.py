@@ -77,3 +77,39 @@ def test_real_model_matches_hf(real_model) -> None:  # type: ignore[no-untyped-d
         real = enc.attention_mask.bool()
         torch.testing.assert_close(out[real], ref[real], atol=1e-4, rtol=1e-4)
     tok.padding_side = "right"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_receiver_inputs_are_sums_of_upstream_outputs(family: str) -> None:
+    """DESIGN.md §1 / §6 item 2: every receiver reads (the normalisation of) the sum of the
+    outputs of its upstream nodes plus biases: embedding, each head's z_h @ W_O[h], each
+    attention bias, each MLP output — checked at every layer's attention and MLP inputs and at
+    the logits, in sequential and parallel blocks."""
+    from intervene.execute import attention_mask, block
+
+    m = tiny(family)
+    b = random_batch(2, 6, 3, [6, 4])
+    mask = attention_mask(b.attention_mask, m.dtype)
+    with torch.no_grad():
+        x = m.embed(b.input_ids, b.position_ids)
+        rot = m.rotary(x, b.position_ids)
+        total = x.clone()  # running sum of node outputs (+ biases)
+        for l in range(m.shape.n_layers):
+            torch.testing.assert_close(x, total, atol=1e-5, rtol=1e-5)  # attention receivers' input
+            seen: dict[str, torch.Tensor] = {}
+
+            def on_z(z: torch.Tensor) -> None:
+                seen["heads"] = torch.einsum("bhtd,hde->bhte", z, m.o_weight(l))
+
+            def on_mlp(y: torch.Tensor) -> None:
+                seen["mlp"] = y
+
+            x_before = x.clone()
+            x = block(m, l, x, rot, mask, on_z=on_z, on_mlp=on_mlp)
+            bias = m.o_bias(l)
+            attn_total = seen["heads"].sum(1) + (bias if bias is not None else 0)
+            if not m.shape.parallel:  # the MLP reads the residual after this layer's heads
+                mlp_in = x - seen["mlp"]
+                torch.testing.assert_close(mlp_in, x_before + attn_total, atol=1e-5, rtol=1e-5)
+            total = total + attn_total + seen["mlp"]
+        torch.testing.assert_close(x, total, atol=1e-4, rtol=1e-4)  # the logits' receiver
