@@ -75,6 +75,19 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
                 for node in nodes:
                     op = ir.Op("patch", node, pos, src, origin=origin)
                     prog.runs.append(ir.Run(str(node), exp.dataset, (op,), exp.name, (str(node),)))
+        elif exp.kind == "path_patch":
+            src = lower_source(exp.source, exp.dataset)
+            prog.runs += baseline_runs(exp.name, exp.dataset, src, spec.metric.position, shape.n_layers)
+            origin = spec.where(loc + ("senders",))
+            senders = graph.expand_all(exp.senders, shape)
+            recvs = list(dict.fromkeys(r for t in exp.receivers for r in graph.expand_receivers(t, shape)))
+            pos = _positions(exp.positions)
+            for group in ([[s] for s in senders] if exp.per_sender else [senders]):
+                ops = tuple(ir.Op("patch", s, pos, src, origin=origin, receiver=r)
+                            for s in group for r in recvs if graph.edge_error(s, r, shape) is None)
+                if ops:  # a sender after every receiver has no direct path to them
+                    label = str(group[0]) if len(group) == 1 else "senders"
+                    prog.runs.append(ir.Run(label, exp.dataset, ops, exp.name, (label,)))
         else:
             ops: list[ir.Op] = []
             sources: list[ir.Source] = []

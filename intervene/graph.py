@@ -322,3 +322,32 @@ def edges(shape: ModelShape) -> list[tuple[Node, Receiver]]:
     """Every edge (src -> receiver) of the model, DESIGN.md §1."""
     recvs = receivers(shape)
     return [(s, r) for s in all_nodes(shape) for r in recvs if edge_error(s, r, shape) is None]
+
+
+_RECV_PATTERN = re.compile(r"^a(\*|\d+|\{[0-9.,\s]+\})\.(?:([hg])(\*|\d+|\{[0-9.,\s]+\})|\*)<([qkv])>$")
+
+
+def expand_receivers(text: str, shape: ModelShape) -> list[Receiver]:
+    """Receivers a pattern selects: ``logits``, ``m*`` / ``m{3..5}``, ``a*.h*<q>``,
+    ``a23.*<k>`` (every key/value group, or head without GQA), ``a{9,10}.g0<v>``."""
+    t = text.strip()
+    if t == "logits":
+        return [Receiver("logits")]
+    if t.startswith("m"):
+        return [Receiver("mlp", n.layer) for n in expand(parse_pattern(t), shape)]
+    m = _RECV_PATTERN.match(t)
+    if not m:
+        raise PatternError(f'unknown receiver "{t}"', "receivers are a{l}.h{h}<q|k|v>, a{l}.g{g}<k|v> "
+                           "(grouped-query attention), m{l}, logits; wildcards a*.h*<q>, a9.*<k>, m*")
+    layer_part, letter, idx_part, kind = m.group(1), m.group(2), m.group(3), m.group(4)
+    grouped = kind in "kv" and shape.n_kv_heads < shape.n_heads
+    if letter == "h" and grouped:
+        raise PatternError(f'"{t}": keys and values belong to key/value groups in this model',
+                           f"write a{layer_part}.g…<{kind}> ({shape.group_size} query heads share a group)")
+    if letter == "g" and not grouped:
+        raise PatternError(f'"{t}": only keys and values of a grouped-query model have groups',
+                           f"write a{layer_part}.h{idx_part}<{kind}>")
+    n = shape.n_kv_heads if grouped else shape.n_heads
+    as_heads = ModelShape(shape.n_layers, n, n, shape.d_model, shape.parallel)
+    nodes = expand(parse_pattern(f"a{layer_part}.{'h' + idx_part if idx_part else '*'}"), as_heads)
+    return [Receiver(kind, nd.layer, nd.head, grouped) for nd in nodes]  # type: ignore[arg-type]

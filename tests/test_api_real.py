@@ -124,3 +124,39 @@ def test_results_file_is_written_atomically(real_model, tmp_path: Path, monkeypa
         res.save(out)
     assert out.read_text() == "previous"
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+PATH_SPEC = """
+version: 1
+datasets:
+  clean: {kind: ioi, n: 6, seed: 3}
+  corrupted: {kind: ioi_abc, of: clean, seed: 4}
+metric: {kind: logit_diff, answer: IO, wrong: S, position: END}
+experiments:
+  - name: direct
+    kind: path_patch
+    dataset: clean
+    senders: ["a23.h3", "a20.h0"]
+    receivers: [logits]
+    source: {kind: dataset, dataset: corrupted}
+  - name: together
+    kind: path_patch
+    dataset: clean
+    senders: ["a*.h*", "m*", "input"]
+    receivers: [logits]
+    per_sender: false
+    source: {kind: dataset, dataset: corrupted}
+"""
+
+
+def test_path_patching_on_the_real_model(real_model) -> None:  # type: ignore[no-untyped-def]
+    res = api.run(parse_spec(PATH_SPEC, "path.yaml"), model=real_model)
+    direct = res.experiment("direct")
+    # a23.h3's direct path to the logits carries part of its total effect
+    rows = {r.key[0]: r for r in direct.rows}
+    assert list(rows) == ["a20.h0", "a23.h3"]  # forward order
+    print({k: round(r.norm.mean, 3) for k, r in rows.items()})
+    assert rows["a23.h3"].norm.mean > 0.1
+    # every node's direct path to the logits read from the corrupted run is the corrupted run
+    together = res.experiment("together")
+    assert abs(together.rows[0].raw.mean - together.source_metric.mean) < 1e-3

@@ -73,3 +73,33 @@ def test_every_experiment_default_source_dataset_is_its_own() -> None:
     spec = parse_spec(SPEC, "t.yaml")
     prog = compile_spec(spec, SMOLLM2, {d: IOI_POSITIONS for d in spec.datasets})
     assert prog.datasets() == {"clean"}
+
+
+PATH = """
+version: 1
+datasets:
+  clean: {kind: ioi, n: 4}
+  corrupted: {kind: ioi_abc, of: clean}
+metric: {kind: logit_diff, answer: IO, wrong: S}
+experiments:
+  - name: to_movers
+    kind: path_patch
+    dataset: clean
+    senders: ["a{20,25}.h{0..1}", m22]
+    receivers: ["a23.h3<q>", "a23.*<k>", logits]
+    source: {kind: dataset, dataset: corrupted}
+"""
+
+
+def test_path_patch_lowers_to_edge_entries() -> None:
+    spec = parse_spec(PATH, "p.yaml")
+    prog = compile_spec(spec, SMOLLM2, {d: IOI_POSITIONS for d in spec.datasets})
+    runs = {r.name: r for r in prog.runs if r.experiment == "to_movers"}
+    assert list(runs) == ["clean", "all ← corrupted[i]", "a20.h0", "a20.h1", "m22", "a25.h0", "a25.h1"]
+    # a20.h0 reaches a23.h3<q>, the three key groups of layer 23 and the logits
+    assert sorted(str(op.receiver) for op in runs["a20.h0"].ops) == sorted(
+        ["a23.h3<q>", "a23.g0<k>", "a23.g1<k>", "a23.g2<k>", "logits"])
+    # a25 comes after layer 23: only its edge into the logits remains
+    assert [str(op.receiver) for op in runs["a25.h0"].ops] == ["logits"]
+    assert str(runs["a20.h0"].ops[0]).startswith("a20.h0 -> a23.h3<q>@* ← corrupted[i]")
+    assert runs["a20.h0"].start_layer(30) == 20

@@ -355,6 +355,7 @@ class _Static:
                 seen.add(name)
             self.ref(here + ("dataset",))
             self.patterns(here + ("targets",))
+            self.patterns(here + ("senders",))
             self.ref(here + ("source", "dataset"))
             interventions = exp.get("interventions")
             for k in range(len(interventions) if isinstance(interventions, list) else 0):
@@ -520,8 +521,24 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
             out.append(_at(src, loc + ("token",), ErrorCode.E015, f'"{vec.token}" is not a single token',
                            'a token usually starts with a space: " Mary"', vec.token))
 
+    def receivers(loc: Loc, texts: Iterable[str]) -> None:
+        for j, text in enumerate(texts):
+            try:
+                if not graph.expand_receivers(text, facts.shape):
+                    out.append(_at(src, loc + (j,), ErrorCode.E011, f'"{text}" matches no receiver', None, text))
+            except graph.PatternError as e:
+                out.append(_at(src, loc + (j,), ErrorCode.E011, e.message, e.hint, text))
+            except graph.NodeRangeError as e:
+                out.append(_at(src, loc + (j,), ErrorCode.from_slug(e.code), e.message, e.hint, text))
+
     for i, exp in enumerate(spec.experiments):
         here: Loc = ("experiments", i)
+        if isinstance(exp, schema.PathPatchExperiment):
+            nodes(here + ("senders",), exp.senders)
+            receivers(here + ("receivers",), exp.receivers)
+            if exp.positions != "all":
+                positions(here + ("positions",), exp.positions, [exp.dataset, _source_dataset(exp.source)])
+            continue
         if isinstance(exp, schema.SweepExperiment):
             nodes(here + ("targets",), exp.targets)
             if exp.positions != "all":

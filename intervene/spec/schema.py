@@ -274,7 +274,23 @@ class PatchExperiment(_Model):
     interventions: Annotated[tuple[Intervention, ...], Field(min_length=1)]
 
 
-Experiment = Annotated[Union[SweepExperiment, PatchExperiment], Field(discriminator="kind")]
+class PathPatchExperiment(_Model):
+    """Path patching (IOI paper): the effect of senders on receivers through direct paths only.
+
+    Each run reads the edges sender -> receiver from ``source`` (edge-source entries) and
+    nothing else; with ``per_sender`` (default) one run per sender, else one for all."""
+
+    name: Identifier
+    kind: Literal["path_patch"]
+    dataset: Identifier
+    senders: NodePatterns
+    receivers: NodePatterns
+    positions: Positions = "all"
+    per_sender: StrictBool = True
+    source: Source
+
+
+Experiment = Annotated[Union[SweepExperiment, PatchExperiment, PathPatchExperiment], Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------ the spec
