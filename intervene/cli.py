@@ -114,7 +114,7 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
     res = api.assemble(p, values, time.perf_counter() - t0)
     report.print_results(res, out, top=top)
     shape = p.model.adapter.shape
-    sweeps = [e for e in res.experiments if e.kind == "sweep"]
+    sweeps = [e for e in res.experiments if e.kind != "patch"]
     base = heatmap or (out_path.with_suffix(".png") if out_path else None)
     for e in sweeps if base else []:
         png = base if len(sweeps) == 1 else base.with_name(f"{base.stem}-{e.name}.png")

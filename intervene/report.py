@@ -25,10 +25,10 @@ def experiment_table(e: ExperimentResult, top: int = 15) -> Table:
     if e.source_metric is not None:
         t.add_row(f"all ← {e.source}", _ci(e.source_metric), "1")
     t.add_section()
-    rows = e.top(top) if e.kind == "sweep" else e.rows
+    rows = e.top(top) if e.kind != "patch" else e.rows
     for r in rows:
         t.add_row("@".join(r.key), _ci(r.raw), _ci(r.norm))
-    if e.kind == "sweep" and len(e.rows) > top:
+    if e.kind != "patch" and len(e.rows) > top:
         t.caption = f"top {top} of {len(e.rows)} by |normalised effect|"
     return t
 
