@@ -1,11 +1,11 @@
-"""Benchmark: the fused head-patching sweep vs. one hooked forward per head vs. nnsight.
+"""Benchmark: the fused head-patching sweep vs. one hooked forward per head, nnsight and pyvene.
 
 All 270 heads of SmolLM2-135M-Instruct (the embedded default model), 8 IOI prompts, each
 head's output patched from the ABC-corrupted prompt at every position, metric logit
-difference at END. The three implementations run side by side in one process on the same
+difference at END. The implementations run side by side in one process on the same
 tensors; their [layers, heads] tables must agree (asserted) before any time is printed.
 
-    python -m bench.head_sweep [--repeat 3] [--device auto] [--skip nnsight]
+    python -m bench.head_sweep [--repeat 3] [--device auto] [--skip nnsight pyvene]
 
 Prints each implementation's wall-clock seconds per repeat, the medians, the ratios of the
 baselines' medians to the fused sweep's, and the machine.
@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from bench.baselines import hooks_sweep, ioi_batch, nnsight_sweep
+from bench.baselines import hooks_sweep, ioi_batch, nnsight_sweep, pyvene_sweep
 from intervene import ir
 from intervene.data.batch import Batch
 from intervene.execute import Executor
@@ -56,7 +56,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--skip", nargs="*", default=[], choices=["hooks", "nnsight"])
+    ap.add_argument("--skip", nargs="*", default=[], choices=["hooks", "nnsight", "pyvene"])
     ap.add_argument("--batch-heads", type=int, default=8, help="nnsight invokes per trace")
     args = ap.parse_args()
     if args.threads:
@@ -70,6 +70,8 @@ def main() -> None:
     if "nnsight" not in args.skip:
         impls[f"nnsight (batched invokes, {args.batch_heads}/trace)"] = \
             lambda: nnsight_sweep(hf, **b, batch_heads=args.batch_heads, tokenizer=lm.tokenizer)
+    if "pyvene" not in args.skip:
+        impls["pyvene (one forward per layer, heads stacked)"] = lambda: pyvene_sweep(hf, **b)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}"
           + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
@@ -97,6 +99,10 @@ def main() -> None:
     for k, v in med.items():
         if k != "fused (intervene)":
             print(f"speed-up of fused over {k}: {v / fused:.2f}x")
+    peers = {k: v for k, v in med.items() if k != "fused (intervene)"}
+    if peers:
+        best = min(peers, key=peers.get)  # type: ignore[arg-type]
+        print(f"fastest peer: {best}; fused is {peers[best] / fused:.2f}x faster (target: 2x)")
 
 
 if __name__ == "__main__":
