@@ -103,3 +103,15 @@ def test_path_patch_lowers_to_edge_entries() -> None:
     assert [str(op.receiver) for op in runs["a25.h0"].ops] == ["logits"]
     assert str(runs["a20.h0"].ops[0]).startswith("a20.h0 -> a23.h3<q>@* ← corrupted[i]")
     assert runs["a20.h0"].start_layer(30) == 20
+
+
+def test_path_patch_receivers_are_checked_against_the_model() -> None:
+    from intervene.spec.check import ModelFacts, check_against_model
+
+    bad = PATH.replace('"a23.h3<q>", "a23.*<k>", logits', '"a23.h3<k>", "a31.*<q>", logits')
+    spec = parse_spec(bad, "p.yaml")
+    facts = ModelFacts(SMOLLM2, lambda s: True, {"clean": set(IOI_POSITIONS), "corrupted": set(IOI_POSITIONS)},
+                       {"clean": {"IO", "S"}, "corrupted": {"IO", "S"}})
+    diags = check_against_model(spec, facts)
+    assert [(d.code.value, d.line) for d in diags] == [("E011", 12), ("E012", 12)]  # the receivers line
+    assert "key/value groups" in diags[0].message and "a23.g" in (diags[0].hint or "")

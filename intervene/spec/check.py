@@ -495,16 +495,19 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
     src = spec.source_map
     out: list[Diagnostic] = []
 
-    def nodes(loc: Loc, texts: Iterable[str]) -> None:
+    def nodes(loc: Loc, texts: Iterable[str], receivers: bool = False) -> None:
+        """Node patterns (or receiver patterns) checked against the model's shape."""
+        expand = graph.expand_receivers if receivers else graph.expand
+        what = "receiver" if receivers else "node"
         for j, text in enumerate(texts):
             try:
-                if not graph.expand(text, facts.shape):
-                    out.append(_at(src, loc + (j,), ErrorCode.E011, f'"{text}" matches no node', None, text))
+                if not expand(text, facts.shape):
+                    out.append(_at(src, loc + (j,), ErrorCode.E011, f'"{text}" matches no {what}', None, text))
             except graph.PatternError as e:
                 out.append(_at(src, loc + (j,), ErrorCode.E011, e.message, e.hint, text))
             except graph.NodeRangeError as e:
-                out.append(_at(src, loc + (j,), ErrorCode.from_slug(e.code), e.message,
-                               _range_hint(e, text, facts.shape), text))
+                hint = e.hint if receivers else _range_hint(e, text, facts.shape)
+                out.append(_at(src, loc + (j,), ErrorCode.from_slug(e.code), e.message, hint, text))
 
     def positions(loc: Loc, given: Any, datasets: Iterable[str | None]) -> None:
         for ds in dict.fromkeys(d for d in datasets if d is not None):
@@ -521,21 +524,11 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
             out.append(_at(src, loc + ("token",), ErrorCode.E015, f'"{vec.token}" is not a single token',
                            'a token usually starts with a space: " Mary"', vec.token))
 
-    def receivers(loc: Loc, texts: Iterable[str]) -> None:
-        for j, text in enumerate(texts):
-            try:
-                if not graph.expand_receivers(text, facts.shape):
-                    out.append(_at(src, loc + (j,), ErrorCode.E011, f'"{text}" matches no receiver', None, text))
-            except graph.PatternError as e:
-                out.append(_at(src, loc + (j,), ErrorCode.E011, e.message, e.hint, text))
-            except graph.NodeRangeError as e:
-                out.append(_at(src, loc + (j,), ErrorCode.from_slug(e.code), e.message, e.hint, text))
-
     for i, exp in enumerate(spec.experiments):
         here: Loc = ("experiments", i)
         if isinstance(exp, schema.PathPatchExperiment):
             nodes(here + ("senders",), exp.senders)
-            receivers(here + ("receivers",), exp.receivers)
+            nodes(here + ("receivers",), exp.receivers, receivers=True)
             if exp.positions != "all":
                 positions(here + ("positions",), exp.positions, [exp.dataset, _source_dataset(exp.source)])
             continue
