@@ -373,13 +373,12 @@ class Executor:
         """Rows grouped by example token length (so a chunk carries no padding under right
         padding), each group sorted by start layer and cut to the token budget."""
         b = self.batches[ds]
-        B = b.input_ids.shape[0]
         starts = np.array([program.runs[i].start_layer(self.L) for i in run_idx])
         lengths = b.lengths.numpy()
+        order = np.argsort(starts, kind="stable")  # the same for every length group
         out: list[_Rows] = []
         for n in np.unique(lengths):
             exs = np.flatnonzero(lengths == n)
-            order = np.argsort(starts, kind="stable")
             run = np.repeat(np.array(run_idx)[order], len(exs))
             ex = np.tile(exs, len(run_idx))
             start = np.repeat(starts[order], len(exs))
