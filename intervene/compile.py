@@ -83,11 +83,11 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
             recvs = list(dict.fromkeys(r for t in exp.receivers for r in graph.expand_receivers(t, shape)))
             pos = _positions(exp.positions)
             for group in ([[s] for s in senders] if exp.per_sender else [senders]):
-                ops = tuple(ir.Op("patch", s, pos, src, origin=origin, receiver=r)
-                            for s in group for r in recvs if graph.edge_error(s, r, shape) is None)
-                if ops:  # a sender after every receiver has no direct path to them
+                es = frozenset((s, r) for s in group for r in recvs if graph.edge_error(s, r, shape) is None)
+                if es:  # a sender after every receiver has no direct path to them
                     label = str(group[0]) if len(group) == 1 else "senders"
-                    prog.runs.append(ir.Run(label, exp.dataset, ops, exp.name, (label,)))
+                    entries = ir.EdgeEntries(src, ((es, pos),), label=f"paths from {label}", origin=origin)
+                    prog.runs.append(ir.Run(label, exp.dataset, (), exp.name, (label,), edges=(entries,)))
         else:
             ops: list[ir.Op] = []
             sources: list[ir.Source] = []

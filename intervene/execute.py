@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from intervene import ir
+from intervene import edgemix, ir
 from intervene.graph import Node
 from intervene.models.adapters import QKV, Adapter
 
@@ -155,13 +155,16 @@ class Executor:
 
     def __init__(self, model: Adapter, batches: dict[str, BatchLike], vectors: dict[str, Tensor] | None = None,
                  metric_position: str = "END", max_tokens: int = 32768,
-                 progress: Callable[[int, int], None] | None = None) -> None:
+                 progress: Callable[[int, int], None] | None = None, max_edge_bytes: int = 2**29) -> None:
         self.model = model
         self.batches = batches
         self.vectors = vectors or {}
         self.metric_position = metric_position
         self.max_tokens = max_tokens
+        self.max_edge_bytes = max_edge_bytes
         self.progress = progress
+        self.layout = edgemix.Layout(model.shape)
+        self._tables: dict[int, tuple[ir.EdgeEntries, edgemix.Table]] = {}
         self.L = model.shape.n_layers
         self._bases: dict[str, BaseCache] = {}
         self._means: dict[tuple, Tensor] = {}
@@ -187,6 +190,10 @@ class Executor:
                     self._need_z.setdefault(s.dataset, set()).add(op.node.layer)
                 elif op.node.kind == "mlp":
                     self._need_mlp.setdefault(s.dataset, set()).add(op.node.layer)
+            if run.edges:  # senders' outputs of the run's own base and of every source, all layers
+                for ds in {run.dataset} | {e.source.dataset for e in run.edges if e.source.dataset}:
+                    self._need_z.setdefault(ds, set()).update(range(self.L))
+                    self._need_mlp.setdefault(ds, set()).update(range(self.L))
         for ds, (z, mlp) in before.items():
             if z != self._need_z.get(ds, set()) or mlp != self._need_mlp.get(ds, set()):
                 del self._bases[ds]
@@ -376,6 +383,9 @@ class Executor:
         starts = np.array([program.runs[i].start_layer(self.L) for i in run_idx])
         lengths = b.lengths.numpy()
         order = np.argsort(starts, kind="stable")  # the same for every length group
+        edge_row_bytes = None
+        if any(program.runs[i].edges for i in run_idx):  # the sender-difference buffer of a row
+            edge_row_bytes = self.layout.n_send * self.model.shape.d_model * torch.finfo(self.model.dtype).bits // 8
         out: list[_Rows] = []
         for n in np.unique(lengths):
             exs = np.flatnonzero(lengths == n)
@@ -383,15 +393,24 @@ class Executor:
             ex = np.tile(exs, len(run_idx))
             start = np.repeat(starts[order], len(exs))
             step = max(1, self.max_tokens // max(int(n), 1))
+            if edge_row_bytes:
+                step = min(step, max(1, self.max_edge_bytes // (edge_row_bytes * int(n))))
             out += [_Rows(run[i:i + step], ex[i:i + step], start[i:i + step]) for i in range(0, len(run), step)]
         return out
 
-    def _first_change(self, ds: str, op: ir.Op, ex: Tensor) -> Tensor:
+    def _first_change(self, ds: str, op: ir.Op | ir.EdgeEntries, ex: Tensor) -> Tensor:
         """Per row, the first position whose values the op can change (later ones follow)."""
         rb = self.batches[ds]
-        if op.positions is not None:
-            return torch.stack([gather_positions(rb, ex, p) for p in op.positions], 1).min(1).values
-        if op.action == "patch" and op.source is not None and op.source.kind == "run":
+        if isinstance(op, ir.EdgeEntries):
+            named = [p for _, p in op.parts]
+            positions = None if op.complement or any(p is None for p in named) else \
+                tuple(dict.fromkeys(n for p in named for n in p))  # type: ignore[union-attr]
+            action = "patch"
+        else:
+            positions, action = op.positions, op.action
+        if positions:
+            return torch.stack([gather_positions(rb, ex, p) for p in positions], 1).min(1).values
+        if action == "patch" and op.source is not None and op.source.kind == "run":
             sb = self.batches[op.source.dataset]  # type: ignore[index]
             sx = self._pairing(ds, op.source, ex, same_length=True)
             W = min(rb.input_ids.shape[1], sb.input_ids.shape[1])
@@ -403,7 +422,8 @@ class Executor:
         """The first position any row of the chunk can differ from its base at (<= its END)."""
         P = int(end.min())
         for a, b in _segments(rows.run):
-            for op in program.runs[int(rows.run[a])].ops:
+            run = program.runs[int(rows.run[a])]
+            for op in (*run.ops, *run.edges):
                 P = min(P, int(self._first_change(ds, op, ex[a:b]).min()))
         return max(P, 0)
 
@@ -422,16 +442,16 @@ class Executor:
         mask = attention_mask(batch.attention_mask[ex, :T].to(dev), m.dtype)[:, :, P:T, :T]
         first = int(rows.start[0])
         x = base.resid[min(first, self.L)][exd, P:T].clone()
-        # this run's own outputs of the source nodes of its edge entries
-        outs: dict[Node, Tensor] = {op.node: x.new_zeros(x.shape) for a, b in _segments(rows.run)
-                                    for op in program.runs[int(rows.run[a])].ops if op.receiver is not None}
         rot_full = m.rotary(x, pos_ids)
         segs = _segments(rows.run)
+        mix = self._edge_state(program, ds, rows, ex, T - P)
         active = 0
         for l in range(first, self.L):
             new_active = int(np.searchsorted(rows.start, l, side="right"))
             if new_active > active:  # rows joining at layer l start from the base's residual
                 x[active:new_active] = base.resid[l][exd[active:new_active], P:T]
+                if mix is not None:
+                    mix.join(active, new_active, l)
                 active = new_active
             xa = x[:active]
             rot = None if rot_full is None else (rot_full[0][:active], rot_full[1][:active])
@@ -439,81 +459,136 @@ class Executor:
             if P > 0:
                 k, v = base.kv[l]
                 prefix = (k[exd[:active], :, :P], v[exd[:active], :, :P])
-            run_ops = [(a, b, op) for a, b in segs if a < active for op in program.runs[int(rows.run[a])].ops]
-            layer_ops = [(a, b, op) for a, b, op in run_ops if op.receiver is None and op.layer == l]
-            edge_ops = [(a, b, op) for a, b, op in run_ops if op.receiver is not None and op.acts_at(self.L) == l]
+            layer_ops = [(a, b, op) for a, b in segs if a < active for op in program.runs[int(rows.run[a])].ops
+                         if op.layer == l]
             self._apply(layer_ops, ("input", "resid"), xa, ds, ex)
-            if l == 0:
-                self._record(outs, Node("input"), xa)
+            e = 0 if mix is None else mix.n_active(active)
+            if l == 0 and e:
+                mix.record_input(xa)
 
-            def on_z(z: Tensor, l: int = l) -> None:
+            def on_z(z: Tensor, l: int = l, e: int = e) -> None:
                 self._apply_head_patches(layer_ops, z, ds, ex)
-                for node in outs:
-                    if node.kind == "head" and node.layer == l:
-                        self._record(outs, node, z[:, node.head] @ m.o_weight(l)[node.head])
+                if e:
+                    mix.record_heads(l, z)
 
-            def on_mlp(y: Tensor, l: int = l) -> None:
+            def on_mlp(y: Tensor, l: int = l, e: int = e) -> None:
                 self._apply(layer_ops, ("mlp",), y, ds, ex)
-                self._record(outs, Node("mlp", l), y)
+                if e:
+                    mix.record_mlp(l, y)
 
-            attn_edges = [e for e in edge_ops if e[2].receiver.kind in ("q", "k", "v")]  # type: ignore[union-attr]
-            mlp_edges = [e for e in edge_ops if e[2].receiver.kind == "mlp"]  # type: ignore[union-attr]
             block(m, l, xa, rot, mask[:active], prefix=prefix, inplace=True, on_z=on_z,
                   on_attn=lambda attn, z: self._apply_head_edits(layer_ops, attn, z, l, ds, ex),
                   on_mlp=on_mlp,
-                  on_qkv=(lambda qkv: self._receiver_qkv(attn_edges, qkv, xa, l, rot, ds, ex, outs))
-                  if attn_edges else None,
-                  mlp_delta=(lambda: self._deltas(mlp_edges, xa, ds, ex, outs)) if mlp_edges else None)
-        # rows that start at L (no ops): the base's final residual
+                  on_qkv=(lambda qkv: mix.receiver_qkv(l, qkv, xa, rot)) if e else None,  # type: ignore[union-attr]
+                  mlp_delta=(lambda: mix.mlp_delta(l, xa)) if e else None)  # type: ignore[union-attr]
+        # rows that start at L (no ops before the logits): the base's final residual
         if active < n:
             x[active:] = base.resid[self.L][exd[active:], P:T]
+            if mix is not None:
+                mix.join(active, n, self.L)
         self._apply_final(program, rows, x, ds, ex)
-        logit_edges = [(a, b, op) for a, b in _segments(rows.run) for op in program.runs[int(rows.run[a])].ops
-                       if op.receiver is not None and op.receiver.kind == "logits"]
-        if logit_edges:
-            x = x + self._deltas(logit_edges, x, ds, ex, outs)
-        logits = m.unembed(x[torch.arange(n, device=dev), (end - P).to(dev)])
-        return readout(ds, logits, ex).detach().cpu()
+        final = x[torch.arange(n, device=dev), (end - P).to(dev)]
+        if mix is not None:
+            final[mix.rows_d] += mix.logits_delta((end[mix.rows] - P).to(dev))
+        return readout(ds, m.unembed(final), ex).detach().cpu()
+
+    def _edge_state(self, program: ir.Program, ds: str, rows: _Rows, ex: Tensor, width: int) -> _EdgeRows | None:
+        """The chunk's edge rows and their mixer (None when no row has edge entries)."""
+        has = np.array([bool(program.runs[int(r)].edges) for r in rows.run])
+        if not has.any():
+            return None
+        idx = np.flatnonzero(has)
+        tables: list[edgemix.Table] = []
+        row_pos: list[list[Tensor]] = []
+        groups: list[tuple[ir.Source, ir.EdgeEntries, np.ndarray]] = []
+        for a, b in _segments(rows.run[idx]):
+            run = program.runs[int(rows.run[idx[a]])]
+            if len(run.edges) != 1:
+                raise ExecutionError(f"run {run.name}: one block of edge entries per run is supported")
+            entries = run.edges[0]
+            if any(op.node.kind == "head" and op.action != "patch" for op in run.ops):
+                raise ExecutionError(f"run {run.name}: add / project_out on heads cannot be combined with edge "
+                                     "entries in one run")
+            tab = self._table(entries)
+            rex = ex[idx[a:b]]
+            for i in range(b - a):
+                tables.append(tab)
+                local = [self._local(torch.stack([gather_positions(self.batches[ds], rex[i:i + 1], q)
+                                                  for q in names], 1)[0], torch.device("cpu"))
+                         for _, names in tab.parts]
+                row_pos.append([t[t >= 0] for t in local])  # positions before the window never differ
+            groups.append((entries.source, entries, np.arange(a, b)))
+        mix = edgemix.Mixer(self.layout, tables, row_pos, width, self.model.shape.d_model, self.model.dtype,
+                            self.model.device)
+        return _EdgeRows(self, ds, idx, ex, mix, groups)
+
+    def _table(self, entries: ir.EdgeEntries) -> edgemix.Table:
+        key = id(entries)
+        if key not in self._tables or self._tables[key][0] is not entries:
+            self._tables[key] = (entries, edgemix.table(entries, self.layout))
+        return self._tables[key][1]
 
     def _apply_final(self, program: ir.Program, rows: _Rows, x: Tensor, ds: str, ex: Tensor) -> None:
         """Ops on the final residual r{L}."""
         ops = [(a, b, op) for a, b in _segments(rows.run) for op in program.runs[int(rows.run[a])].ops
-               if op.receiver is None and op.layer == self.L]
+               if op.layer == self.L]
         self._apply(ops, ("resid",), x, ds, ex)
 
-    def _record(self, outs: dict[Node, Tensor], node: Node, value: Tensor) -> None:
-        """Keep this run's output of an edge source node (rows [:active] are computed)."""
-        if node in outs:
-            outs[node][:value.shape[0]] = value
+    def _source_index(self, run_ds: str, src: ir.Source, ex: Tensor, origin: str) -> Tensor | None:
+        """Where a source's values for rows of examples ``ex`` are read, over the chunk's window:
+        [n, T, 2] (source example, token) for a run source, [n, T] (position into a per-position
+        mean) for a mean, None otherwise."""
+        P, T = self._window or (0, 0)
+        if src.kind == "run":
+            sx = self._pairing(run_ds, src, ex, same_length=True)
+            _, ts = self._positions(run_ds, ir.Op("patch", Node("input"), None, src, origin=origin), ex, src.dataset, sx)
+            return torch.stack((sx[:, None].expand_as(ts), ts), -1)  # type: ignore[arg-type]
+        if src.kind == "mean":
+            first = _first_token(self.batches[run_ds].attention_mask[ex])
+            return torch.arange(P, T).expand(len(ex), T - P) - first[:, None]
+        return None
 
-    def _deltas(self, ops: list[tuple[int, int, ir.Op]], like: Tensor, ds: str, ex: Tensor,
-                outs: dict[Node, Tensor]) -> Tensor:
-        """Sum over edge entries of (source's output of the node - this run's output of it),
-        per receiver input row: DESIGN.md §2's correction to a receiver's input."""
-        delta = like.new_zeros(like.shape)
-        for a, b, op in ops:
-            t, v = self._replacement(ds, op, ex[a:b])
-            if op.node.kind == "head":
-                v = v.to(like.dtype) @ self.model.o_weight(op.node.layer)[op.node.head]
-            rows = torch.arange(a, b, device=like.device)[:, None]
-            tl = self._local(t, like.device)
-            delta[rows, tl] += v.to(like.dtype) - outs[op.node][rows, tl]
-        return delta
+    def _source_values(self, src: ir.Source, where: Tensor | None, n: int, kind: str, l: int) -> Tensor:
+        """A source's values at :meth:`_source_index` places: head z's [n, H, T, dh] of layer l
+        (kind ``z``), MLP outputs [n, T, d] (``mlp``) or the input embedding [n, T, d] (``input``)."""
+        P, T = self._window or (0, 0)
+        H, dh, d = self.model.shape.n_heads, self.model.d_head, self.model.shape.d_model
+        dev, dt = self.model.device, self.model.dtype
+        if src.kind == "zero":
+            return torch.zeros((n, H, T - P, dh) if kind == "z" else (n, T - P, d), dtype=dt, device=dev)
+        if src.kind == "run":
+            c = self.base(src.dataset)  # type: ignore[arg-type]
+            table = {"z": lambda: c.z[l].transpose(1, 2), "mlp": lambda: c.mlp[l], "input": lambda: c.resid[0]}[kind]()
+            w = where.to(dev)  # type: ignore[union-attr]
+            vals = table[w[..., 0], w[..., 1]]
+        else:
+            mean, per_pos = self._layer_mean(src, kind, l)
+            if per_pos:
+                vals = mean[where.clamp(0, mean.shape[0] - 1).to(dev)]  # type: ignore[union-attr]
+            else:
+                vals = mean.expand(n, T - P, *mean.shape)
+        return vals.transpose(1, 2) if kind == "z" else vals
 
-    def _receiver_qkv(self, ops: list[tuple[int, int, ir.Op]], qkv: QKV, x: Tensor, l: int,
-                      rot: tuple[Tensor, Tensor] | None, ds: str, ex: Tensor, outs: dict[Node, Tensor]) -> None:
-        """Recompute the queries / keys / values of receivers whose input differs, from their
-        own input (residual + delta), each through its own normalisation."""
-        by_recv: dict[tuple[int, int, object], list[tuple[int, int, ir.Op]]] = {}
-        for a, b, op in ops:
-            by_recv.setdefault((a, b, op.receiver), []).append((a, b, op))
-        for (a, b, recv), group in by_recv.items():
-            d = self._deltas([(0, b - a, op) for _, _, op in group], x[a:b], ds, ex[a:b],
-                             {node: o[a:b] for node, o in outs.items()})
-            r = None if rot is None else (rot[0][a:b], rot[1][a:b])
-            own = self.model.qkv(l, self.model.norm_attn(l, x[a:b] + d), r)
-            kind, i = recv.kind, recv.index  # type: ignore[union-attr]
-            getattr(qkv, kind)[a:b, i] = getattr(own, kind)[:, i]
+    def _layer_mean(self, src: ir.Source, kind: str, l: int) -> tuple[Tensor, bool]:
+        """Mean over the source dataset of a layer's z [T, H, dh] / MLP or input [T, d] (per
+        position), or over positions too ([H, dh] / [d])."""
+        batch = self.batches[src.dataset]  # type: ignore[index]
+        lens = batch.lengths
+        aligned = bool((lens == lens[0]).all())
+        per_pos = aligned if src.per_position is None else src.per_position
+        if per_pos and not aligned:
+            raise ExecutionError(f"mean over {src.dataset} per position needs examples of one length")
+        key = ("layer", kind, l, src.dataset, per_pos)
+        if key not in self._means:
+            c = self.base(src.dataset)  # type: ignore[arg-type]
+            vals = {"z": lambda: c.z[l].transpose(1, 2), "mlp": lambda: c.mlp[l], "input": lambda: c.resid[0]}[kind]()
+            if per_pos:
+                self._means[key] = vals.mean(0)
+            else:
+                w = batch.attention_mask.to(vals.device, vals.dtype).view(*vals.shape[:2], *([1] * (vals.dim() - 2)))
+                self._means[key] = (vals * w).sum((0, 1)) / w.sum()
+        return self._means[key], per_pos
+
 
     def _local(self, t: Tensor, device: torch.device) -> Tensor:
         """Absolute token indices as indices into the chunk's window."""
@@ -565,6 +640,87 @@ class Executor:
                 w = self.model.o_weight(l)[op.node.head] @ vec
                 coef = z[rows, op.node.head, t] @ w
                 attn[rows, t] = attn[rows, t] - coef[..., None] * vec
+
+
+class _EdgeRows:
+    """The edge rows of one chunk (rows whose run has edge entries): keeps their sender
+    differences up to date layer by layer and corrects their receivers' inputs."""
+
+    def __init__(self, exe: Executor, ds: str, idx: np.ndarray, ex: Tensor, mix: edgemix.Mixer,
+                 groups: list[tuple[ir.Source, ir.EdgeEntries, np.ndarray]]) -> None:
+        self.exe, self.ds, self.mix = exe, ds, mix
+        self.rows = idx
+        self.rows_d = torch.from_numpy(idx).to(exe.model.device)
+        self.ex = ex[idx]
+        self.lay = mix.layout
+        dev = exe.model.device
+        self.groups = []
+        for src, entries, pos in groups:
+            where = exe._source_index(ds, src, self.ex[pos[0]:pos[-1] + 1], entries.origin)
+            self.groups.append((src, int(pos[0]), int(pos[-1]) + 1, None if where is None else where.to(dev)))
+
+    def n_active(self, active: int) -> int:
+        """How many edge rows are among the first ``active`` rows of the chunk."""
+        return int(np.searchsorted(self.rows, active))
+
+    def _src(self, kind: str, l: int, e0: int, e1: int) -> Tensor:
+        parts = []
+        for src, a, b, where in self.groups:
+            lo, hi = max(a, e0), min(b, e1)
+            if lo < hi:
+                w = None if where is None else where[lo - a:hi - a]
+                parts.append(self.exe._source_values(src, w, hi - lo, kind, l))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
+
+    def _set_heads(self, l: int, e0: int, e1: int, z: Tensor) -> None:
+        dz = self._src("z", l, e0, e1) - z
+        self.mix.diff[e0:e1, self.lay.head_cols(l)] = torch.einsum("ehtk,hkd->ehtd", dz, self.exe.model.o_weight(l))
+
+    def join(self, lo: int, hi: int, l: int) -> None:
+        """Rows [lo, hi) of the chunk join at layer l: their senders before l hold the base's outputs."""
+        e0, e1 = self.n_active(lo), self.n_active(hi)
+        if e0 == e1 or l == 0:
+            return
+        P, T = self.exe._window or (0, 0)
+        c = self.exe.base(self.ds)
+        exd = self.ex[e0:e1].to(self.exe.model.device)
+        D = self.mix.diff
+        D[e0:e1, 0] = self._src("input", 0, e0, e1) - c.resid[0][exd, P:T]
+        for k in range(min(l, self.exe.L)):
+            self._set_heads(k, e0, e1, c.z[k][exd, :, P:T])
+            D[e0:e1, self.lay.mlp_col(k)] = self._src("mlp", k, e0, e1) - c.mlp[k][exd, P:T]
+
+    def record_input(self, x: Tensor) -> None:
+        e = self.n_active(x.shape[0])
+        self.mix.diff[:e, 0] = self._src("input", 0, 0, e) - x[self.rows_d[:e]]
+
+    def record_heads(self, l: int, z: Tensor) -> None:
+        e = self.n_active(z.shape[0])
+        self._set_heads(l, 0, e, z[self.rows_d[:e]])
+
+    def record_mlp(self, l: int, y: Tensor) -> None:
+        e = self.n_active(y.shape[0])
+        self.mix.diff[:e, self.lay.mlp_col(l)] = self._src("mlp", l, 0, e) - y[self.rows_d[:e]]
+
+    def receiver_qkv(self, l: int, qkv: QKV, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> None:
+        """Recompute the edge rows' queries, keys and values, each receiver from its own input."""
+        m, H, G = self.exe.model, self.exe.model.shape.n_heads, self.lay.G
+        e = self.n_active(x.shape[0])
+        r = self.rows_d[:e]
+        inp = x[r][:, None] + self.mix.delta(self.lay.attn_rows(l), self.lay.attn_senders(l), e)
+        xn = m.norm_attn(l, inp)
+        own = m.receiver_qkv(l, xn[:, :H], xn[:, H:H + G], xn[:, H + G:], None if rot is None else (rot[0][r], rot[1][r]))
+        qkv.q[r], qkv.k[r], qkv.v[r] = own.q, own.k, own.v
+
+    def mlp_delta(self, l: int, x: Tensor) -> Tensor:
+        e = self.n_active(x.shape[0])
+        out = x.new_zeros(x.shape)
+        row = self.lay.mlp_row(l)
+        out[self.rows_d[:e]] = self.mix.delta([row], self.lay.mlp_senders(l), e)[:, 0]
+        return out
+
+    def logits_delta(self, end: Tensor) -> Tensor:
+        return self.mix.logits_delta(end)
 
 
 def _segments(run: np.ndarray) -> list[tuple[int, int]]:

@@ -7,8 +7,12 @@ the unpatched pass:
 * ``patch``: the node's output is read from another run — a source dataset paired by index
   (``corrupted[i]``), a resampled example (``clean[π(i)]``, seeded) — or replaced by a value
   (``mean(clean)``, ``zero``). A patch from a run is the node's row of the edge-source table:
-  every edge leaving the node reads that run. (Edge-level entries, one receiver at a time,
-  extend this table with :class:`Op` s whose ``receiver`` is set.)
+  every edge leaving the node reads that run.
+* :class:`EdgeEntries`: a block of the run's edge-source table at edge level — the listed
+  (sender -> receiver) edges read the sender's output from the source (path patching), or,
+  with ``complement``, every edge *except* the listed ones does (a circuit with the rest of
+  the model ablated). One block holds any number of edges; the executor turns it into a
+  dense [receivers × senders] mask, so its cost does not grow with the number of edges.
 * ``add``: a vector added to the node's output (steering);
 * ``project_out``: the component of the node's output along a unit direction removed.
 
@@ -66,23 +70,16 @@ class Op:
     vector: str | None = None  # add / project_out: key into Program.vectors
     scale: float = 1.0  # add
     origin: str = ""  # "specs/x.yaml:14"
-    receiver: Receiver | None = None  # set: an edge-source entry, node -> receiver only
 
     @property
     def layer(self) -> int:
         """The layer of the node whose output the op reads or changes: a run departs from its
-        base there (an edge op needs the run's own value of its source node)."""
+        base there."""
         return 0 if self.node.kind == "input" else self.node.layer
-
-    def acts_at(self, n_layers: int) -> int:
-        """The layer inside which the op takes effect (n_layers for the logits)."""
-        if self.receiver is None:
-            return self.layer
-        return n_layers if self.receiver.kind == "logits" else self.receiver.layer
 
     def __str__(self) -> str:
         where = "@" + ",".join(self.positions) if self.positions else "@*"
-        node = f"{self.node}{where}" if self.receiver is None else f"{self.node} -> {self.receiver}{where}"
+        node = f"{self.node}{where}"
         if self.action == "patch":
             body = f"{node} ← {self.source}"
         elif self.action == "add":
@@ -90,6 +87,56 @@ class Op:
         else:
             body = f"{node} ⟂ {self.vector}"
         return body
+
+
+Edge = tuple[Node, Receiver]
+
+
+def _receiver_layer(r: Receiver, n_layers: int) -> int:
+    return n_layers if r.kind == "logits" else r.layer
+
+
+@dataclass(frozen=True)
+class EdgeEntries:
+    """Edge-level entries of one run's edge-source table, all reading from one ``source``.
+
+    ``parts`` are (edges, positions) pairs (positions None: every position); an edge appears in
+    at most one part. Without ``complement`` the listed (edge, position) pairs read the source;
+    with it, every edge of the model *except* those pairs does (the parts are what is kept)."""
+
+    source: Source
+    parts: tuple[tuple[frozenset[Edge], tuple[str, ...] | None], ...]
+    complement: bool = False
+    label: str = ""
+    origin: str = ""
+
+    def __post_init__(self) -> None:
+        seen: set[Edge] = set()
+        for es, _ in self.parts:
+            if seen & es:
+                raise ValueError(f"edge {next(iter(seen & es))} is listed in two parts")
+            seen |= es
+
+    def n_edges(self) -> int:
+        return sum(len(es) for es, _ in self.parts)
+
+    def first_layer(self, n_layers: int) -> int:
+        """The first layer whose receivers these entries change (n_layers: only the logits)."""
+        if self.complement:
+            return 0
+        return min((_receiver_layer(r, n_layers) for es, _ in self.parts for _, r in es), default=n_layers)
+
+    def __str__(self) -> str:
+        n = self.n_edges()
+        at = [f"{len(es)} @{','.join(p)}" for es, p in self.parts if p is not None]
+        where = f" ({', '.join(at)})" if at else ""
+        if self.complement:
+            return f"every edge except {self.label or 'these'}: {n} kept{where} ← {self.source}"
+        if n <= 3:
+            items = [f"{s} -> {r}@{','.join(p) if p else '*'}" for es, p in self.parts
+                     for s, r in sorted(es, key=lambda e: (e[0].sort_key, e[1]))]
+            return f"{', '.join(items)} ← {self.source}"
+        return f"{self.label + ': ' if self.label else ''}{n} edges{where} ← {self.source}"
 
 
 @dataclass(frozen=True)
@@ -101,10 +148,12 @@ class Run:
     ops: tuple[Op, ...] = ()
     experiment: str = ""
     key: tuple[str, ...] = ()  # where the result goes in the experiment's table (node, position)
+    edges: tuple[EdgeEntries, ...] = ()
 
     def start_layer(self, n_layers: int) -> int:
-        """The first layer this run departs from its base at (n_layers if it never does)."""
-        return min((op.layer for op in self.ops), default=n_layers)
+        """The first layer this run departs from its base at (n_layers if it never does). Edge
+        entries depart at their first receiver: senders before it still hold the base's values."""
+        return min([op.layer for op in self.ops] + [e.first_layer(n_layers) for e in self.edges], default=n_layers)
 
 
 @dataclass(frozen=True)
@@ -132,6 +181,7 @@ class Program:
         out = {r.dataset for r in self.runs}
         for r in self.runs:
             out |= {op.source.dataset for op in r.ops if op.source and op.source.dataset}
+            out |= {e.source.dataset for e in r.edges if e.source.dataset}
         return out
 
     def __str__(self) -> str:
@@ -142,10 +192,10 @@ class Program:
         width = max((len(r.name) for r in self.runs), default=0)
         for i, r in enumerate(self.runs):
             head = f"  r{i:<4} {r.name:<{width}}  on {r.dataset}"
-            if not r.ops:
+            items = [(str(op), op.origin) for op in r.ops] + [(str(e), e.origin) for e in r.edges]
+            if not items:
                 lines.append(head)
-            for j, op in enumerate(r.ops):
+            for j, (text, origin) in enumerate(items):
                 prefix = head if j == 0 else " " * len(head)
-                origin = f"   # {op.origin}" if op.origin else ""
-                lines.append(f"{prefix}  {op}{origin}")
+                lines.append(f"{prefix}  {text}{f'   # {origin}' if origin else ''}")
         return "\n".join(lines)

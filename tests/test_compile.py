@@ -97,12 +97,18 @@ def test_path_patch_lowers_to_edge_entries() -> None:
     runs = {r.name: r for r in prog.runs if r.experiment == "to_movers"}
     assert list(runs) == ["clean", "all ← corrupted[i]", "a20.h0", "a20.h1", "m22", "a25.h0", "a25.h1"]
     # a20.h0 reaches a23.h3<q>, the three key groups of layer 23 and the logits
-    assert sorted(str(op.receiver) for op in runs["a20.h0"].ops) == sorted(
-        ["a23.h3<q>", "a23.g0<k>", "a23.g1<k>", "a23.g2<k>", "logits"])
+    (entries,) = runs["a20.h0"].edges
+    ((edges, positions),) = entries.parts
+    assert positions is None and not entries.complement and not runs["a20.h0"].ops
+    assert {str(s) for s, _ in edges} == {"a20.h0"}
+    assert sorted(str(r) for _, r in edges) == sorted(["a23.h3<q>", "a23.g0<k>", "a23.g1<k>", "a23.g2<k>", "logits"])
     # a25 comes after layer 23: only its edge into the logits remains
-    assert [str(op.receiver) for op in runs["a25.h0"].ops] == ["logits"]
-    assert str(runs["a20.h0"].ops[0]).startswith("a20.h0 -> a23.h3<q>@* ← corrupted[i]")
-    assert runs["a20.h0"].start_layer(30) == 20
+    assert str(runs["a25.h0"].edges[0]) == "a25.h0 -> logits@* ← corrupted[i]"
+    assert str(runs["a20.h0"].edges[0]) == "paths from a20.h0: 5 edges ← corrupted[i]"
+    # senders keep their base values until the first receiver: the run starts at layer 23 (at the
+    # logits when that is the only receiver)
+    assert runs["a20.h0"].start_layer(30) == 23
+    assert runs["a25.h0"].start_layer(30) == 30
 
 
 def test_path_patch_receivers_are_checked_against_the_model() -> None:

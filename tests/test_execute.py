@@ -176,9 +176,13 @@ def test_resample_draws_another_example_of_same_length() -> None:
 from intervene import graph  # noqa: E402
 
 
+def _entries(edges, src, positions=None, complement=False):  # type: ignore[no-untyped-def]
+    return ir.EdgeEntries(src, ((frozenset(edges), positions),), complement=complement)
+
+
 def _edge_ops(m, node, src, positions=None):  # type: ignore[no-untyped-def]
     """Entries for every edge leaving ``node``."""
-    return tuple(ir.Op("patch", node, positions, src, receiver=r) for s, r in graph.edges(m.shape) if s == node)
+    return (_entries([(s, r) for s, r in graph.edges(m.shape) if s == node], src, positions),)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -190,7 +194,7 @@ def test_all_edges_out_of_a_node_equal_the_node_patch(family: str) -> None:
     runs = []
     for n in nodes:
         runs.append(ir.Run(f"node {n}", "clean", (ir.Op("patch", n, None, src),)))
-        runs.append(ir.Run(f"edges {n}", "clean", _edge_ops(m, n, src)))
+        runs.append(ir.Run(f"edges {n}", "clean", edges=_edge_ops(m, n, src)))
     got = run_program(m, bs, runs)
     for i in range(0, len(runs), 2):
         torch.testing.assert_close(got[i + 1], got[i], atol=1e-4, rtol=1e-4)
@@ -202,8 +206,8 @@ def test_every_edge_into_logits_gives_the_corrupted_run(family: str) -> None:
     m = tiny(family)
     bs = batches(9)
     src = ir.Source("run", "corr")
-    ops = tuple(ir.Op("patch", s, None, src, receiver=r) for s, r in graph.edges(m.shape) if r.kind == "logits")
-    got = run_program(m, bs, [ir.Run("edges", "clean", ops), ir.Run("corr", "corr")])
+    es = _entries([(s, r) for s, r in graph.edges(m.shape) if r.kind == "logits"], src)
+    got = run_program(m, bs, [ir.Run("edges", "clean", edges=(es,)), ir.Run("corr", "corr")])
     torch.testing.assert_close(got[0], got[1], atol=1e-4, rtol=1e-4)
 
 
@@ -216,9 +220,9 @@ def test_one_receiver_edge_differs_from_the_node_patch(family: str) -> None:
     src = ir.Source("run", "corr")
     n = Node("head", 0, 0)
     r = graph.Receiver("q", 2, 1)
-    got = run_program(m, bs, [ir.Run("clean", "clean"), ir.Run("edge", "clean", (ir.Op("patch", n, None, src, receiver=r),)),
+    got = run_program(m, bs, [ir.Run("clean", "clean"), ir.Run("edge", "clean", edges=(_entries([(n, r)], src),)),
                               ir.Run("node", "clean", (ir.Op("patch", n, None, src),)),
-                              ir.Run("same", "clean", (ir.Op("patch", n, None, ir.Source("run", "clean"), receiver=r),))])
+                              ir.Run("same", "clean", edges=(_entries([(n, r)], ir.Source("run", "clean")),))])
     assert not torch.allclose(got[1], got[0])
     assert not torch.allclose(got[1], got[2])
     torch.testing.assert_close(got[3], got[0], atol=1e-5, rtol=1e-5)
@@ -233,11 +237,64 @@ def test_fused_edges_equal_one_at_a_time(family: str, data: st.DataObject) -> No
     all_edges = graph.edges(m.shape)
     src = st.sampled_from([ir.Source("run", "corr"), ir.Source("mean", "other", per_position=False), ir.Source("zero")])
     pos = st.sampled_from([None, ("END",), ("MID", "END")])
-    edge = st.builds(lambda e, s, p: ir.Op("patch", e[0], p, s, receiver=e[1]), st.sampled_from(all_edges), src, pos)
-    runs = data.draw(st.lists(st.lists(st.one_of(edge, _ops(m.shape)), min_size=1, max_size=4), min_size=2, max_size=5))
-    program = [ir.Run(f"r{i}", "clean", tuple(ops)) for i, ops in enumerate(runs)]
+    block = st.builds(lambda es, s, p, c: _entries(es, s, p, c), st.lists(st.sampled_from(all_edges), max_size=6),
+                      src, pos, st.booleans())
+    node_ops = _ops(m.shape).filter(lambda op: op.node.kind != "head" or op.action == "patch")
+    run = st.builds(lambda ops, es: (tuple(ops), es), st.lists(node_ops, max_size=3), st.lists(block, max_size=1))
+    runs = data.draw(st.lists(run, min_size=2, max_size=5))
+    program = [ir.Run(f"r{i}", "clean", ops, edges=tuple(es)) for i, (ops, es) in enumerate(runs)]
     d = m.shape.d_model
     vectors = {"v": torch.linspace(-1, 1, d), "u": torch.nn.functional.normalize(torch.cos(torch.arange(d) * 1.0), dim=0)}
     fused = run_program(m, bs, program, vectors, max_tokens=2 * T)
     for run, v in zip(program, fused):
         torch.testing.assert_close(v, run_program(m, bs, [run], vectors)[0], atol=1e-5, rtol=1e-5)
+
+
+# -- edge entries against the literal reference (tests/reference.py) -----------------------------
+
+import reference  # noqa: E402
+
+
+def _reference_source(m, bs, src):  # type: ignore[no-untyped-def]
+    """Each sender's source values on the clean rows: [B, T, d]."""
+    clean = bs["clean"]
+    if src.kind == "zero":
+        _, own = reference.run(m, clean)
+        return {n: torch.zeros_like(v) for n, v in own.items()}
+    _, own = reference.run(m, bs[src.dataset])
+    if src.kind == "run":
+        return own
+    w = bs[src.dataset].attention_mask.to(torch.float32)[..., None]
+    return {n: ((v * w).sum((0, 1)) / w.sum()).expand_as(v) for n, v in own.items()}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=4, deadline=None)
+@given(data=st.data())
+def test_edge_entries_equal_the_literal_sum(family: str, data: st.DataObject) -> None:
+    """DESIGN.md §2: each receiver reads Σ over its upstream edges of (source or own) output."""
+    m = tiny(family)
+    bs = batches(12)
+    all_edges = graph.edges(m.shape)
+    src = data.draw(st.sampled_from([ir.Source("run", "corr"), ir.Source("mean", "other", per_position=False),
+                                     ir.Source("zero")]))
+    complement = data.draw(st.booleans())
+    chosen = data.draw(st.lists(st.sampled_from(all_edges), min_size=1, max_size=12, unique=True))
+    cut = data.draw(st.integers(0, len(chosen)))
+    parts = tuple(p for p in ((frozenset(chosen[:cut]), None), (frozenset(chosen[cut:]), ("MID", "END"))) if p[0])
+    entries = ir.EdgeEntries(src, parts, complement=complement)
+    got = run_program(m, bs, [ir.Run("e", "clean", edges=(entries,))], max_tokens=2 * T)[0]
+
+    clean = bs["clean"]
+    B, Tn = clean.input_ids.shape
+    rows = torch.arange(B)
+    at = torch.zeros(B, Tn, dtype=torch.bool)
+    for name in ("MID", "END"):
+        at[rows, clean.positions[name]] = True
+    everywhere = torch.ones(B, Tn, dtype=torch.bool)
+    listed = {e: everywhere for e in chosen[:cut]} | {e: at for e in chosen[cut:]}
+    where = {e: (~listed[e] if e in listed else everywhere) for e in all_edges} if complement else listed
+    with torch.no_grad():
+        logits, _ = reference.run(m, clean, _reference_source(m, bs, src), where)
+    want = logits[rows, clean.positions["END"]]
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -57,6 +57,7 @@ class Adapter:
         self.config = hf.config
         self.shape = self._shape()
         self.d_head = self._d_head()
+        self._qkv_w: dict[int, tuple[tuple[Tensor, Tensor | None], ...]] = {}
 
     # -- facts -----------------------------------------------------------------------------
     def _shape(self) -> ModelShape:
@@ -92,6 +93,25 @@ class Adapter:
 
     def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
         raise NotImplementedError
+
+    def qkv_weights(self, l: int) -> tuple[tuple[Tensor, Tensor | None], ...]:
+        """Per-head projections ((Wq [H, d, dh], bq [H, dh] | None), (Wk [G, d, dh], bk),
+        (Wv [G, d, dh], bv)) of layer l: what :meth:`receiver_qkv` applies head by head."""
+        raise NotImplementedError
+
+    def receiver_qkv(self, l: int, xq: Tensor, xk: Tensor, xv: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+        """Queries, keys and values when every receiver reads its own (normalised) input:
+        xq [B, H, T, d] one per query head, xk / xv [B, G, T, d] one per key/value group."""
+        if l not in self._qkv_w:
+            self._qkv_w[l] = tuple((w.contiguous(), b) for w, b in self.qkv_weights(l))
+        out = []
+        for x, (w, b) in zip((xq, xk, xv), self._qkv_w[l]):
+            y = torch.einsum("bhtd,hde->bhte", x, w)
+            out.append(y if b is None else y + b[:, None])
+        q, k, v = out
+        if rot is not None:
+            q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
+        return QKV(q, k, v)
 
     def attn_scale(self, l: int) -> float:
         return float(self.attn_module(l).scaling)
@@ -153,6 +173,13 @@ class GPT2Adapter(Adapter):
         q, k, v = self.attn_module(l).c_attn(x).split(d, dim=2)
         f = lambda t: t.view(B, T, H, dh).transpose(1, 2)  # noqa: E731
         return QKV(f(q), f(k), f(v))
+
+    def qkv_weights(self, l: int) -> tuple[tuple[Tensor, Tensor | None], ...]:
+        c = self.attn_module(l).c_attn  # Conv1D: weight [d, 3d], y = x @ W + b
+        d, H, dh = self.shape.d_model, self.shape.n_heads, self.d_head
+        w = c.weight.view(d, 3, H, dh).permute(1, 2, 0, 3)  # [3, H, d, dh]
+        b = c.bias.view(3, H, dh)
+        return tuple((w[i], b[i]) for i in range(3))
 
     def o_proj(self, l: int) -> Any:
         return self.attn_module(l).c_proj
@@ -218,6 +245,14 @@ class LlamaAdapter(Adapter):
             q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
         return QKV(q, k, v)
 
+    def qkv_weights(self, l: int) -> tuple[tuple[Tensor, Tensor | None], ...]:
+        a, dh = self.attn_module(l), self.d_head
+        out = []
+        for lin in (a.q_proj, a.k_proj, a.v_proj):  # Linear: weight [n * dh, d]
+            w = lin.weight.view(-1, dh, lin.weight.shape[1]).transpose(1, 2)
+            out.append((w, None if lin.bias is None else lin.bias.view(-1, dh)))
+        return tuple(out)
+
     def o_proj(self, l: int) -> Any:
         return self.attn_module(l).o_proj
 
@@ -265,6 +300,12 @@ class GPTNeoXAdapter(Adapter):
         if rot is not None:
             q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
         return QKV(q, k, v)
+
+    def qkv_weights(self, l: int) -> tuple[tuple[Tensor, Tensor | None], ...]:
+        lin, H, dh = self.attn_module(l).query_key_value, self.shape.n_heads, self.d_head
+        w = lin.weight.view(H, 3, dh, -1).transpose(2, 3)  # [H, 3, d, dh]: per head q, k, v
+        b = None if lin.bias is None else lin.bias.view(H, 3, dh)
+        return tuple((w[:, i], None if b is None else b[:, i]) for i in range(3))
 
     def o_proj(self, l: int) -> Any:
         return self.attn_module(l).dense

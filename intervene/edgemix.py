@@ -1,0 +1,154 @@
+"""Edge-level entries in the executor: dense masks and per-receiver input corrections.
+
+What it owns: turning a run's :class:`intervene.ir.EdgeEntries` into a dense
+[receivers × senders] weight table, and computing DESIGN.md §2's correction to every
+receiver's input in one contraction,
+
+    input_r(j) = resid_r + Σ_s w[j, s, t] · (out_σ(s) − out_r(s)),
+
+where ``w`` is 1 where the edge (s -> j) at position t reads the source. The differences
+``out_σ(s) − out_r(s)`` of every sender computed so far are kept in one buffer
+[rows, senders, tokens, d] (:class:`Mixer`), so the cost of a circuit evaluation does not grow
+with the number of edges it ablates: per layer it is one batched matmul over the sender axis.
+
+Senders are indexed in forward order (``graph.all_nodes``: input, then per layer its heads and
+its MLP); receivers in ``graph.receivers`` order (per layer: q of every head, k and v of every
+key/value group, the MLP; then the logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from intervene import ir
+from intervene.graph import ModelShape, all_nodes, receivers
+
+
+@dataclass
+class Layout:
+    """Index maps and per-layer slices of the sender and receiver axes of one model shape."""
+
+    shape: ModelShape
+
+    def __post_init__(self) -> None:
+        s = self.shape
+        self.senders = all_nodes(s)
+        self.recvs = receivers(s)
+        self.send_idx = {n: i for i, n in enumerate(self.senders)}
+        self.recv_idx = {r: i for i, r in enumerate(self.recvs)}
+        self.G = s.n_kv_heads if s.n_kv_heads < s.n_heads else s.n_heads
+        self.per_layer = s.n_heads + 2 * self.G + 1
+        self.n_send, self.n_recv = len(self.senders), len(self.recvs)
+        exists = np.zeros((self.n_recv, self.n_send), dtype=bool)
+        for l in range(s.n_layers):
+            r0 = l * self.per_layer
+            exists[r0:r0 + s.n_heads + 2 * self.G, :self.attn_senders(l)] = True
+            exists[r0 + self.per_layer - 1, :self.mlp_senders(l)] = True
+        exists[-1, :] = True
+        self.exists = exists
+
+    def attn_rows(self, l: int) -> slice:
+        """Receiver rows of layer l's q, k, v (H + 2G of them)."""
+        r0 = l * self.per_layer
+        return slice(r0, r0 + self.shape.n_heads + 2 * self.G)
+
+    def mlp_row(self, l: int) -> int:
+        return l * self.per_layer + self.per_layer - 1
+
+    def attn_senders(self, l: int) -> int:
+        """How many senders (a prefix of the sender axis) layer l's attention reads."""
+        return 1 + l * (self.shape.n_heads + 1)
+
+    def mlp_senders(self, l: int) -> int:
+        return self.attn_senders(l) + (0 if self.shape.parallel else self.shape.n_heads)
+
+    def head_cols(self, l: int) -> slice:
+        a = self.attn_senders(l)
+        return slice(a, a + self.shape.n_heads)
+
+    def mlp_col(self, l: int) -> int:
+        return self.attn_senders(l) + self.shape.n_heads
+
+    def sender_layer(self, col: int) -> int:
+        """The layer whose forward computes sender ``col`` (input: 0)."""
+        return 0 if col == 0 else (col - 1) // (self.shape.n_heads + 1)
+
+
+@dataclass
+class Table:
+    """One EdgeEntries block as dense weights: ``base`` [R, S] (1 where the edge reads the
+    source at every position) and signed positional parts ([R, S] masks, position names)."""
+
+    base: np.ndarray
+    parts: list[tuple[np.ndarray, tuple[str, ...]]]
+
+
+def table(entries: ir.EdgeEntries, layout: Layout) -> Table:
+    """The dense form of a block of edge entries (see :class:`Table`)."""
+    full = np.zeros((layout.n_recv, layout.n_send), dtype=np.float32)
+    parts: list[tuple[np.ndarray, tuple[str, ...]]] = []
+    sign = -1.0 if entries.complement else 1.0
+    for edges, pos in entries.parts:
+        m = np.zeros_like(full)
+        if edges:
+            rows = np.fromiter((layout.recv_idx[r] for _, r in edges), dtype=np.int64, count=len(edges))
+            cols = np.fromiter((layout.send_idx[s] for s, _ in edges), dtype=np.int64, count=len(edges))
+            m[rows, cols] = 1.0
+        if pos is None:
+            full += m
+        else:
+            parts.append((sign * m, pos))
+    base = (layout.exists.astype(np.float32) - full) if entries.complement else full
+    return Table(base, parts)
+
+
+class Mixer:
+    """The per-chunk state of edge entries for the rows that have them.
+
+    ``diff`` [e, S, T, d] holds out_σ(s) − out_r(s) for every sender of each edge row, filled
+    layer by layer; ``base`` [e, R, S] and the positional ``slots`` hold each row's weights."""
+
+    def __init__(self, layout: Layout, tables: list[Table], row_pos: list[list[Tensor]], n_tokens: int,
+                 d: int, dtype: torch.dtype, device: torch.device) -> None:
+        e = len(tables)
+        self.layout = layout
+        self.base = torch.from_numpy(np.stack([t.base for t in tables])).to(device, dtype)
+        n_slots = max((len(t.parts) for t in tables), default=0)
+        self.slots: list[tuple[Tensor, Tensor]] = []
+        for k in range(n_slots):
+            m = np.zeros((e, layout.n_recv, layout.n_send), dtype=np.float32)
+            tm = torch.zeros(e, n_tokens, dtype=dtype, device=device)
+            for i, t in enumerate(tables):
+                if k < len(t.parts):
+                    m[i] = t.parts[k][0]
+                    idx = row_pos[i][k]  # token indices (window-local) of the part's positions
+                    tm[i, idx.to(device)] = 1.0
+            self.slots.append((torch.from_numpy(m).to(device, dtype), tm))
+        self.diff = torch.zeros(e, layout.n_send, n_tokens, d, dtype=dtype, device=device)
+
+    def delta(self, rows: slice | list[int], n_senders: int, e: int) -> Tensor:
+        """Corrections [e, len(rows), T, d] to the inputs of receiver rows, for the first e
+        edge rows, from the first n_senders senders."""
+        D = self.diff[:e, :n_senders]
+        E, S, T, d = D.shape
+        flat = D.reshape(E, S, T * d)
+        out = torch.bmm(self.base[:e][:, rows, :n_senders], flat).view(E, -1, T, d)
+        for m, tm in self.slots:
+            part = torch.bmm(m[:e][:, rows, :n_senders], flat).view(E, -1, T, d)
+            out += part * tm[:e, None, :, None]
+        return out
+
+    def logits_delta(self, end: Tensor) -> Tensor:
+        """Correction [e, d] to the final residual at each edge row's token ``end`` (window-local)."""
+        e = self.diff.shape[0]
+        ar = torch.arange(e, device=self.diff.device)
+        D = self.diff[ar, :, end]  # [e, S, d]
+        out = torch.bmm(self.base[:, -1:, :], D)[:, 0]
+        for m, tm in self.slots:
+            out += torch.bmm(m[:, -1:, :], D)[:, 0] * tm[ar, end][:, None]
+        return out
+
