@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from intervene import graph, ir
+from intervene.circuit import Circuit, Edge
 from intervene.spec import schema
 
 
@@ -110,3 +111,37 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
                                        spec.metric.position, shape.n_layers)
             prog.runs.append(ir.Run(exp.name, exp.dataset, tuple(ops), exp.name, ("patched",)))
     return prog
+
+
+def circuit_entries(circuit: Circuit, source: ir.Source, all_edges: frozenset[Edge], origin: str = ""
+                    ) -> ir.EdgeEntries | None:
+    """The edge-source entries that evaluate ``circuit``: every (edge, position) outside it reads
+    ``source``. None for the whole model (nothing to ablate). Written the cheaper way round:
+    the edges ablated when they are fewer than those kept, and ∅ as its edges into the logits
+    only (with every edge ablated nothing else reaches the output), so such a run starts late."""
+    at: dict[Edge, set[str]] = {}
+    for pos, es in circuit.edges_at:
+        for e in es - circuit.edges:
+            at.setdefault(e, set()).update(pos)
+    by_pos: dict[tuple[str, ...], set[Edge]] = {}
+    for e, names in at.items():
+        by_pos.setdefault(tuple(sorted(names)), set()).add(e)
+    kept = circuit.edges
+    if not at:
+        if kept >= all_edges:
+            return None
+        if not kept:
+            logits = frozenset(e for e in all_edges if e[1].kind == "logits")
+            return ir.EdgeEntries(source, ((logits, None),), label=circuit.name or "∅", origin=origin)
+        if len(kept) > len(all_edges) // 2:
+            return ir.EdgeEntries(source, ((all_edges - kept, None),), label=circuit.name, origin=origin)
+    parts = ((kept, None),) + tuple((frozenset(es), pos) for pos, es in sorted(by_pos.items()))
+    return ir.EdgeEntries(source, parts, complement=True, label=circuit.name or "circuit", origin=origin)
+
+
+def circuit_run(circuit: Circuit, dataset: str, source: ir.Source, all_edges: frozenset[Edge],
+                experiment: str = "", key: tuple[str, ...] = (), origin: str = "") -> ir.Run:
+    """One run: ``dataset`` with everything outside ``circuit`` read from ``source``."""
+    entries = circuit_entries(circuit, source, all_edges, origin)
+    return ir.Run(circuit.name or "circuit", dataset, (), experiment, key or (circuit.name,),
+                  edges=() if entries is None else (entries,))
