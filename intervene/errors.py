@@ -47,6 +47,14 @@ class ErrorCode(str, Enum):
     E020 = "E020"  # file-not-found
     E021 = "E021"  # bad-dataset-file
     E022 = "E022"  # wrong-dataset-kind
+    # Circuits (intervene.spec.circuits).
+    E023 = "E023"  # unknown-name
+    E024 = "E024"  # group-cycle
+    E025 = "E025"  # bad-circuit-expression
+    E026 = "E026"  # not-an-edge
+    E027 = "E027"  # conflicting-positions
+    E028 = "E028"  # empty-circuit
+    E029 = "E029"  # unknown-circuit
 
     @property
     def slug(self) -> str:
@@ -88,6 +96,13 @@ _SLUGS: dict[ErrorCode, str] = {
     ErrorCode.E020: "file-not-found",
     ErrorCode.E021: "bad-dataset-file",
     ErrorCode.E022: "wrong-dataset-kind",
+    ErrorCode.E023: "unknown-name",
+    ErrorCode.E024: "group-cycle",
+    ErrorCode.E025: "bad-circuit-expression",
+    ErrorCode.E026: "not-an-edge",
+    ErrorCode.E027: "conflicting-positions",
+    ErrorCode.E028: "empty-circuit",
+    ErrorCode.E029: "unknown-circuit",
 }
 
 

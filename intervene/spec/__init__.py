@@ -9,16 +9,20 @@ A spec is a YAML (or TOML) file describing a model, datasets, a metric and exper
     s.where(("experiments", 0, "targets"))         # -> "specs/ioi.yaml:14"
 
 Modules: :mod:`.source_map` (files -> data + positions), :mod:`.schema` (pydantic models),
-:mod:`.check` (loading, pydantic errors -> diagnostics, cross-reference and model checks).
+:mod:`.check` (loading, pydantic errors -> diagnostics, cross-reference and model checks),
+:mod:`.diagnostics` (diagnostics pointing into the file), :mod:`.expression` (expression
+metrics), :mod:`.circuit_syntax` and :mod:`.circuits` (the ``circuits:`` language, its checks,
+and :func:`resolve_circuit`: a spec's circuit as an :class:`intervene.circuit.Circuit`).
 """
 
 from intervene.spec.check import (EXPRESSION_FUNCTIONS, ExpressionError, ModelFacts, check_against_model,
                                   load_spec, parse_expression, parse_spec)
-from intervene.spec.schema import (AccuracyMetric, AddIntervention, DatasetSource, ExpressionMetric,
-                                   IoiAbcDataset, IoiDataset, JsonlDataset, KlToCleanMetric, LogitDiffMetric,
-                                   LogprobMetric, MeanSource, ModelSpec, PatchExperiment, PatchIntervention,
-                                   ProbDiffMetric, ProjectOutIntervention, ResampleSource, Spec, SweepExperiment,
-                                   Vector, ZeroSource, json_schema)
+from intervene.spec.circuits import resolve_circuit
+from intervene.spec.schema import (AccuracyMetric, AddIntervention, CircuitDef, CircuitExperiment, Completeness,
+                                   DatasetSource, ExpressionMetric, IoiAbcDataset, IoiDataset, JsonlDataset,
+                                   KlToCleanMetric, LogitDiffMetric, LogprobMetric, MeanSource, Minimality, ModelSpec,
+                                   PatchExperiment, PatchIntervention, ProbDiffMetric, ProjectOutIntervention,
+                                   ResampleSource, Spec, SweepExperiment, Vector, ZeroSource, json_schema)
 from intervene.spec.source_map import SourceMap
 
 __all__ = [
@@ -28,4 +32,5 @@ __all__ = [
     "LogitDiffMetric", "ProbDiffMetric", "LogprobMetric", "KlToCleanMetric", "AccuracyMetric", "ExpressionMetric",
     "DatasetSource", "ResampleSource", "MeanSource", "ZeroSource", "Vector",
     "PatchIntervention", "AddIntervention", "ProjectOutIntervention", "SweepExperiment", "PatchExperiment",
+    "CircuitExperiment", "CircuitDef", "Completeness", "Minimality", "resolve_circuit",
 ]

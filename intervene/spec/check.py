@@ -5,11 +5,13 @@ This module owns the checks and their diagnostics, in two stages:
 1. :func:`load_spec` (no model needed): parse the file (:mod:`.source_map`), validate it
    against :mod:`.schema`, map each pydantic error's ``loc`` to the value's position, and run
    the static cross-reference checks (datasets named exist, ``ioi_abc.of`` names an ``ioi``
-   dataset, node patterns parse, the expression metric is safe, files named exist). Raises one
+   dataset, node patterns parse, the expression metric is safe, files named exist, circuits
+   parse and name what exists: :func:`intervene.spec.circuits.check_static`). Raises one
    :class:`~intervene.errors.SpecError` holding all diagnostics.
 2. :func:`check_against_model` (model facts, no forward pass): node patterns against the
    model's shape, positions and answers against the datasets, ``{token: ...}`` vectors are
-   single tokens. Returns the diagnostics; the caller raises.
+   single tokens, circuits' edges exist (:func:`intervene.spec.circuits.check_against_model`).
+   Returns the diagnostics; the caller raises.
 
 Where a loaded spec came from: :func:`load_spec` returns a :class:`~.schema.Spec` carrying
 its path and source map as private attributes -- ``spec.where(("experiments", 0,
@@ -19,9 +21,6 @@ the spec file. ``spec.name`` defaults to the file stem.
 
 from __future__ import annotations
 
-import ast
-import difflib
-import re
 import types
 import typing
 from collections.abc import Callable, Iterable
@@ -34,7 +33,16 @@ from pydantic.fields import FieldInfo
 
 from intervene import graph
 from intervene.errors import Diagnostic, ErrorCode, SpecError
-from intervene.spec import schema
+from intervene.spec import circuits, schema
+from intervene.spec.diagnostics import at as _at
+from intervene.spec.diagnostics import dedupe as _dedupe
+from intervene.spec.diagnostics import did_you_mean as _did_you_mean
+from intervene.spec.diagnostics import kind_of as _kind
+from intervene.spec.diagnostics import offset_in as _offset_in
+from intervene.spec.diagnostics import range_hint as _range_hint
+from intervene.spec.expression import EXPRESSION_FUNCTIONS, ExpressionError, parse_expression
+from intervene.spec.expression import expression_diagnostic as _expr_diag
+from intervene.spec.expression import name_offset as _name_offset
 from intervene.spec.source_map import Loaded, Loc, SourceMap, dotted, load_file, load_toml, load_yaml
 from intervene.spec.source_map import value_at as _get
 
@@ -81,38 +89,6 @@ def _finish(loaded: Loaded, path: Path) -> schema.Spec:
     if diags or spec is None:
         raise SpecError(diags, {src.file: src.text}, partial=spec)
     return spec
-
-
-def _dedupe(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
-    seen: dict[tuple[str, str, int, int, str], Diagnostic] = {}
-    for d in diags:
-        seen.setdefault((d.file, *d.key, d.field), d)
-    return list(seen.values())
-
-
-def _at(src: SourceMap | None, loc: Loc, code: ErrorCode, message: str, hint: str | None, value: Any,
-        *, key: bool = False, offset: int = 0, width: int | None = None, fld: Loc | None = None) -> Diagnostic:
-    """A diagnostic pointing at the value (or the key, with ``key=True``) at ``loc``; ``fld``
-    names the field when it differs from the place pointed at (a missing field)."""
-    name = dotted(loc if fld is None else fld)
-    if src is None:
-        return Diagnostic("<spec>", 0, 0, code, name, value, message, hint)
-    line, col, end_line, end_col = src.key_span(loc) if key else src.value_span(loc)
-    col += offset
-    end = col + width if width is not None else (end_col if end_line == line else None)
-    return Diagnostic(src.file, line, col, code, name, value, message, hint, end)
-
-
-def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
-            float: "a number", type(None): "nothing (null)"}.get(type(value), type(value).__name__)
-
-
-def _did_you_mean(word: Any, options: Iterable[str], what: str = "allowed") -> str:
-    opts = sorted(str(o) for o in options)
-    close = difflib.get_close_matches(str(word), opts, n=1, cutoff=0.6)
-    listing = f"{what}: {', '.join(opts)}" if opts else f"no {what} defined"
-    return f'did you mean "{close[0]}"? {listing}' if close else listing
 
 
 # ------------------------------------------------------------------------------ pydantic errors
@@ -270,7 +246,7 @@ def _static_checks(data: dict[str, Any], src: SourceMap, base: Path) -> list[Dia
     checker.datasets()
     checker.metric()
     checker.experiments()
-    return checker.out
+    return checker.out + circuits.check_static(data, src)
 
 
 @dataclass
@@ -357,6 +333,7 @@ class _Static:
             self.patterns(here + ("targets",))
             self.patterns(here + ("senders",))
             self.ref(here + ("source", "dataset"))
+            self.ref(here + ("ablate", "dataset"))
             interventions = exp.get("interventions")
             for k in range(len(interventions) if isinstance(interventions, list) else 0):
                 at = here + ("interventions", k)
@@ -364,116 +341,6 @@ class _Static:
                 self.ref(at + ("source", "dataset"))
                 self.file_exists(at + ("vector", "file"), "vector file")
                 self.file_exists(at + ("direction", "file"), "vector file")
-
-
-# ------------------------------------------------------------------------------ expressions
-
-EXPRESSION_FUNCTIONS = ("exp", "log", "abs", "max", "min")
-
-
-class ExpressionError(ValueError):
-    """An expression metric that does not parse or uses something not allowed.
-
-    ``offset`` is the 0-based character offset of the problem in the expression, if known."""
-
-    def __init__(self, message: str, offset: int | None = None, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message, self.offset, self.hint = message, offset, hint
-
-
-_OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.UAdd, ast.USub)
-
-
-def _vet(tree: ast.AST) -> list[str]:
-    """Reject any syntax but numbers, names, + - * / **, unary signs and allowed calls.
-    Returns the answer names used."""
-    names: list[str] = []
-
-    def bad(node: ast.AST, what: str, hint: str | None = None) -> ExpressionError:
-        return ExpressionError(what, getattr(node, "col_offset", None), hint)
-
-    def visit(node: ast.AST) -> None:
-        if isinstance(node, ast.Expression):
-            visit(node.body)
-        elif isinstance(node, ast.BinOp):
-            if not isinstance(node.op, _OPS):
-                hint = "use ** for powers" if isinstance(node.op, ast.BitXor) else None
-                raise bad(node, f"operator {type(node.op).__name__} is not allowed", hint)
-            visit(node.left)
-            visit(node.right)
-        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, _OPS):
-            visit(node.operand)
-        elif isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            pass
-        elif isinstance(node, ast.Name):
-            if node.id in EXPRESSION_FUNCTIONS or node.id.startswith("_"):
-                raise bad(node, f'"{node.id}" is not an answer name', f"call it: {node.id}(...)")
-            names.append(node.id)
-        elif isinstance(node, ast.Call):
-            func = node.func.id if isinstance(node.func, ast.Name) else None
-            if func not in EXPRESSION_FUNCTIONS or node.keywords or not node.args:
-                raise bad(node, f'call of "{ast.unparse(node.func)}" is not allowed',
-                          f"functions: {', '.join(EXPRESSION_FUNCTIONS)}")
-            for a in node.args:
-                visit(a)
-        else:
-            raise bad(node, f'"{ast.unparse(node)}" is not allowed in an expression',
-                      "use answer names, numbers, + - * / **, and " + ", ".join(EXPRESSION_FUNCTIONS))
-
-    visit(tree)
-    return names
-
-
-def parse_expression(text: str) -> Any:
-    """Parse an expression metric into a sympy expression whose symbols are answer names.
-
-    The text is first vetted with :mod:`ast` (numbers, names, arithmetic, and the calls in
-    :data:`EXPRESSION_FUNCTIONS` only), then handed to sympy's ``parse_expr`` with a global
-    namespace holding nothing but sympy's number/symbol constructors and those functions, and
-    every name bound to a ``Symbol``. Raises :class:`ExpressionError`."""
-    try:
-        tree = ast.parse(text.strip(), mode="eval")
-    except SyntaxError as e:
-        raise ExpressionError(f"cannot parse expression: {e.msg}", (e.offset or 1) - 1) from None
-    names = _vet(tree)
-    import sympy
-    from sympy.parsing.sympy_parser import parse_expr, standard_transformations
-
-    funcs = {"exp": sympy.exp, "log": sympy.log, "abs": sympy.Abs, "max": sympy.Max, "min": sympy.Min}
-    global_dict: dict[str, Any] = {"__builtins__": {}, "Integer": sympy.Integer, "Float": sympy.Float,
-                                   "Rational": sympy.Rational, "Symbol": sympy.Symbol, **funcs}
-    local_dict: dict[str, Any] = {n: sympy.Symbol(n) for n in names}
-    try:
-        expr = parse_expr(text.strip(), local_dict=local_dict, global_dict=global_dict,
-                          transformations=standard_transformations, evaluate=True)
-    except Exception as e:  # sympy raises many types (TypeError for max() of nothing, ...)
-        raise ExpressionError(f"cannot build expression: {e}") from None
-    allowed = (sympy.exp, sympy.log, sympy.Abs, sympy.Max, sympy.Min)
-    for f in expr.atoms(sympy.Function):
-        if not isinstance(f, allowed):
-            raise ExpressionError(f"function {f.func} is not allowed")
-    return expr
-
-
-def _expr_diag(src: SourceMap | None, loc: Loc, text: str, e: ExpressionError) -> Diagnostic:
-    offset, width = _offset_in(src, loc, text, e.offset, 1)
-    return _at(src, loc, ErrorCode.E017, f'bad expression "{text}": {e.message}', e.hint, text,
-               offset=offset, width=width)
-
-
-def _offset_in(src: SourceMap | None, loc: Loc, text: str, offset: int | None, width: int
-               ) -> tuple[int, int | None]:
-    """Caret (offset, width) inside a string value when its text appears verbatim in the file;
-    else (0, None): the whole value."""
-    if src is None or offset is None:
-        return 0, None
-    line, col, _, _ = src.value_span(loc)
-    raw = src.text.splitlines()[line - 1] if line <= len(src.text.splitlines()) else ""
-    lead = len(text) - len(text.lstrip())
-    for quote in ("", '"', "'"):
-        if raw[col - 1:].startswith(quote + text):
-            return len(quote) + lead + offset, width
-    return 0, None
 
 
 # ------------------------------------------------------------------------------ model facts
@@ -532,6 +399,8 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
             if exp.positions != "all":
                 positions(here + ("positions",), exp.positions, [exp.dataset, _source_dataset(exp.source)])
             continue
+        if isinstance(exp, schema.CircuitExperiment):
+            continue  # its circuit is checked below, positions against its datasets
         if isinstance(exp, schema.SweepExperiment):
             nodes(here + ("targets",), exp.targets)
             if exp.positions != "all":
@@ -548,19 +417,8 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
             elif isinstance(iv, schema.ProjectOutIntervention):
                 token(at + ("direction",), iv.direction)
     _check_metric(spec, facts, src, out, positions)
+    out += circuits.check_against_model(spec, facts)
     return sorted(_dedupe(out), key=lambda d: (d.line, d.col))
-
-
-def _range_hint(e: graph.NodeRangeError, text: str, shape: graph.ModelShape) -> str | None:
-    """graph's did-you-mean plus the valid range."""
-    extra = f"layers are 0-{shape.n_layers - 1}"
-    m = re.match(r"^a(\d+)\.", text.strip())
-    if e.code == "head-out-of-range" and m:
-        layer = m.group(1)
-        extra = f"heads of layer {layer} are a{layer}.h0 … a{layer}.h{shape.n_heads - 1}"
-    elif e.code == "layer-out-of-range" and text.strip().startswith("r"):
-        extra = f"residual cuts are r0 … r{shape.n_layers}"
-    return f"{e.hint} {extra}" if e.hint else extra
 
 
 def _source_dataset(source: Any) -> str | None:
@@ -594,10 +452,3 @@ def _check_metric(spec: schema.Spec, facts: ModelFacts, src: SourceMap | None, o
                     out.append(_at(src, ("metric", "expr"), ErrorCode.E016,
                                    f'answer "{name}" is not defined by dataset "{ds}"',
                                    _did_you_mean(name, known, f"answers of {ds}"), name, offset=offset, width=width))
-
-
-def _name_offset(text: str, name: str) -> int | None:
-    for node in ast.walk(ast.parse(text.strip(), mode="eval")):
-        if isinstance(node, ast.Name) and node.id == name:
-            return node.col_offset
-    return None

@@ -290,7 +290,51 @@ class PathPatchExperiment(_Model):
     source: Source
 
 
-Experiment = Annotated[Union[SweepExperiment, PatchExperiment, PathPatchExperiment], Field(discriminator="kind")]
+class Completeness(_Model):
+    """The search for the subsets K of a circuit that score worst (DESIGN.md §4): ``random``
+    random subsets and ``greedy`` greedily grown ones."""
+
+    random: StrictInt = Field(default=8, ge=0)
+    greedy: StrictInt = Field(default=3, ge=0)
+
+
+class Minimality(_Model):
+    """Per node v of the circuit, ``samples`` subsets K searched for the largest effect of v."""
+
+    samples: StrictInt = Field(default=4, ge=0)
+
+
+class CircuitExperiment(_Model):
+    """Score the circuit named ``circuit`` (a key of ``circuits``): every edge outside it is read
+    from ``ablate``; faithfulness, completeness and minimality (DESIGN.md §4)."""
+
+    name: Identifier
+    kind: Literal["circuit"]
+    dataset: Identifier
+    circuit: Identifier
+    ablate: Source
+    completeness: Completeness = Completeness()
+    minimality: Minimality = Minimality()
+
+
+Experiment = Annotated[Union[SweepExperiment, PatchExperiment, PathPatchExperiment, CircuitExperiment],
+                       Field(discriminator="kind")]
+
+
+# ------------------------------------------------------------------------------ circuits
+
+
+class CircuitDef(_Model):
+    """A circuit written as nodes and/or edges (:mod:`intervene.spec.circuits` has the syntax).
+
+    ``groups`` name lists of node expressions (``name_movers: [a9.h9, a10.h0]``; a group may
+    name other groups); ``nodes`` lists node expressions (a node-level circuit); ``edges`` lists
+    edge statements (``s_inhibition@END -> name_movers<q>``). At least one of ``nodes`` and
+    ``edges`` must be non-empty (checked by the spec checks, ``E028``)."""
+
+    groups: dict[Identifier, Annotated[tuple[NonEmptyStr, ...], Field(min_length=1)]] = {}
+    nodes: tuple[NonEmptyStr, ...] = ()
+    edges: tuple[NonEmptyStr, ...] = ()
 
 
 # ------------------------------------------------------------------------------ the spec
@@ -305,6 +349,7 @@ class Spec(_Model):
     model: ModelSpec = ModelSpec()
     datasets: Annotated[dict[Identifier, Dataset], Field(min_length=1)]
     metric: Metric
+    circuits: dict[Identifier, CircuitDef] = {}
     experiments: Annotated[tuple[Experiment, ...], Field(min_length=1)]
 
     _path: Path | None = PrivateAttr(default=None)
