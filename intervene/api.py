@@ -21,9 +21,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from intervene import data, ir, metrics, results
-from intervene.compile import compile_spec
+from intervene import data, ir, metrics, results, scores
+from intervene.circuit import Circuit
+from intervene.compile import compile_spec, lower_source
 from intervene.errors import Diagnostic, ErrorCode, SpecError
+from intervene.evaluate import CircuitEvaluator
 from intervene.execute import Executor
 from intervene.models.loading import LoadedModel, load_model
 from intervene.spec import schema
@@ -181,9 +183,19 @@ def resolve_vectors(p: Prepared) -> dict[str, torch.Tensor]:
     return out
 
 
-def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max_tokens: int = 32768
-            ) -> list[torch.Tensor]:
-    """Run the prepared program: per-example metric values of every run."""
+@dataclass
+class Executed:
+    """What executing a prepared spec measured: per-example metric values of every run (None for
+    the runs of circuit experiments) and each circuit experiment's scores."""
+
+    values: list[torch.Tensor | None]
+    circuits: dict[str, scores.CircuitScores]
+
+
+def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max_tokens: int = 32768,
+            on_circuit: Callable[[str], None] | None = None) -> Executed:
+    """Run the prepared program fused, then score every circuit experiment (its searches stack
+    their circuits on the batch axis; the base passes are shared with the program's runs)."""
     metric = metrics.from_spec(p.spec.metric)
     ex = Executor(p.model.adapter, p.batches, resolve_vectors(p), p.program.metric_position,
                   max_tokens=max_tokens, progress=progress)
@@ -193,31 +205,68 @@ def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max
         ans = {k: v[idx] for k, v in b.answer_ids.items()}
         return metric(logits, ans, ex.base(ds).logits[idx.to(logits.device)])
 
+    circuit_exps = [e for e in p.spec.experiments if e.kind == "circuit"]
+    skip = {e.name for e in circuit_exps}
+    main = ir.Program(p.program.name, [r for r in p.program.runs if r.experiment not in skip],
+                      p.program.vectors, p.program.metric_position)
     with torch.inference_mode():
-        return ex.execute(p.program, readout)
+        got = iter(ex.execute(main, readout) if main.runs else [])
+    values = [None if r.experiment in skip else next(got) for r in p.program.runs]
+    shape = p.model.adapter.shape
+    full, empty = Circuit.full(shape), Circuit(frozenset(), name="∅")
+    caches: dict[tuple[str, ir.Source], dict[Any, scores.Measured]] = {}
+    out: dict[str, scores.CircuitScores] = {}
+    for i, e in enumerate(p.spec.experiments):
+        if e.kind != "circuit":
+            continue
+        if on_circuit:
+            on_circuit(e.name)
+        src = lower_source(e.ablate, e.dataset)
+        ev = CircuitEvaluator(p.model.adapter, p.batches, e.dataset, src, metric, executor=ex,
+                              origin=p.spec.where(("experiments", i, "circuit")))
+        out[e.name] = scores.score_circuit(
+            p.program.circuits[e.name], full, empty, ev, seed=p.spec.seed, random_k=e.completeness.random,
+            greedy_steps=e.completeness.greedy, minimality_samples=e.minimality.samples,
+            cache=caches.setdefault((e.dataset, src), {}))
+    return Executed(values, out)
 
 
-def assemble(p: Prepared, values: list[torch.Tensor], seconds: float) -> results.Results:
-    """Per-experiment statistics from the per-run values."""
+def _source_warnings(p: Prepared, srcs: list[ir.Source]) -> list[str]:
+    warnings = []
+    if any(s.kind == "zero" for s in srcs):
+        warnings.append("zero ablation is off-distribution: prefer mean or resample ablation")
+    for s in dict.fromkeys(s for s in srcs if s.kind == "mean"):
+        b = p.batches[s.dataset]  # type: ignore[index]
+        aligned = bool((b.lengths == b.lengths[0]).all())
+        pp = aligned if s.per_position is None else s.per_position
+        warnings.append(f"mean over {s.dataset} taken {'per position' if pp else 'over all positions'}")
+    return warnings
+
+
+def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results:
+    """Per-experiment statistics from the per-run values and the circuit scores."""
     seed = p.spec.seed
+    values = executed.values
     exps: list[results.ExperimentResult] = []
     for i, exp in enumerate(p.spec.experiments):
-        runs = [(r, values[j].double().numpy()) for j, r in enumerate(p.program.runs) if r.experiment == exp.name]
+        if exp.kind == "circuit":
+            sc = executed.circuits[exp.name]
+            src = lower_source(exp.ablate, exp.dataset)
+            exps.append(results.ExperimentResult(
+                exp.name, exp.kind, exp.dataset, str(src), sc.m_full, sc.m_empty, [],
+                _source_warnings(p, [src]) + list(sc.warnings), circuit=sc.to_dict()))
+            continue
+        runs = [(r, values[j].double().numpy()) for j, r in enumerate(p.program.runs)  # type: ignore[union-attr]
+                if r.experiment == exp.name]
         by_key = {r.key: v for r, v in runs}
         clean = by_key[("clean",)]
         src = by_key.get(("source",))
         rows = [results.Row(r.key, results.bootstrap(v, seed),
                             results.normalised(v, clean, src, seed) if src is not None else None)
                 for r, v in runs if r.key not in (("clean",), ("source",))]
-        warnings = []
         srcs = [op.source for r, _ in runs for op in r.ops if op.source is not None and op.origin != "baseline"]
-        if any(s.kind == "zero" for s in srcs):
-            warnings.append("zero ablation is off-distribution: prefer mean or resample ablation")
-        for s in {s for s in srcs if s.kind == "mean"}:
-            b = p.batches[s.dataset]
-            aligned = bool((b.lengths == b.lengths[0]).all())
-            pp = aligned if s.per_position is None else s.per_position
-            warnings.append(f"mean over {s.dataset} taken {'per position' if pp else 'over all positions'}")
+        srcs += [e.source for r, _ in runs for e in r.edges]
+        warnings = _source_warnings(p, srcs)
         src_desc = str(srcs[0]) if srcs and len(set(srcs)) == 1 else (None if not srcs else "several")
         exps.append(results.ExperimentResult(
             exp.name, exp.kind, exp.dataset, src_desc, results.bootstrap(clean, seed),
@@ -266,8 +315,8 @@ def run(spec: schema.Spec | str | Path, *, model: LoadedModel | None = None, dev
         spec = load_spec(spec)
     p = prepare(spec, model, device)
     t0 = time.perf_counter()
-    values = execute(p, progress)
-    res = assemble(p, values, time.perf_counter() - t0)
+    executed = execute(p, progress)
+    res = assemble(p, executed, time.perf_counter() - t0)
     if out is not None:
         res.save(out)
     return res

@@ -108,19 +108,28 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
         with Progress("[progress.description]{task.description}", BarColumn(), "{task.completed}/{task.total} chunks",
                       TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
             task = bar.add_task("executing", total=None)
-            values = api.execute(p, progress=lambda d, t: bar.update(task, completed=d, total=t))
+            executed = api.execute(p, progress=lambda d, t: bar.update(task, completed=d, total=t),
+                                   on_circuit=lambda name: bar.update(task, description=f"scoring {name}"))
     else:
-        values = api.execute(p, progress=(lambda d, t: err.print(f"chunk {d}/{t}")) if progress else None)
-    res = api.assemble(p, values, time.perf_counter() - t0)
+        executed = api.execute(p, progress=(lambda d, t: err.print(f"chunk {d}/{t}")) if progress else None,
+                               on_circuit=(lambda name: err.print(f"scoring circuit experiment {name}"))
+                               if progress else None)
+    res = api.assemble(p, executed, time.perf_counter() - t0)
     report.print_results(res, out, top=top)
     shape = p.model.adapter.shape
-    sweeps = [e for e in res.experiments if e.kind != "patch"]
+    sweeps = [e for e in res.experiments if e.kind in ("sweep", "path_patch")]
     base = heatmap or (out_path.with_suffix(".png") if out_path else None)
     for e in sweeps if base else []:
         png = base if len(sweeps) == 1 else base.with_name(f"{base.stem}-{e.name}.png")
         if report.heatmap(e, png, shape.n_layers, shape.n_heads):
             out.print(f"heatmap: {png}")
     if out_path:
+        from intervene import plot
+
+        for name, sc in executed.circuits.items():
+            png = out_path.with_name(f"{out_path.stem}-{name}-circuit.png")
+            plot.draw_circuit(p.program.circuits[name], png, sc, title=name, shape=shape)
+            out.print(f"circuit picture: {png}")
         res.save(out_path)
         out.print(f"results: {out_path}")
 

@@ -10,6 +10,11 @@ Passes, in order:
    (``clean``) and, for a patch source, the base with the final residual at the metric position
    read from that source (``source``: m of everything ablated, DESIGN.md §4's m(∅)).
 
+A circuit experiment lowers to three runs (the whole model M, ∅ and the circuit C, each edge
+outside C read from the ablation source) and keeps its resolved circuit in
+``program.circuits``: the runs of its completeness and minimality searches depend on measured
+values, so :mod:`intervene.api` generates them while scoring (:mod:`intervene.scores`).
+
 All experiments of a spec go into one program, so the executor fuses them into shared passes.
 """
 
@@ -20,6 +25,7 @@ from typing import Any
 from intervene import graph, ir
 from intervene.circuit import Circuit, Edge
 from intervene.spec import schema
+from intervene.spec.circuits import resolve_circuit
 
 
 def lower_source(src: Any, default_dataset: str) -> ir.Source:
@@ -89,6 +95,16 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
                     label = str(group[0]) if len(group) == 1 else "senders"
                     entries = ir.EdgeEntries(src, ((es, pos),), label=f"paths from {label}", origin=origin)
                     prog.runs.append(ir.Run(label, exp.dataset, (), exp.name, (label,), edges=(entries,)))
+        elif exp.kind == "circuit":
+            src = lower_source(exp.ablate, exp.dataset)
+            circuit = resolve_circuit(spec, exp.circuit, shape)
+            prog.circuits[exp.name] = circuit
+            origin = spec.where(loc + ("circuit",))
+            every = frozenset(graph.edges(shape))
+            prog.runs.append(ir.Run("M (clean)", exp.dataset, (), exp.name, ("clean",)))
+            prog.runs.append(circuit_run(Circuit(frozenset(), name="∅"), exp.dataset, src, every, exp.name,
+                                         ("source",), spec.where(loc + ("ablate",))))
+            prog.runs.append(circuit_run(circuit, exp.dataset, src, every, exp.name, ("circuit",), origin))
         else:
             ops: list[ir.Op] = []
             sources: list[ir.Source] = []

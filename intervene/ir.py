@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from intervene.circuit import Circuit
 from intervene.graph import Node, Receiver
 
 Action = Literal["patch", "add", "project_out"]
@@ -175,6 +176,7 @@ class Program:
     runs: list[Run] = field(default_factory=list)
     vectors: dict[str, Vector] = field(default_factory=dict)
     metric_position: str = "END"
+    circuits: dict[str, Circuit] = field(default_factory=dict)  # circuit experiment -> its circuit
 
     def datasets(self) -> set[str]:
         """Every dataset whose unpatched pass the program needs (bases and sources)."""

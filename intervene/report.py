@@ -1,4 +1,6 @@
-"""Showing results to a person: score tables (rich) and sweep heatmaps (matplotlib PNG)."""
+"""Showing results to a person: score tables (rich) and sweep heatmaps (matplotlib PNG).
+
+Circuit pictures are drawn by :mod:`intervene.plot`."""
 
 from __future__ import annotations
 
@@ -33,12 +35,53 @@ def experiment_table(e: ExperimentResult, top: int = 15) -> Table:
     return t
 
 
+def _stat_of(d: dict | None) -> Stat | None:
+    return None if d is None or d.get("mean") is None else Stat(d["mean"], d["lo"], d["hi"])
+
+
+def circuit_tables(e: ExperimentResult, top: int = 15) -> list[Table]:
+    """A circuit experiment: m(M), m(∅), m(C), the scores, and minimality per node."""
+    c = e.circuit or {}
+    t = Table(title=f"{e.name} (circuit {c.get('name')} on {e.dataset}, rest ablated from {e.source})",
+              title_justify="left")
+    t.add_column("what")
+    t.add_column("value [95% CI]", justify="right")
+    t.add_row("m(M): whole model", _ci(_stat_of(c.get("m_full"))))
+    t.add_row("m(∅): every edge ablated", _ci(_stat_of(c.get("m_empty"))))
+    t.add_row(f"m(C): {c.get('n_edges')} edges, {c.get('n_units')} nodes", _ci(_stat_of(c.get("m_circuit"))))
+    t.add_section()
+    t.add_row("faithfulness F(C)", _ci(_stat_of(c.get("faithfulness"))))
+    t.add_row("m(C) / m(M)", _ci(_stat_of(c.get("ratio"))))
+    t.add_row("KL(M ‖ C), nats", _ci(_stat_of(c.get("kl"))))
+    comp = c.get("completeness")
+    if comp:
+        worst = ", ".join(comp["worst"])
+        t.add_row(f"completeness: worst |F(C∖K) − F(M∖K)|, K = {{{worst}}}", _ci(_stat_of(comp["gap"])))
+        t.caption = f"{len(comp['tried'])} subsets K searched; {c.get('n_evaluated')} circuits evaluated"
+    out = [t]
+    mins = c.get("minimality") or []
+    if mins:
+        m = Table(title=f"{e.name}: minimality per node (largest |F(C∖(K∪{{v}})) − F(C∖K)| over searched K)",
+                  title_justify="left")
+        m.add_column("node")
+        m.add_column("minimality [95% CI]", justify="right")
+        m.add_column("at K")
+        ranked = sorted(mins, key=lambda r: -(r["value"]["mean"] or 0))
+        for r in ranked[:top]:
+            m.add_row(r["unit"], _ci(_stat_of(r["value"])), "{" + ", ".join(r["k"]) + "}")
+        if len(ranked) > top:
+            m.caption = f"top {top} of {len(ranked)} nodes"
+        out.append(m)
+    return out
+
+
 def print_results(res: Results, console: Console | None = None, top: int = 15) -> None:
     """Every experiment's table, its warnings, and a one-line summary."""
     c = console or Console()
     c.print(f"[bold]{res.spec_name}[/bold]: metric {res.metric}, model {res.meta['model']['id']}")
     for e in res.experiments:
-        c.print(experiment_table(e, top))
+        for t in (circuit_tables(e, top) if e.kind == "circuit" else [experiment_table(e, top)]):
+            c.print(t)
         for w in e.warnings:
             c.print(f"[yellow]warning:[/yellow] {w}")
     c.print(f"executed in {res.seconds:.1f} s")

@@ -81,6 +81,7 @@ class ExperimentResult:
     source_metric: Stat | None
     rows: list[Row]
     warnings: list[str] = field(default_factory=list)
+    circuit: dict[str, Any] | None = None  # a circuit experiment's scores (scores.CircuitScores.to_dict())
 
     def top(self, k: int = 10) -> list[Row]:
         """Rows with the largest |normalised effect| (raw change when not normalisable)."""
