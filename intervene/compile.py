@@ -24,6 +24,8 @@ from typing import Any
 
 from intervene import graph, ir
 from intervene.circuit import Circuit, Edge
+from intervene.circuit import readers as circuit_readers
+from intervene.graph import Node
 from intervene.spec import schema
 from intervene.spec.circuits import resolve_circuit
 
@@ -103,8 +105,8 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
             every = frozenset(graph.edges(shape))
             prog.runs.append(ir.Run("M (clean)", exp.dataset, (), exp.name, ("clean",)))
             prog.runs.append(circuit_run(Circuit(frozenset(), name="∅"), exp.dataset, src, every, exp.name,
-                                         ("source",), spec.where(loc + ("ablate",))))
-            prog.runs.append(circuit_run(circuit, exp.dataset, src, every, exp.name, ("circuit",), origin))
+                                         ("source",), spec.where(loc + ("ablate",)), shape))
+            prog.runs.append(circuit_run(circuit, exp.dataset, src, every, exp.name, ("circuit",), origin, shape))
         else:
             ops: list[ir.Op] = []
             sources: list[ir.Source] = []
@@ -155,9 +157,48 @@ def circuit_entries(circuit: Circuit, source: ir.Source, all_edges: frozenset[Ed
     return ir.EdgeEntries(source, parts, complement=True, label=circuit.name or "circuit", origin=origin)
 
 
+def _out_edges(all_edges: frozenset[Edge]) -> dict[Node, set[Edge]]:
+    key = id(all_edges)
+    if _OUT.get(key, (None,))[0] is not all_edges:
+        out: dict[Node, set[Edge]] = {}
+        for e in all_edges:
+            out.setdefault(e[0], set()).add(e)
+        _OUT[key] = (all_edges, out)
+    return _OUT[key][1]
+
+
+_OUT: dict[int, tuple[frozenset[Edge], dict[Node, set[Edge]]]] = {}
+
+
+def circuit_node_entries(circuit: Circuit, source: ir.Source, all_edges: frozenset[Edge], shape: graph.ModelShape,
+                         origin: str = "") -> ir.EdgeEntries | None:
+    """The same entries as :func:`circuit_entries` for a circuit without positional edges,
+    written by rows: a sender with no kept edge has its whole row read from the source (its
+    output replaced, as a node patch); of the other senders' ablated edges, those into a
+    receiver read only by such nodes are dropped (what it reads cannot matter)."""
+    kept = circuit.edges
+    if circuit.edges_at or not kept or kept >= all_edges:
+        return circuit_entries(circuit, source, all_edges, origin)
+    out = _out_edges(all_edges)
+    live = {s for s, _ in kept}
+    dead = frozenset(n for n in out if n not in live)
+    rest = set()
+    for s in live:
+        for e in out[s] - kept:
+            readers = circuit_readers(e[1], shape)
+            if not readers or not all(n in dead for n in readers):
+                rest.add(e)
+    parts = ((frozenset(rest), None),) if rest else ()
+    return ir.EdgeEntries(source, parts, label=circuit.name or "circuit", origin=origin, nodes=dead)
+
+
 def circuit_run(circuit: Circuit, dataset: str, source: ir.Source, all_edges: frozenset[Edge],
-                experiment: str = "", key: tuple[str, ...] = (), origin: str = "") -> ir.Run:
-    """One run: ``dataset`` with everything outside ``circuit`` read from ``source``."""
-    entries = circuit_entries(circuit, source, all_edges, origin)
+                experiment: str = "", key: tuple[str, ...] = (), origin: str = "",
+                shape: graph.ModelShape | None = None) -> ir.Run:
+    """One run: ``dataset`` with everything outside ``circuit`` read from ``source``. With the
+    model's ``shape`` the entries are written by rows where they can be
+    (:func:`circuit_node_entries`); without it as one edge block (:func:`circuit_entries`)."""
+    entries = circuit_entries(circuit, source, all_edges, origin) if shape is None else \
+        circuit_node_entries(circuit, source, all_edges, shape, origin)
     return ir.Run(circuit.name or "circuit", dataset, (), experiment, key or (circuit.name,),
                   edges=() if entries is None else (entries,))

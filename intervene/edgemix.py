@@ -81,10 +81,16 @@ class Layout:
 @dataclass
 class Table:
     """One EdgeEntries block as dense weights: ``base`` [R, S] (1 where the edge reads the
-    source at every position) and signed positional parts ([R, S] masks, position names)."""
+    source at every position), signed positional parts ([R, S] masks, position names), and
+    ``nodes`` [S] (1 where the sender's whole row reads the source: its output is replaced)."""
 
     base: np.ndarray
     parts: list[tuple[np.ndarray, tuple[str, ...]]]
+    nodes: np.ndarray
+
+    @property
+    def has_edges(self) -> bool:
+        return bool(self.parts) or bool(self.base.any())
 
 
 def table(entries: ir.EdgeEntries, layout: Layout) -> Table:
@@ -103,7 +109,10 @@ def table(entries: ir.EdgeEntries, layout: Layout) -> Table:
         else:
             parts.append((sign * m, pos))
     base = (layout.exists.astype(np.float32) - full) if entries.complement else full
-    return Table(base, parts)
+    nodes = np.zeros(layout.n_send, dtype=bool)
+    for n in entries.nodes:
+        nodes[layout.send_idx[n]] = True
+    return Table(base, parts, nodes)
 
 
 class Mixer:
@@ -116,9 +125,14 @@ class Mixer:
                  d: int, dtype: torch.dtype, device: torch.device) -> None:
         e = len(tables)
         self.layout = layout
+        self.nodes = torch.from_numpy(np.stack([t.nodes for t in tables])).to(device)  # [e, S] bool
+        self.has_edges = any(t.has_edges for t in tables)
+        if not self.has_edges:  # node rows only: outputs are replaced, no receiver reads differently
+            self.slots: list[tuple[Tensor, Tensor]] = []
+            return
         self.base = torch.from_numpy(np.stack([t.base for t in tables])).to(device, dtype)
         n_slots = max((len(t.parts) for t in tables), default=0)
-        self.slots: list[tuple[Tensor, Tensor]] = []
+        self.slots = []
         for k in range(n_slots):
             m = np.zeros((e, layout.n_recv, layout.n_send), dtype=np.float32)
             tm = torch.zeros(e, n_tokens, dtype=dtype, device=device)

@@ -9,7 +9,9 @@ executor, so the clean and source passes are computed once for every call.
 
 Cost of one call over n circuits: the clean and source passes (first call only) plus one mixed
 row group per circuit; the whole model M is the clean pass itself, and ∅ is read at the logits
-only (a run that starts at the last layer).
+only (a run that starts at the last layer). Senders with no kept edge have their outputs
+replaced (whole rows of the table, as node patches); only the ablated edges of the circuit's
+own senders go through the per-receiver correction.
 """
 
 from __future__ import annotations
@@ -40,12 +42,13 @@ class CircuitEvaluator:
     def __init__(self, model: Adapter, batches: dict[str, BatchLike], dataset: str, source: ir.Source,
                  metric: Metric, *, metric_position: str = "END", max_tokens: int = 32768,
                  max_edge_bytes: int = 2**29, progress: Callable[[int, int], None] | None = None,
-                 executor: Executor | None = None, origin: str = "") -> None:
+                 executor: Executor | None = None, origin: str = "", by_rows: bool = True) -> None:
         self.model = model
         self.dataset = dataset
         self.source = source
         self.metric = metric
         self.origin = origin
+        self.by_rows = by_rows  # False: every circuit as one edge block (no node rows), for checks
         self.exe = executor or Executor(model, batches, {}, metric_position, max_tokens=max_tokens,
                                         progress=progress, max_edge_bytes=max_edge_bytes)
         self.all_edges = frozenset(graph.edges(model.shape))
@@ -54,8 +57,9 @@ class CircuitEvaluator:
 
     def program(self, circuits: Sequence[Circuit]) -> ir.Program:
         """The program one call runs (printable: one run per circuit)."""
-        runs = [circuit_run(c, self.dataset, self.source, self.all_edges, key=(str(i),), origin=self.origin)
-                for i, c in enumerate(circuits)]
+        shape = self.model.shape if self.by_rows else None
+        runs = [circuit_run(c, self.dataset, self.source, self.all_edges, key=(str(i),), origin=self.origin,
+                            shape=shape) for i, c in enumerate(circuits)]
         return ir.Program("circuits", runs, metric_position=self.exe.metric_position)
 
     def __call__(self, circuits: Sequence[Circuit]) -> list[Measured]:

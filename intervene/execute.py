@@ -479,8 +479,8 @@ class Executor:
             block(m, l, xa, rot, mask[:active], prefix=prefix, inplace=True, on_z=on_z,
                   on_attn=lambda attn, z: self._apply_head_edits(layer_ops, attn, z, l, ds, ex),
                   on_mlp=on_mlp,
-                  on_qkv=(lambda qkv: mix.receiver_qkv(l, qkv, xa, rot)) if e else None,  # type: ignore[union-attr]
-                  mlp_delta=(lambda: mix.mlp_delta(l, xa)) if e else None)  # type: ignore[union-attr]
+                  on_qkv=(lambda qkv: mix.receiver_qkv(l, qkv, xa, rot)) if e and mix.mix.has_edges else None,  # type: ignore[union-attr]
+                  mlp_delta=(lambda: mix.mlp_delta(l, xa)) if e and mix.mix.has_edges else None)  # type: ignore[union-attr]
         # rows that start at L (no ops before the logits): the base's final residual
         if active < n:
             x[active:] = base.resid[self.L][exd[active:], P:T]
@@ -489,7 +489,9 @@ class Executor:
         self._apply_final(program, rows, x, ds, ex)
         final = x[torch.arange(n, device=dev), (end - P).to(dev)]
         if mix is not None:
-            final[mix.rows_d] += mix.logits_delta((end[mix.rows] - P).to(dev))
+            d = mix.logits_delta((end[mix.rows] - P).to(dev))
+            if d is not None:
+                final[mix.rows_d] += d
         return readout(ds, m.unembed(final), ex).detach().cpu()
 
     def _edge_state(self, program: ir.Program, ds: str, rows: _Rows, ex: Tensor, width: int) -> _EdgeRows | None:
@@ -654,10 +656,17 @@ class _EdgeRows:
         self.ex = ex[idx]
         self.lay = mix.layout
         dev = exe.model.device
-        self.groups = []
+        merged: list[list] = []  # consecutive runs reading one source gather their values together
         for src, entries, pos in groups:
-            where = exe._source_index(ds, src, self.ex[pos[0]:pos[-1] + 1], entries.origin)
-            self.groups.append((src, int(pos[0]), int(pos[-1]) + 1, None if where is None else where.to(dev)))
+            if merged and merged[-1][0] == src and merged[-1][2] == int(pos[0]):
+                merged[-1][2] = int(pos[-1]) + 1
+            else:
+                merged.append([src, int(pos[0]), int(pos[-1]) + 1, entries.origin])
+        self.groups = []
+        for src, a, b, origin in merged:
+            where = exe._source_index(ds, src, self.ex[a:b], origin)
+            self.groups.append((src, a, b, None if where is None else where.to(dev)))
+        self.node_rows = bool(mix.nodes.any())
 
     def n_active(self, active: int) -> int:
         """How many edge rows are among the first ``active`` rows of the chunk."""
@@ -679,7 +688,7 @@ class _EdgeRows:
     def join(self, lo: int, hi: int, l: int) -> None:
         """Rows [lo, hi) of the chunk join at layer l: their senders before l hold the base's outputs."""
         e0, e1 = self.n_active(lo), self.n_active(hi)
-        if e0 == e1 or l == 0:
+        if e0 == e1 or l == 0 or not self.mix.has_edges:
             return
         P, T = self.exe._window or (0, 0)
         c = self.exe.base(self.ds)
@@ -690,17 +699,39 @@ class _EdgeRows:
             self._set_heads(k, e0, e1, c.z[k][exd, :, P:T])
             D[e0:e1, self.lay.mlp_col(k)] = self._src("mlp", k, e0, e1) - c.mlp[k][exd, P:T]
 
+    def _own(self, kind: str, l: int, values: Tensor, cols: slice | int) -> tuple[int, Tensor | None, Tensor]:
+        """Replace the outputs of node rows of the table (whole senders read from the source) in
+        ``values`` (all active rows, edited in place); return (e, source values, own values)."""
+        e = self.n_active(values.shape[0])
+        r = self.rows_d[:e]
+        if e == 0 or not (self.mix.has_edges or self.node_rows):
+            return e, None, values[r]
+        mask = self.mix.nodes[:e, cols]
+        if not self.mix.has_edges and not bool(mask.any()):
+            return e, None, values[r]
+        src = self._src(kind, l, 0, e)
+        own = values[r]
+        if bool(mask.any()):
+            m = mask.view(e, *([1] * (own.dim() - 1))) if mask.dim() == 1 else mask[:, :, None, None]
+            own = torch.where(m, src, own)
+            values[r] = own
+        return e, src, own
+
     def record_input(self, x: Tensor) -> None:
-        e = self.n_active(x.shape[0])
-        self.mix.diff[:e, 0] = self._src("input", 0, 0, e) - x[self.rows_d[:e]]
+        e, src, own = self._own("input", 0, x, 0)
+        if self.mix.has_edges and e:
+            self.mix.diff[:e, 0] = src - own  # type: ignore[operator]
 
     def record_heads(self, l: int, z: Tensor) -> None:
-        e = self.n_active(z.shape[0])
-        self._set_heads(l, 0, e, z[self.rows_d[:e]])
+        e, src, own = self._own("z", l, z, self.lay.head_cols(l))
+        if self.mix.has_edges and e:
+            self.mix.diff[:e, self.lay.head_cols(l)] = torch.einsum("ehtk,hkd->ehtd", src - own,  # type: ignore[operator]
+                                                                    self.exe.model.o_weight(l))
 
     def record_mlp(self, l: int, y: Tensor) -> None:
-        e = self.n_active(y.shape[0])
-        self.mix.diff[:e, self.lay.mlp_col(l)] = self._src("mlp", l, 0, e) - y[self.rows_d[:e]]
+        e, src, own = self._own("mlp", l, y, self.lay.mlp_col(l))
+        if self.mix.has_edges and e:
+            self.mix.diff[:e, self.lay.mlp_col(l)] = src - own  # type: ignore[operator]
 
     def receiver_qkv(self, l: int, qkv: QKV, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> None:
         """Recompute the edge rows' queries, keys and values, each receiver from its own input."""
@@ -719,8 +750,8 @@ class _EdgeRows:
         out[self.rows_d[:e]] = self.mix.delta([row], self.lay.mlp_senders(l), e)[:, 0]
         return out
 
-    def logits_delta(self, end: Tensor) -> Tensor:
-        return self.mix.logits_delta(end)
+    def logits_delta(self, end: Tensor) -> Tensor | None:
+        return self.mix.logits_delta(end) if self.mix.has_edges else None
 
 
 def _segments(run: np.ndarray) -> list[tuple[int, int]]:

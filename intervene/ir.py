@@ -103,13 +103,16 @@ class EdgeEntries:
 
     ``parts`` are (edges, positions) pairs (positions None: every position); an edge appears in
     at most one part. Without ``complement`` the listed (edge, position) pairs read the source;
-    with it, every edge of the model *except* those pairs does (the parts are what is kept)."""
+    with it, every edge of the model *except* those pairs does (the parts are what is kept).
+    ``nodes`` are whole rows of the table: every edge leaving them reads the source (at every
+    position), which the executor does by replacing their outputs, as a node patch does."""
 
     source: Source
     parts: tuple[tuple[frozenset[Edge], tuple[str, ...] | None], ...]
     complement: bool = False
     label: str = ""
     origin: str = ""
+    nodes: frozenset[Node] = frozenset()
 
     def __post_init__(self) -> None:
         seen: set[Edge] = set()
@@ -125,10 +128,16 @@ class EdgeEntries:
         """The first layer whose receivers these entries change (n_layers: only the logits)."""
         if self.complement:
             return 0
-        return min((_receiver_layer(r, n_layers) for es, _ in self.parts for _, r in es), default=n_layers)
+        first = min((_receiver_layer(r, n_layers) for es, _ in self.parts for _, r in es), default=n_layers)
+        return min([first] + [0 if n.kind == "input" else n.layer for n in self.nodes])
 
     def __str__(self) -> str:
         n = self.n_edges()
+        if self.nodes:
+            shown = sorted(self.nodes, key=lambda x: x.sort_key)
+            names = ", ".join(map(str, shown)) if len(shown) <= 4 else f"{len(shown)} nodes"
+            rest = f" and {n} more edges" if n else ""
+            return f"{self.label + ': ' if self.label else ''}every edge out of {names}{rest} ← {self.source}"
         at = [f"{len(es)} @{','.join(p)}" for es, p in self.parts if p is not None]
         where = f" ({', '.join(at)})" if at else ""
         if self.complement:

@@ -66,12 +66,35 @@ def heads_and_mlps(shape: graph.ModelShape) -> list[Node]:
 @settings(max_examples=4, deadline=None)
 @given(data=st.data())
 def test_node_circuit_equals_node_ablation(family: str, data: st.DataObject) -> None:
+    """Lowered as one edge block (the per-receiver path) and by rows, against node patches."""
     m = tiny(family)
     keep = data.draw(st.lists(st.sampled_from(heads_and_mlps(m.shape)), unique=True, max_size=8))
     src = data.draw(st.sampled_from([CORR, ir.Source("mean", "other", per_position=False), ir.Source("zero"),
                                      ir.Source("run", "clean", "resample", seed=2)]))
-    (got,) = evaluator(family, src)([Circuit.from_nodes(keep, m.shape)])
-    np.testing.assert_allclose(got.metric, node_ablation(family, keep, src), atol=1e-4, rtol=1e-4)
+    c = Circuit.from_nodes(keep, m.shape)
+    want = node_ablation(family, keep, src)
+    for by_rows in (False, True):
+        (got,) = evaluator(family, src, by_rows=by_rows)([c])
+        np.testing.assert_allclose(got.metric, want, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@settings(max_examples=4, deadline=None)
+@given(data=st.data())
+def test_edge_circuit_by_rows_equals_one_edge_block(family: str, data: st.DataObject) -> None:
+    """Writing a circuit by rows (replaced senders, dropped edges into replaced nodes) changes
+    nothing: random edge circuits and their node removals, both lowerings, stacked."""
+    m = tiny(family)
+    edges = graph.edges(m.shape)
+    cs = data.draw(st.lists(st.builds(lambda es: Circuit(frozenset(es)), st.lists(st.sampled_from(edges), max_size=40)),
+                            min_size=1, max_size=3))
+    cs += [c.without(c.units[:1]) for c in cs] + [Circuit.full(m.shape).without(c.units[:2]) for c in cs]
+    src = data.draw(st.sampled_from([CORR, ir.Source("mean", "other", per_position=False)]))
+    a = evaluator(family, src, by_rows=False)(cs)
+    b = evaluator(family, src, by_rows=True)(cs)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.metric, y.metric, atol=1e-4, rtol=1e-4)
+        np.testing.assert_allclose(x.kl, y.kl, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -84,7 +107,7 @@ def test_node_circuit_equals_its_edge_circuit_written_out(family: str) -> None:
     edge_form = Circuit(frozenset(node_form.edges), name="edges")
     kept = set(keep) | {Node("input")}
     wider = Circuit(frozenset(e for e in graph.edges(m.shape) if e[0] in kept), name="wider")
-    a, b, c = evaluator(family)([node_form, edge_form, wider])
+    a, b, c = evaluator(family, by_rows=False)([node_form, edge_form, wider])
     np.testing.assert_allclose(a.metric, b.metric, atol=1e-5)
     np.testing.assert_allclose(a.metric, c.metric, atol=1e-4, rtol=1e-4)
 
