@@ -160,3 +160,46 @@ def test_path_patching_on_the_real_model(real_model) -> None:  # type: ignore[no
     # every node's direct path to the logits read from the corrupted run is the corrupted run
     together = res.experiment("together")
     assert abs(together.rows[0].raw.mean - together.source_metric.mean) < 1e-3
+
+
+CIRCUIT_SPEC = """
+version: 1
+seed: 0
+datasets:
+  clean: {kind: ioi, n: 6, seed: 3}
+  corrupted: {kind: ioi_abc, of: clean, seed: 4}
+metric: {kind: logit_diff, answer: IO, wrong: S}
+circuits:
+  movers:
+    groups:
+      name_movers: [a23.h3, a29.h1]
+    nodes: [name_movers, a20.h0, "m*"]
+  movers_edges:                 # the same circuit, its head edges written out
+    nodes: ["m*"]
+    edges:
+      - "input, m{0..19} -> a20.h0"
+      - "input, a20.h0, m{0..22} -> a23.h3"
+      - "input, a20.h0, a23.h3, m{0..28} -> a29.h1"
+      - "a20.h0 -> m{20..29}"
+      - "a23.h3 -> m{23..29}"
+      - "a29.h1 -> m29"
+      - "a20.h0, a23.h3, a29.h1 -> logits"
+experiments:
+  - {name: nodes, kind: circuit, dataset: clean, circuit: movers, ablate: {kind: dataset, dataset: corrupted},
+     completeness: {random: 1, greedy: 1}, minimality: {samples: 0}}
+  - {name: edges, kind: circuit, dataset: clean, circuit: movers_edges, ablate: {kind: dataset, dataset: corrupted},
+     completeness: {random: 0, greedy: 0}, minimality: {samples: 0}}
+"""
+
+
+def test_circuit_scores_on_the_real_model(real_model) -> None:  # type: ignore[no-untyped-def]
+    """A node circuit and the same circuit written as edges agree on SmolLM2; M is the clean
+    run and ∅ the corrupted one (the path-patching test above checks that identity)."""
+    res = api.run(parse_spec(CIRCUIT_SPEC, "circuit.yaml"), model=real_model)
+    nodes, edges = res.experiment("nodes").circuit, res.experiment("edges").circuit
+    assert nodes is not None and edges is not None
+    assert nodes["n_edges"] == edges["n_edges"]
+    assert abs(nodes["faithfulness"]["mean"] - edges["faithfulness"]["mean"]) < 1e-3
+    assert 0.05 < nodes["faithfulness"]["mean"] < 1.5
+    assert nodes["n_units"] == 33 and {m["unit"] for m in nodes["minimality"]} >= {"a23.h3", "m0"}
+    assert res.experiment("nodes").clean.mean == pytest.approx(nodes["m_full"]["mean"])
