@@ -272,20 +272,24 @@ class Executor:
 
     def _mean(self, node: Node, src: ir.Source) -> tuple[Tensor, bool]:
         """Mean of the node's output (z for heads) over the source, and whether per position."""
-        key = (node, src.dataset, src.per_position)
-        batch = self.batches[src.dataset]
+        return self._source_mean(src, (node,), lambda: self._node_values(src.dataset, node))  # type: ignore[arg-type]
+
+    def _source_mean(self, src: ir.Source, what: tuple, values: Callable[[], Tensor]) -> tuple[Tensor, bool]:
+        """Mean over the source dataset of ``values()`` [B, T, ...]: per position ([T, ...]) when
+        the examples are aligned (or asked), else over real tokens too ([...]); cached by ``what``."""
+        batch = self.batches[src.dataset]  # type: ignore[index]
         lens = batch.lengths
         aligned = bool((lens == lens[0]).all())
         per_pos = aligned if src.per_position is None else src.per_position
         if per_pos and not aligned:
             raise ExecutionError(f"mean over {src.dataset} per position needs examples of one length")
+        key = (*what, src.dataset, per_pos)
         if key not in self._means:
-            vals = self._node_values(src.dataset, node)  # [B, T, ...]
-            mask = batch.attention_mask.to(vals.device).bool()
+            vals = values()
             if per_pos:
                 self._means[key] = vals.mean(0)
             else:
-                w = mask.to(vals.dtype).view(*mask.shape, *([1] * (vals.dim() - 2)))
+                w = batch.attention_mask.to(vals.device, vals.dtype).view(*vals.shape[:2], *([1] * (vals.dim() - 2)))
                 self._means[key] = (vals * w).sum((0, 1)) / w.sum()
         return self._means[key], per_pos
 
@@ -464,17 +468,17 @@ class Executor:
             self._apply(layer_ops, ("input", "resid"), xa, ds, ex)
             e = 0 if mix is None else mix.n_active(active)
             if l == 0 and e:
-                mix.record_input(xa)
+                mix.record("input", 0, xa)
 
             def on_z(z: Tensor, l: int = l, e: int = e) -> None:
                 self._apply_head_patches(layer_ops, z, ds, ex)
                 if e:
-                    mix.record_heads(l, z)
+                    mix.record("z", l, z)
 
             def on_mlp(y: Tensor, l: int = l, e: int = e) -> None:
                 self._apply(layer_ops, ("mlp",), y, ds, ex)
                 if e:
-                    mix.record_mlp(l, y)
+                    mix.record("mlp", l, y)
 
             block(m, l, xa, rot, mask[:active], prefix=prefix, inplace=True, on_z=on_z,
                   on_attn=lambda attn, z: self._apply_head_edits(layer_ops, attn, z, l, ds, ex),
@@ -559,8 +563,7 @@ class Executor:
         if src.kind == "zero":
             return torch.zeros((n, H, T - P, dh) if kind == "z" else (n, T - P, d), dtype=dt, device=dev)
         if src.kind == "run":
-            c = self.base(src.dataset)  # type: ignore[arg-type]
-            table = {"z": lambda: c.z[l].transpose(1, 2), "mlp": lambda: c.mlp[l], "input": lambda: c.resid[0]}[kind]()
+            table = _layer_values(self.base(src.dataset), kind, l)  # type: ignore[arg-type]
             w = where.to(dev)  # type: ignore[union-attr]
             vals = table[w[..., 0], w[..., 1]]
         else:
@@ -574,23 +577,8 @@ class Executor:
     def _layer_mean(self, src: ir.Source, kind: str, l: int) -> tuple[Tensor, bool]:
         """Mean over the source dataset of a layer's z [T, H, dh] / MLP or input [T, d] (per
         position), or over positions too ([H, dh] / [d])."""
-        batch = self.batches[src.dataset]  # type: ignore[index]
-        lens = batch.lengths
-        aligned = bool((lens == lens[0]).all())
-        per_pos = aligned if src.per_position is None else src.per_position
-        if per_pos and not aligned:
-            raise ExecutionError(f"mean over {src.dataset} per position needs examples of one length")
-        key = ("layer", kind, l, src.dataset, per_pos)
-        if key not in self._means:
-            c = self.base(src.dataset)  # type: ignore[arg-type]
-            vals = {"z": lambda: c.z[l].transpose(1, 2), "mlp": lambda: c.mlp[l], "input": lambda: c.resid[0]}[kind]()
-            if per_pos:
-                self._means[key] = vals.mean(0)
-            else:
-                w = batch.attention_mask.to(vals.device, vals.dtype).view(*vals.shape[:2], *([1] * (vals.dim() - 2)))
-                self._means[key] = (vals * w).sum((0, 1)) / w.sum()
-        return self._means[key], per_pos
-
+        return self._source_mean(src, ("layer", kind, l),
+                                 lambda: _layer_values(self.base(src.dataset), kind, l))  # type: ignore[arg-type]
 
     def _local(self, t: Tensor, device: torch.device) -> Tensor:
         """Absolute token indices as indices into the chunk's window."""
@@ -681,9 +669,16 @@ class _EdgeRows:
                 parts.append(self.exe._source_values(src, w, hi - lo, kind, l))
         return parts[0] if len(parts) == 1 else torch.cat(parts, 0)
 
-    def _set_heads(self, l: int, e0: int, e1: int, z: Tensor) -> None:
-        dz = self._src("z", l, e0, e1) - z
-        self.mix.diff[e0:e1, self.lay.head_cols(l)] = torch.einsum("ehtk,hkd->ehtd", dz, self.exe.model.o_weight(l))
+    def _cols(self, kind: str, l: int) -> slice | int:
+        """The sender columns of a layer's values of ``kind`` (see :func:`_layer_values`)."""
+        return 0 if kind == "input" else self.lay.head_cols(l) if kind == "z" else self.lay.mlp_col(l)
+
+    def _write(self, kind: str, l: int, e0: int, e1: int, src: Tensor, own: Tensor) -> None:
+        """Store out_σ − out_r of edge rows [e0, e1) for the senders of ``kind`` at layer l."""
+        d = src - own
+        if kind == "z":  # heads' outputs are linear in z: one projection of the difference
+            d = torch.einsum("ehtk,hkd->ehtd", d, self.exe.model.o_weight(l))
+        self.mix.diff[e0:e1, self._cols(kind, l)] = d
 
     def join(self, lo: int, hi: int, l: int) -> None:
         """Rows [lo, hi) of the chunk join at layer l: their senders before l hold the base's outputs."""
@@ -693,11 +688,10 @@ class _EdgeRows:
         P, T = self.exe._window or (0, 0)
         c = self.exe.base(self.ds)
         exd = self.ex[e0:e1].to(self.exe.model.device)
-        D = self.mix.diff
-        D[e0:e1, 0] = self._src("input", 0, e0, e1) - c.resid[0][exd, P:T]
-        for k in range(min(l, self.exe.L)):
-            self._set_heads(k, e0, e1, c.z[k][exd, :, P:T])
-            D[e0:e1, self.lay.mlp_col(k)] = self._src("mlp", k, e0, e1) - c.mlp[k][exd, P:T]
+        layers = [("input", 0)] + [(kind, k) for k in range(min(l, self.exe.L)) for kind in ("z", "mlp")]
+        for kind, k in layers:
+            own = _layer_values(c, kind, k)[exd, P:T]
+            self._write(kind, k, e0, e1, self._src(kind, k, e0, e1), own.transpose(1, 2) if kind == "z" else own)
 
     def _own(self, kind: str, l: int, values: Tensor, cols: slice | int) -> tuple[int, Tensor | None, Tensor]:
         """Replace the outputs of node rows of the table (whole senders read from the source) in
@@ -717,21 +711,12 @@ class _EdgeRows:
             values[r] = own
         return e, src, own
 
-    def record_input(self, x: Tensor) -> None:
-        e, src, own = self._own("input", 0, x, 0)
+    def record(self, kind: str, l: int, values: Tensor) -> None:
+        """The active rows' values of ``kind`` at layer l were just computed (``values`` holds all
+        active rows: z [n, H, T, dh], MLP out or input [n, T, d]): replace node rows, keep diffs."""
+        e, src, own = self._own(kind, l, values, self._cols(kind, l))
         if self.mix.has_edges and e:
-            self.mix.diff[:e, 0] = src - own  # type: ignore[operator]
-
-    def record_heads(self, l: int, z: Tensor) -> None:
-        e, src, own = self._own("z", l, z, self.lay.head_cols(l))
-        if self.mix.has_edges and e:
-            self.mix.diff[:e, self.lay.head_cols(l)] = torch.einsum("ehtk,hkd->ehtd", src - own,  # type: ignore[operator]
-                                                                    self.exe.model.o_weight(l))
-
-    def record_mlp(self, l: int, y: Tensor) -> None:
-        e, src, own = self._own("mlp", l, y, self.lay.mlp_col(l))
-        if self.mix.has_edges and e:
-            self.mix.diff[:e, self.lay.mlp_col(l)] = src - own  # type: ignore[operator]
+            self._write(kind, l, 0, e, src, own)  # type: ignore[arg-type]
 
     def receiver_qkv(self, l: int, qkv: QKV, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> None:
         """Recompute the edge rows' queries, keys and values, each receiver from its own input."""
@@ -752,6 +737,14 @@ class _EdgeRows:
 
     def logits_delta(self, end: Tensor) -> Tensor | None:
         return self.mix.logits_delta(end) if self.mix.has_edges else None
+
+
+def _layer_values(c: BaseCache, kind: str, l: int) -> Tensor:
+    """A base pass's values of layer l with tokens second: head z's [B, T, H, dh] (``z``), MLP
+    outputs [B, T, d] (``mlp``) or the input embedding [B, T, d] (``input``)."""
+    if kind == "z":
+        return c.z[l].transpose(1, 2)
+    return c.mlp[l] if kind == "mlp" else c.resid[0]
 
 
 def _segments(run: np.ndarray) -> list[tuple[int, int]]:
