@@ -33,6 +33,7 @@ implementations. They share only the small input helpers below.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any, Optional
 
 import torch
@@ -52,6 +53,17 @@ __all__ = [
 
 # --------------------------------------------------------------------------- helpers
 
+
+def busy_seconds() -> float:
+    """CPU-seconds all processes spent busy so far, from /proc/stat (Linux; nan elsewhere): a
+    timing loop subtracts its own CPU time to see how busy the machine was with other work."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except OSError:
+        return float("nan")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 def position_ids_from_mask(mask: torch.Tensor) -> torch.Tensor:
     """``position_ids`` for a right-padded ``[B, T]`` attention mask.
@@ -500,7 +512,6 @@ def load_smollm2() -> tuple[nn.Module, Any]:
 def _main(argv: Optional[list[str]] = None) -> None:
     """Time the baselines on SmolLM2-135M, all heads, 8 IOI prompts."""
     import argparse
-    import os
     import time
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -525,16 +536,6 @@ def _main(argv: Optional[list[str]] = None) -> None:
     print(f"clean logit diff per prompt: {[round(v, 2) for v in per_prompt.tolist()]}"
           f"  mean {per_prompt.mean().item():.3f}  shape {tuple(batch['clean_ids'].shape)}",
           flush=True)
-
-    def busy_seconds() -> float:
-        """CPU-seconds all processes spent busy so far, from /proc/stat (Linux)."""
-        try:
-            with open("/proc/stat") as f:
-                fields = [int(v) for v in f.readline().split()[1:]]
-        except OSError:
-            return float("nan")
-        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
     configs = [(w, k) for w in args.which for k in (args.batch_heads if w == "nnsight" else [None])]
     results: dict[str, torch.Tensor] = {}

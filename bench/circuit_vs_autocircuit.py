@@ -51,6 +51,7 @@ import numpy as np
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
+from bench.baselines import busy_seconds
 from intervene import compile, ir
 from intervene.circuit import Circuit
 from intervene.data.batch import Batch
@@ -357,17 +358,6 @@ def check(pm: Any, loader: PromptDataLoader, adapter: Any, batches: dict[str, Ba
 
 
 # -- timing --------------------------------------------------------------------------------------
-def busy_seconds() -> float:
-    """CPU-seconds all processes spent busy so far, from /proc/stat (Linux; nan elsewhere)."""
-    try:
-        with open("/proc/stat") as f:
-            fields = [int(v) for v in f.readline().split()[1:]]
-    except OSError:
-        return float("nan")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def timed(fn: Callable[[], Any]) -> tuple[float, float]:
     """(wall seconds, cores other processes kept busy meanwhile)."""
     b0, c0, t0 = busy_seconds(), time.process_time(), time.perf_counter()
