@@ -351,6 +351,8 @@ class Spec(_Model):
     metric: Metric
     circuits: dict[Identifier, CircuitDef] = {}
     experiments: Annotated[tuple[Experiment, ...], Field(min_length=1)]
+    # expectations checked by the pytest plugin (syntax: intervene.testing.expect, docs/testing.md)
+    expect: tuple[NonEmptyStr, ...] = ()
 
     _path: Path | None = PrivateAttr(default=None)
     _source_map: SourceMap | None = PrivateAttr(default=None)
