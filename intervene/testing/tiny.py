@@ -1,0 +1,83 @@
+"""Tiny randomly initialised models of every supported family, and random batches.
+
+What it owns: the model factory used by the project's own tests and offered to users by the
+pytest plugin (the ``tiny_model`` fixture). Each family is a 3-layer, 4-head, d_model-32 model
+with a 64-token vocabulary, seeded, with weights larger than the default init so that heads
+matter; ``tiny(family)`` is cached per process. ``random_batch`` builds a
+:class:`~intervene.data.batch.Batch` of random tokens with named positions (``END``, ``FIRST``
+and any given), left or right padded, for any vocabulary size.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import torch
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
+
+from intervene.data.batch import Batch
+from intervene.models.adapters import Adapter, adapt
+
+VOCAB = 64
+
+CONFIGS: dict[str, Callable[[], Any]] = {
+    "gpt2": lambda: GPT2Config(n_layer=3, n_head=4, n_embd=32, vocab_size=VOCAB, n_positions=64,
+                               bos_token_id=0, eos_token_id=0),
+    "llama_gqa": lambda: LlamaConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                     hidden_size=32, intermediate_size=48, vocab_size=VOCAB),
+    "neox_parallel": lambda: GPTNeoXConfig(num_hidden_layers=3, num_attention_heads=4, hidden_size=32,
+                                           intermediate_size=48, vocab_size=VOCAB, rotary_pct=0.5,
+                                           use_parallel_residual=True),
+    "qwen2": lambda: Qwen2Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                 hidden_size=32, intermediate_size=48, vocab_size=VOCAB),
+}
+FAMILIES = sorted(CONFIGS)
+
+
+def from_config(config: Any, seed: int = 0, scale: float = 0.2) -> Adapter:
+    """A seeded random model built from a Hugging Face config, wrapped in its adapter (fp32,
+    eval mode, no gradients); matrices drawn from N(0, scale²)."""
+    torch.manual_seed(seed)
+    hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    with torch.no_grad():  # larger random weights than the default init, so heads matter
+        for p in hf.parameters():
+            if p.dim() == 2:
+                p.normal_(0, scale)
+    hf.requires_grad_(False)
+    return adapt(hf)
+
+
+@functools.lru_cache(maxsize=None)
+def tiny(family: str) -> Adapter:
+    """A seeded tiny model of ``family`` (one of :data:`FAMILIES`) wrapped in its adapter."""
+    if family not in CONFIGS:
+        raise KeyError(f'no tiny model of family "{family}" (have: {", ".join(FAMILIES)})')
+    return from_config(CONFIGS[family]())
+
+
+def vocab_size(model: Adapter) -> int:
+    """The number of token ids the model's embedding accepts."""
+    return int(model.hf.get_input_embeddings().weight.shape[0])
+
+
+def random_batch(B: int, T: int, seed: int, lengths: list[int] | None = None, side: str = "right",
+                 positions: dict[str, list[int]] | None = None, vocab: int = VOCAB) -> Batch:
+    """Random token ids in ``[1, vocab)``; ``lengths`` real tokens per row (default ``T``);
+    positions ``END`` (the last real token), ``FIRST`` and those given (offsets into the real
+    tokens); random answers ``A`` and ``B``."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (B, T), generator=g)
+    lengths = lengths or [T] * B
+    mask = torch.zeros(B, T, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        if side == "right":
+            mask[i, :n] = 1
+        else:
+            mask[i, T - n:] = 1
+    shift = torch.tensor([0 if side == "right" else T - n for n in lengths])
+    pos = {"END": shift + torch.tensor(lengths) - 1, "FIRST": shift.clone()}
+    for k, v in (positions or {}).items():
+        pos[k] = shift + torch.tensor(v)
+    answers = {"A": torch.randint(0, vocab, (B,), generator=g), "B": torch.randint(0, vocab, (B,), generator=g)}
+    return Batch(ids * mask, mask, (mask.cumsum(-1) - 1).clamp(min=0), pos, answers, torch.tensor(lengths), side)
