@@ -1,0 +1,1 @@
+"""Causal scrubbing (DESIGN.md §5): features, hypotheses, treeified draws, one batched pass, scores."""
