@@ -245,6 +245,12 @@ def _same(a: Any, b: Any, atol: float) -> bool:
 class _Context:
     model: Adapter
     shape: ModelShape
+    atol: float
+    rtol: float
+
+    @property
+    def tol(self) -> dict[str, float]:
+        return {"atol": self.atol, "rtol": self.rtol}
 
 
 def _sources() -> st.SearchStrategy[ir.Source]:
@@ -260,7 +266,8 @@ def _prop_identity(c: _Context, data: st.DataObject) -> None:
     lengths = data.draw(st.lists(st.integers(1, 9), min_size=1, max_size=4), label="lengths")
     side = data.draw(st.sampled_from(["right", "left"]), label="side")
     seed = data.draw(st.integers(0, 10_000), label="seed")
-    identity(c.model, random_batch(len(lengths), 9, seed, lengths, side, vocab=vocab_size(c.model)).to(c.model.device))
+    batch = random_batch(len(lengths), 9, seed, lengths, side, vocab=vocab_size(c.model)).to(c.model.device)
+    identity(c.model, batch, **c.tol)
 
 
 def _prop_clean_into_clean(c: _Context, data: st.DataObject) -> None:
@@ -269,16 +276,16 @@ def _prop_clean_into_clean(c: _Context, data: st.DataObject) -> None:
     where = data.draw(S.positions(("END", "FIRST", "MID")), label="positions")
     es = data.draw(st.lists(S.edges(c.shape), max_size=6, unique=True), label="edges")
     clean_into_clean(c.model, standard_batches(c.model, data.draw(st.integers(0, 99), label="seed")), nodes,
-                     (where,), es)
+                     (where,), es, **c.tol)
 
 
 def _prop_all_corrupted(c: _Context, data: st.DataObject) -> None:
-    all_corrupted(c.model, standard_batches(c.model, data.draw(st.integers(0, 99), label="seed")))
+    all_corrupted(c.model, standard_batches(c.model, data.draw(st.integers(0, 99), label="seed")), **c.tol)
 
 
 def _prop_fused(c: _Context, data: st.DataObject) -> None:
     program = data.draw(_programs(c.shape, data.draw(st.integers(0, 1), label="edge blocks")), label="program")
-    fused_equals_sequential(c.model, standard_batches(c.model), program, standard_vectors(c.model))
+    fused_equals_sequential(c.model, standard_batches(c.model), program, standard_vectors(c.model), **c.tol)
 
 
 def _prop_order(c: _Context, data: st.DataObject) -> None:
@@ -310,11 +317,12 @@ def _adapter(model: Adapter | Any | str) -> Adapter:
 
 
 def check_model(model: Adapter | Any | str, *, examples: int = 4, seed: int = 0,
-                only: Sequence[str] | None = None) -> list[str]:
+                only: Sequence[str] | None = None, atol: float = 1e-4, rtol: float = 1e-4) -> list[str]:
     """Run the invariants (``only`` names some of :data:`INVARIANTS`) on ``model`` — an adapter,
     a :class:`~intervene.models.loading.LoadedModel`, or a name loaded on CPU in fp32 (the
     default model's name, a Hugging Face id or a local path) — each as a hypothesis property
-    with ``examples`` examples, seeded (the same seed draws the same inputs). Raises
+    with ``examples`` examples, seeded (the same seed draws the same inputs); logits are
+    compared within ``atol`` + ``rtol``·|value| (fp32; determinism is bit for bit). Raises
     :class:`InvariantViolation` for the first invariant that fails, on its shrunk example;
     returns the names checked."""
     names = list(only) if only is not None else list(INVARIANTS)
@@ -322,7 +330,7 @@ def check_model(model: Adapter | Any | str, *, examples: int = 4, seed: int = 0,
     if unknown:
         raise ValueError(f"unknown invariants {unknown}; known: {', '.join(INVARIANTS)}")
     a = _adapter(model)
-    ctx = _Context(a, a.shape)
+    ctx = _Context(a, a.shape, atol, rtol)
     for name in names:
         _property(INVARIANTS[name], ctx, examples, seed)()
     return names
