@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -28,7 +28,10 @@ from intervene.errors import Diagnostic, ErrorCode, SpecError
 from intervene.evaluate import CircuitEvaluator
 from intervene.execute import Executor
 from intervene.models.loading import LoadedModel, load_model
+from intervene.scrub.features import FeatureError
+from intervene.scrub.score import ScrubResult, scrub
 from intervene.spec import schema
+from intervene.spec.diagnostics import at
 from intervene.spec.check import ModelFacts, check_against_model, load_spec  # noqa: F401  (re-export)
 
 
@@ -158,7 +161,28 @@ def prepare(spec: schema.Spec, model: LoadedModel | None = None, device: str | N
         raise SpecError(diags)
     positions = {n: tuple(ds.position_names) for n, ds in datasets.items()}
     program = compile_spec(spec, lm.adapter.shape, positions) if compile_program else ir.Program(spec.name or "")
+    diags = _check_features(spec, program, datasets, batches)
+    if diags:
+        raise SpecError(diags)
     return Prepared(spec, lm, datasets, batches, program)
+
+
+def _check_features(spec: schema.Spec, program: ir.Program, datasets: dict[str, data.Dataset],
+                    batches: dict[str, data.Batch]) -> list[Diagnostic]:
+    """Every scrubbing feature evaluated on its experiment's dataset (meta keys, user
+    functions): E033 at the feature's line when the data lack what it reads."""
+    out: list[Diagnostic] = []
+    for e in spec.experiments:
+        if e.kind != "scrub":
+            continue
+        for h, _ in program.scrubs.get(e.name, []):
+            for n, node in h.nodes.items():
+                try:
+                    node.feature.keys(datasets[e.dataset], batches[e.dataset])
+                except FeatureError as err:
+                    out.append(at(spec.source_map, ("hypotheses", h.name, "nodes", n, "feature"), ErrorCode.E033,
+                                  f"{err.message} (dataset of experiment {e.name})", err.hint, str(node.feature)))
+    return out
 
 
 def resolve_vectors(p: Prepared) -> dict[str, torch.Tensor]:
@@ -190,6 +214,7 @@ class Executed:
 
     values: list[torch.Tensor | None]
     circuits: dict[str, scores.CircuitScores]
+    scrubs: dict[str, list[ScrubResult]] = field(default_factory=dict)
 
 
 def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max_tokens: int = 32768,
@@ -228,7 +253,19 @@ def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max
             p.program.circuits[e.name], full, empty, ev, seed=p.spec.seed, random_k=e.completeness.random,
             greedy_steps=e.completeness.greedy, minimality_samples=e.minimality.samples,
             cache=caches.setdefault((e.dataset, src), {}))
-    return Executed(values, out)
+    scrubbed: dict[str, list[ScrubResult]] = {}
+    for e in p.spec.experiments:
+        if e.kind != "scrub":
+            continue
+        seed = p.spec.seed if e.seed is None else e.seed
+        for h, _ in p.program.scrubs[e.name]:
+            if on_circuit:
+                on_circuit(f"{e.name}: {h.name}")
+            r = scrub(p.model.adapter, p.datasets[e.dataset], p.batches[e.dataset], h, metric, seed=seed,
+                      max_tokens=max_tokens, metric_position=p.program.metric_position)
+            scrubbed.setdefault(e.name, []).append(r)
+    return Executed(values, out, scrubbed)
+
 
 
 def _source_warnings(p: Prepared, srcs: list[ir.Source]) -> list[str]:
@@ -249,6 +286,12 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
     values = executed.values
     exps: list[results.ExperimentResult] = []
     for i, exp in enumerate(p.spec.experiments):
+        if exp.kind == "scrub":
+            got = executed.scrubs[exp.name]
+            exps.append(results.ExperimentResult(
+                exp.name, exp.kind, exp.dataset, "scrub (resample by feature)", got[0].m_model, got[0].m_random, [],
+                [], scrub={r.hypothesis: r.to_dict() for r in got}))
+            continue
         if exp.kind == "circuit":
             sc = executed.circuits[exp.name]
             src = lower_source(exp.ablate, exp.dataset)

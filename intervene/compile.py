@@ -27,7 +27,9 @@ from intervene.circuit import Circuit, Edge
 from intervene.circuit import readers as circuit_readers
 from intervene.graph import Node
 from intervene.spec import schema
+from intervene.scrub.plan import plan as scrub_plan
 from intervene.spec.circuits import resolve_circuit
+from intervene.spec.hypotheses import resolve_hypothesis
 
 
 def lower_source(src: Any, default_dataset: str) -> ir.Source:
@@ -97,6 +99,9 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
                     label = str(group[0]) if len(group) == 1 else "senders"
                     entries = ir.EdgeEntries(src, ((es, pos),), label=f"paths from {label}", origin=origin)
                     prog.runs.append(ir.Run(label, exp.dataset, (), exp.name, (label,), edges=(entries,)))
+        elif exp.kind == "scrub":  # its own rows, run by intervene.scrub (one batched pass per hypothesis)
+            hyps = [resolve_hypothesis(spec, h, shape) for h in exp.hypotheses]
+            prog.scrubs[exp.name] = [(h, scrub_plan(h)) for h in hyps]
         elif exp.kind == "circuit":
             src = lower_source(exp.ablate, exp.dataset)
             circuit = resolve_circuit(spec, exp.circuit, shape)

@@ -55,6 +55,14 @@ class ErrorCode(str, Enum):
     E027 = "E027"  # conflicting-positions
     E028 = "E028"  # empty-circuit
     E029 = "E029"  # unknown-circuit
+    # Hypotheses (intervene.spec.hypotheses).
+    E030 = "E030"  # unknown-interpretation-node
+    E031 = "E031"  # interpretation-cycle
+    E032 = "E032"  # unread-interpretation-node
+    E033 = "E033"  # bad-feature
+    E034 = "E034"  # unknown-hypothesis
+    E035 = "E035"  # claim-not-upstream
+    E036 = "E036"  # path-claimed-twice
 
     @property
     def slug(self) -> str:
@@ -103,6 +111,13 @@ _SLUGS: dict[ErrorCode, str] = {
     ErrorCode.E027: "conflicting-positions",
     ErrorCode.E028: "empty-circuit",
     ErrorCode.E029: "unknown-circuit",
+    ErrorCode.E030: "unknown-interpretation-node",
+    ErrorCode.E031: "interpretation-cycle",
+    ErrorCode.E032: "unread-interpretation-node",
+    ErrorCode.E033: "bad-feature",
+    ErrorCode.E034: "unknown-hypothesis",
+    ErrorCode.E035: "claim-not-upstream",
+    ErrorCode.E036: "path-claimed-twice",
 }
 
 

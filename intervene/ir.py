@@ -29,6 +29,8 @@ from typing import Literal
 
 from intervene.circuit import Circuit
 from intervene.graph import Node, Receiver
+from intervene.scrub.hypothesis import Hypothesis
+from intervene.scrub.plan import Plan
 
 Action = Literal["patch", "add", "project_out"]
 
@@ -186,6 +188,7 @@ class Program:
     vectors: dict[str, Vector] = field(default_factory=dict)
     metric_position: str = "END"
     circuits: dict[str, Circuit] = field(default_factory=dict)  # circuit experiment -> its circuit
+    scrubs: dict[str, list[tuple[Hypothesis, Plan]]] = field(default_factory=dict)  # scrub experiment -> plans
 
     def datasets(self) -> set[str]:
         """Every dataset whose unpatched pass the program needs (bases and sources)."""
@@ -209,4 +212,7 @@ class Program:
             for j, (text, origin) in enumerate(items):
                 prefix = head if j == 0 else " " * len(head)
                 lines.append(f"{prefix}  {text}{f'   # {origin}' if origin else ''}")
+        for exp, plans in self.scrubs.items():
+            for _, plan in plans:
+                lines.append(f"{exp}: " + str(plan))
         return "\n".join(lines)

@@ -75,12 +75,32 @@ def circuit_tables(e: ExperimentResult, top: int = 15) -> list[Table]:
     return out
 
 
+def scrub_table(e: ExperimentResult) -> Table:
+    """A scrub experiment: loss recovered of each hypothesis, its interval and per-example spread."""
+    t = Table(title=f"{e.name} (causal scrubbing on {e.dataset})", title_justify="left")
+    t.add_column("hypothesis")
+    t.add_column("loss recovered [95% CI]", justify="right")
+    t.add_column("m(scrubbed) [95% CI]", justify="right")
+    t.add_column("per example p10 / p50 / p90", justify="right")
+    t.add_column("rows", justify="right")
+    for name, r in (e.scrub or {}).items():
+        sp = r.get("per_example_spread") or {}
+        spread = f"{sp['p10']:+.2f} / {sp['p50']:+.2f} / {sp['p90']:+.2f}" if sp else "–"
+        t.add_row(name, _ci(_stat_of(r["loss_recovered"])), _ci(_stat_of(r["m_scrubbed"])), spread,
+                  str(r["settings"]["rows_per_example"]))
+    t.caption = (f"m(model) {_ci(e.clean)}   m(random) {_ci(e.source_metric)}   "
+                 f"(seed {next(iter((e.scrub or {}).values()))['settings']['seed'] if e.scrub else '–'})")
+    return t
+
+
 def print_results(res: Results, console: Console | None = None, top: int = 15) -> None:
     """Every experiment's table, its warnings, and a one-line summary."""
     c = console or Console()
     c.print(f"[bold]{res.spec_name}[/bold]: metric {res.metric}, model {res.meta['model']['id']}")
     for e in res.experiments:
-        for t in (circuit_tables(e, top) if e.kind == "circuit" else [experiment_table(e, top)]):
+        tables = circuit_tables(e, top) if e.kind == "circuit" else [scrub_table(e)] if e.kind == "scrub" \
+            else [experiment_table(e, top)]
+        for t in tables:
             c.print(t)
         for w in e.warnings:
             c.print(f"[yellow]warning:[/yellow] {w}")

@@ -82,6 +82,7 @@ class ExperimentResult:
     rows: list[Row]
     warnings: list[str] = field(default_factory=list)
     circuit: dict[str, Any] | None = None  # a circuit experiment's scores (scores.CircuitScores.to_dict())
+    scrub: dict[str, dict[str, Any]] | None = None  # hypothesis -> scrub.score.ScrubResult.to_dict()
 
     def top(self, k: int = 10) -> list[Row]:
         """Rows with the largest |normalised effect| (raw change when not normalisable)."""

@@ -30,13 +30,13 @@ import sys
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 
-from intervene.data.batch import Batch
-from intervene.data.dataset import Dataset, Example
+if TYPE_CHECKING:
+    from intervene.data.batch import Batch
+    from intervene.data.dataset import Dataset, Example
 
 FeatureKind = Literal["input", "constant", "token", "position", "answer", "template", "column", "function", "all"]
 BUILTINS = ("input", "constant", "token(POS)", "position(POS)", "answer(NAME)", "template", "column(KEY)")
@@ -105,7 +105,7 @@ class Feature:
             if self.kind == "position":  # counted from the first real token, so padding does not matter
                 first = b.attention_mask.long().argmax(1)
                 return (where - first).tolist()
-            return b.input_ids[torch.arange(n), where].tolist()
+            return [int(b.input_ids[i, where[i]]) for i in range(n)]
         if self.kind == "answer":
             names = [self.arg] if self.arg else sorted(b.answer_ids)
             missing = [a for a in names if a not in b.answer_ids]

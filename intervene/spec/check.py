@@ -33,7 +33,7 @@ from pydantic.fields import FieldInfo
 
 from intervene import graph
 from intervene.errors import Diagnostic, ErrorCode, SpecError
-from intervene.spec import circuits, schema
+from intervene.spec import circuits, hypotheses, schema
 from intervene.spec.diagnostics import at as _at
 from intervene.spec.diagnostics import dedupe as _dedupe
 from intervene.spec.diagnostics import did_you_mean as _did_you_mean
@@ -246,7 +246,7 @@ def _static_checks(data: dict[str, Any], src: SourceMap, base: Path) -> list[Dia
     checker.datasets()
     checker.metric()
     checker.experiments()
-    return checker.out + circuits.check_static(data, src)
+    return checker.out + circuits.check_static(data, src) + hypotheses.check_static(data, src)
 
 
 @dataclass
@@ -399,8 +399,8 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
             if exp.positions != "all":
                 positions(here + ("positions",), exp.positions, [exp.dataset, _source_dataset(exp.source)])
             continue
-        if isinstance(exp, schema.CircuitExperiment):
-            continue  # its circuit is checked below, positions against its datasets
+        if isinstance(exp, (schema.CircuitExperiment, schema.ScrubExperiment)):
+            continue  # circuits and hypotheses are checked below, positions against their datasets
         if isinstance(exp, schema.SweepExperiment):
             nodes(here + ("targets",), exp.targets)
             if exp.positions != "all":
@@ -418,6 +418,7 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
                 token(at + ("direction",), iv.direction)
     _check_metric(spec, facts, src, out, positions)
     out += circuits.check_against_model(spec, facts)
+    out += hypotheses.check_against_model(spec, facts)
     return sorted(_dedupe(out), key=lambda d: (d.line, d.col))
 
 

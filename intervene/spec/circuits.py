@@ -626,3 +626,56 @@ def resolve(definition: schema.CircuitDef, shape: graph.ModelShape, name: str = 
     if circuit is None:
         raise SpecError(a.static + a.model)
     return circuit
+
+
+ClaimTuple = tuple[Union[graph.Node, None], Union[graph.Receiver, None], Union[Positions, None]]
+
+
+def resolve_claims(name: str, groups: dict[str, list[str]], entries: list[str], at: Loc, src: SourceMap | None,
+                   shape: graph.ModelShape | None) -> tuple[list[ClaimTuple] | None, list[Diagnostic]]:
+    """The model places a hypothesis node claims, written in the circuit language: node
+    expressions (``name_movers@END``), receivers (``a9.h9<q>``, ``a*.g*<k>``) or edge statements
+    (``a3.h0 -> a9.h9<q>``). ``groups`` are the hypothesis's groups (at ``("hypotheses", name,
+    "groups")``), ``entries`` sit at ``at + (j,)``. Returns (node, receiver, positions) triples
+    (None without a shape or when something is wrong) and the diagnostics."""
+    a = _Analysis(name, {"groups": groups, "nodes": [], "edges": []}, ("hypotheses", name), src)
+    a.static = [d for d in a.static if d.code != ErrorCode.E028]
+    kinds: list[tuple[str, _Item]] = []
+    for j, text in enumerate(entries):
+        is_edge, is_recv = "->" in text, "<" in text and "->" not in text
+        parse = parse_edge if is_edge else (lambda t: parse_edge("input -> " + t)) if is_recv else parse_nodes
+        got = a._items(at, [None] * j + [text], parse)
+        if not got:
+            continue
+        item = got[0]
+        if is_edge or is_recv:
+            a._check_edge(item, item.parsed, inside_complement=False)
+        else:
+            for t in item.parsed:
+                a._check_term(item, t, "nodes")
+        kinds.append(("edge" if is_edge else "receiver" if is_recv else "node", item))
+    if shape is None or a.static:
+        return None, dedupe(a.static)
+    a.model = []
+    out: list[ClaimTuple] = []
+    ok = True
+    for kind, item in kinds:
+        if kind == "node":
+            for t in item.parsed:
+                nodes = a._use_nodes(item, t, shape)
+                if nodes is None:
+                    ok = False
+                    continue
+                out += [(n, None, t.positions) for n in sorted(nodes, key=lambda n: n.sort_key)]
+            continue
+        got = a._edge_entry(item, item.parsed, shape)
+        if got is None:
+            ok = False
+            continue
+        if kind == "edge":
+            out += [(s, r, pos) for (s, r), pos in got]
+        else:
+            out += [(None, r, pos) for r, pos in dict.fromkeys((r, pos) for (_, r), pos in got)]
+    if not ok or a.model:
+        return None, dedupe(a.model)
+    return out, []

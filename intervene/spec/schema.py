@@ -317,8 +317,20 @@ class CircuitExperiment(_Model):
     minimality: Minimality = Minimality()
 
 
-Experiment = Annotated[Union[SweepExperiment, PatchExperiment, PathPatchExperiment, CircuitExperiment],
-                       Field(discriminator="kind")]
+class ScrubExperiment(_Model):
+    """Causal scrubbing (DESIGN.md §5): score each of ``hypotheses`` (keys of ``hypotheses``)
+    on ``dataset``: loss recovered with a bootstrap interval and per-example values. Draws are
+    seeded by ``seed`` (default: the spec's seed)."""
+
+    name: Identifier
+    kind: Literal["scrub"]
+    dataset: Identifier
+    hypotheses: Annotated[tuple[Identifier, ...], Field(min_length=1)]
+    seed: StrictInt | None = None
+
+
+Experiment = Annotated[Union[SweepExperiment, PatchExperiment, PathPatchExperiment, CircuitExperiment,
+                             ScrubExperiment], Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------ circuits
@@ -337,6 +349,39 @@ class CircuitDef(_Model):
     edges: tuple[NonEmptyStr, ...] = ()
 
 
+# ------------------------------------------------------------------------------ hypotheses
+Features = Union[NonEmptyStr, Annotated[tuple[NonEmptyStr, ...], Field(min_length=1)]]
+Others = Literal["resample", "same"]
+
+
+class InterpretationNode(_Model):
+    """A node of a hypothesis's interpretation graph (:mod:`intervene.spec.hypotheses`):
+    the model places it claims (circuit-language node expressions, receivers or edges), the
+    feature of the input it computes, the nodes it ``reads``, and where its unclaimed inputs
+    come from (``resample``: a fresh random draw; ``same``: its own input)."""
+
+    model: Annotated[tuple[NonEmptyStr, ...], Field(min_length=1)]
+    feature: Features
+    reads: tuple[Identifier, ...] = ()
+    others: Others = "resample"
+
+
+class OutputNode(_Model):
+    """The root of the interpretation graph: the logits, on the reference input."""
+
+    reads: tuple[Identifier, ...] = ()
+    others: Others = "resample"
+
+
+class HypothesisDef(_Model):
+    """A causal-scrubbing hypothesis: ``groups`` as in circuits, the ``output`` node and the
+    interpretation ``nodes`` by name."""
+
+    groups: dict[Identifier, Annotated[tuple[NonEmptyStr, ...], Field(min_length=1)]] = {}
+    output: OutputNode = OutputNode()
+    nodes: dict[Identifier, InterpretationNode] = {}
+
+
 # ------------------------------------------------------------------------------ the spec
 
 
@@ -350,6 +395,7 @@ class Spec(_Model):
     datasets: Annotated[dict[Identifier, Dataset], Field(min_length=1)]
     metric: Metric
     circuits: dict[Identifier, CircuitDef] = {}
+    hypotheses: dict[Identifier, HypothesisDef] = {}
     experiments: Annotated[tuple[Experiment, ...], Field(min_length=1)]
     # expectations checked by the pytest plugin (syntax: intervene.testing.expect, docs/testing.md)
     expect: tuple[NonEmptyStr, ...] = ()
