@@ -112,7 +112,7 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
                                    on_circuit=lambda name: bar.update(task, description=f"scoring {name}"))
     else:
         executed = api.execute(p, progress=(lambda d, t: err.print(f"chunk {d}/{t}")) if progress else None,
-                               on_circuit=(lambda name: err.print(f"scoring circuit experiment {name}"))
+                               on_circuit=(lambda name: err.print(f"scoring {name}"))
                                if progress else None)
     res = api.assemble(p, executed, time.perf_counter() - t0)
     report.print_results(res, out, top=top)

@@ -126,9 +126,12 @@ class ScrubForward:
             mlp_in = [p for p in ps if p.claim.kind != "node" and p.claim.receiver.kind == "mlp"]  # type: ignore[union-attr]
             head_senders = sorted(n.head for n in senders if n is not None and n.kind == "head" and n.layer == l)
 
-            def on_z(z: Tensor, l: int = l, heads: list[_Patch] = heads, hs: list[int] = head_senders) -> None:
-                for p in heads:
-                    _copy(z, p, dev, head=p.claim.node.head)  # type: ignore[union-attr]
+            head_groups = _group_heads(heads)
+
+            def on_z(z: Tensor, l: int = l, groups: list[tuple[_Patch, Tensor]] = head_groups,
+                     hs: list[int] = head_senders) -> None:
+                for p, hh in groups:
+                    _copy(z, p, dev, heads=hh)
                 for h in hs:
                     outs[(Node("head", l, h), l)] = z[:, h] @ self._o_weight(l)[h]
 
@@ -199,19 +202,31 @@ class ScrubForward:
             which[0][sel, r.index] = which[1][:, r.index]
 
 
-def _copy(t: Tensor, p: _Patch, dev: torch.device, head: int | None = None) -> None:
-    """t[dst] = t[src] (at the claim's positions), on axis 1 = head when ``head`` is given."""
+def _group_heads(ps: list[_Patch]) -> list[tuple[_Patch, Tensor]]:
+    """Head claims of one layer that read the same rows at the same positions, merged: one
+    gather per group instead of one per head."""
+    groups: dict[tuple, tuple[_Patch, list[int]]] = {}
+    for p in ps:
+        key = (tuple(p.dst.tolist()), tuple(p.src.tolist()), p.claim.positions)
+        groups.setdefault(key, (p, []))[1].append(p.claim.node.head)  # type: ignore[union-attr]
+    return [(p, torch.tensor(hs)) for p, hs in groups.values()]
+
+
+def _copy(t: Tensor, p: _Patch, dev: torch.device, heads: Tensor | None = None) -> None:
+    """t[dst] = t[src] (at the claim's positions); on axis 1 = ``heads`` [h] when given."""
     dst, src = p.dst.to(dev), p.src.to(dev)
-    if head is None:
+    if heads is None:
         if p.t_dst is None:
             t[dst] = t[src]
         else:
             t[dst[:, None], p.t_dst.to(dev)] = t[src[:, None], p.t_src.to(dev)]  # type: ignore[union-attr]
         return
+    hh = heads.to(dev)
     if p.t_dst is None:
-        t[dst, head] = t[src, head]
+        t[dst[:, None], hh[None]] = t[src[:, None], hh[None]]
     else:
-        t[dst[:, None], head, p.t_dst.to(dev)] = t[src[:, None], head, p.t_src.to(dev)]  # type: ignore[union-attr]
+        td, ts = p.t_dst.to(dev)[:, None], p.t_src.to(dev)[:, None]  # type: ignore[union-attr]
+        t[dst[:, None, None], hh[None, :, None], td] = t[src[:, None, None], hh[None, :, None], ts]
 
 
 def _add(t: Tensor, p: _Patch, d: Tensor, dev: torch.device) -> None:

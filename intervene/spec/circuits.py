@@ -652,7 +652,7 @@ def resolve_claims(name: str, groups: dict[str, list[str]], entries: list[str], 
             a._check_edge(item, item.parsed, inside_complement=False)
         else:
             for t in item.parsed:
-                a._check_term(item, t, "nodes")
+                a._check_term(item, t, "sender")  # like a sender: input is a node here
         kinds.append(("edge" if is_edge else "receiver" if is_recv else "node", item))
     if shape is None or a.static:
         return None, dedupe(a.static)
