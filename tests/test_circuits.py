@@ -6,6 +6,9 @@
   the clean run's; F(M) = 1 and F(∅) = 0;
 * circuits stacked in one call equal each evaluated alone, and positional circuits agree with
   the literal reference.
+
+Circuits, nodes and sources are drawn from :mod:`intervene.testing.strategies`; node-order
+invariance is :func:`intervene.testing.invariants.order_invariance`.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from intervene.evaluate import CircuitEvaluator
 from intervene.execute import Executor
 from intervene.graph import Node
 from intervene.metrics import Metric
+from intervene.testing import invariants
+from intervene.testing import strategies as S
 
 T = 7
 METRIC = Metric(kind="logit_diff", answer="A", wrong="B")
@@ -68,9 +73,8 @@ def heads_and_mlps(shape: graph.ModelShape) -> list[Node]:
 def test_node_circuit_equals_node_ablation(family: str, data: st.DataObject) -> None:
     """Lowered as one edge block (the per-receiver path) and by rows, against node patches."""
     m = tiny(family)
-    keep = data.draw(st.lists(st.sampled_from(heads_and_mlps(m.shape)), unique=True, max_size=8))
-    src = data.draw(st.sampled_from([CORR, ir.Source("mean", "other", per_position=False), ir.Source("zero"),
-                                     ir.Source("run", "clean", "resample", seed=2)]))
+    keep = data.draw(st.lists(S.nodes(m.shape), unique=True, max_size=8))
+    src = data.draw(S.sources(runs=("corr",), resample=("clean",), means=("other",), zero=True))
     c = Circuit.from_nodes(keep, m.shape)
     want = node_ablation(family, keep, src)
     for by_rows in (False, True):
@@ -85,11 +89,10 @@ def test_edge_circuit_by_rows_equals_one_edge_block(family: str, data: st.DataOb
     """Writing a circuit by rows (replaced senders, dropped edges into replaced nodes) changes
     nothing: random edge circuits and their node removals, both lowerings, stacked."""
     m = tiny(family)
-    edges = graph.edges(m.shape)
-    cs = data.draw(st.lists(st.builds(lambda es: Circuit(frozenset(es)), st.lists(st.sampled_from(edges), max_size=40)),
-                            min_size=1, max_size=3))
+    cs = data.draw(st.lists(S.circuits(m.shape, connected=data.draw(st.booleans()), max_edges=40), min_size=1,
+                            max_size=3))
     cs += [c.without(c.units[:1]) for c in cs] + [Circuit.full(m.shape).without(c.units[:2]) for c in cs]
-    src = data.draw(st.sampled_from([CORR, ir.Source("mean", "other", per_position=False)]))
+    src = data.draw(S.sources(runs=("corr",), means=("other",)))
     a = evaluator(family, src, by_rows=False)(cs)
     b = evaluator(family, src, by_rows=True)(cs)
     for x, y in zip(a, b):
@@ -141,11 +144,7 @@ def test_whole_model_and_empty_circuit(family: str) -> None:
 @given(data=st.data())
 def test_stacked_circuits_equal_one_at_a_time(family: str, data: st.DataObject) -> None:
     m = tiny(family)
-    edges = graph.edges(m.shape)
-    circuit = st.builds(
-        lambda es, at: Circuit(frozenset(es), ((("MID", "END"), frozenset(at)),) if at else ()),
-        st.lists(st.sampled_from(edges), max_size=30), st.lists(st.sampled_from(edges), max_size=5))
-    cs = data.draw(st.lists(circuit, min_size=2, max_size=5))
+    cs = data.draw(st.lists(S.circuits(m.shape, positions=("MID", "END"), max_edges=30), min_size=2, max_size=5))
     ev = evaluator(family)
     together = ev(cs)
     for c, got in zip(cs, together):
@@ -161,11 +160,8 @@ def test_scores_are_seeded_and_invariant_to_node_order(family: str, data: st.Dat
     """DESIGN.md §6 item 5: the same circuit with its nodes listed in another order scores the
     same, to the last digit, under the same seed."""
     m = tiny(family)
-    nodes = data.draw(st.lists(st.sampled_from(heads_and_mlps(m.shape)), min_size=2, max_size=5, unique=True))
+    nodes = data.draw(st.lists(S.nodes(m.shape), min_size=2, max_size=5, unique=True))
     order = data.draw(st.permutations(nodes))
-    full, empty = Circuit.full(m.shape), Circuit(frozenset(), name="∅")
-    kw = dict(seed=3, random_k=2, greedy_steps=1, minimality_samples=1)
-    a = scores.score_circuit(Circuit.from_nodes(nodes, m.shape, name="c"), full, empty, evaluator(family), **kw)
-    b = scores.score_circuit(Circuit.from_nodes(order, m.shape, name="c"), full, empty, evaluator(family), **kw)
-    assert a.to_dict() == b.to_dict()
+    a = invariants.order_invariance(m, batches(), nodes, order, CORR, METRIC, seed=3, random_k=2, greedy_steps=1,
+                                    minimality_samples=1)
     assert a.faithfulness is not None and a.completeness is not None and len(a.minimality) == len(nodes)

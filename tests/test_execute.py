@@ -1,5 +1,8 @@
 """The fused executor: DESIGN.md §6 invariants 3, 4 and 7, and agreement with plain HF hooks.
 
+The invariants are checked by :mod:`intervene.testing.invariants` on inputs drawn from
+:mod:`intervene.testing.strategies` (the same checks users run on their own models):
+
 * a head patch equals swapping that head's slice of the output projection's input in the HF
   model with a forward pre-hook (an independent implementation);
 * patching from a source identical to the base changes nothing (3);
@@ -16,9 +19,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import FAMILIES, random_batch, tiny
 
-from intervene import ir
+from intervene import graph, ir
 from intervene.execute import ExecutionError, Executor
 from intervene.graph import Node, all_nodes
+from intervene.testing import invariants
+from intervene.testing import strategies as S
 
 T = 7
 
@@ -86,40 +91,20 @@ def test_head_patch_matches_hf_hooks(family: str) -> None:
 @pytest.mark.parametrize("family", FAMILIES)
 def test_patch_from_identical_source_changes_nothing(family: str) -> None:
     m = tiny(family)
-    bs = batches(2)
-    bs["copy"] = bs["clean"]
-    src = ir.Source("run", "copy")
     nodes = all_nodes(m.shape) + [Node("resid", l) for l in range(m.shape.n_layers + 1)]
-    runs = [ir.Run("clean", "clean")] + [ir.Run(str(n), "clean", (ir.Op("patch", n, None, src),)) for n in nodes]
-    got = run_program(m, bs, runs)
-    for v in got[1:]:
-        torch.testing.assert_close(v, got[0], atol=1e-5, rtol=1e-5)
+    invariants.clean_into_clean(m, batches(2), nodes, (None, ("END",), ("FIRST", "MID")), edges=graph.edges(m.shape))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_patching_every_node_gives_the_corrupted_run(family: str) -> None:
-    m = tiny(family)
-    bs = batches(3)
-    src = ir.Source("run", "corr")
-    every = tuple(ir.Op("patch", n, None, src) for n in all_nodes(m.shape))
-    final = (ir.Op("patch", Node("resid", m.shape.n_layers), ("END",), src),)
-    runs = [ir.Run("every", "clean", every), ir.Run("final", "clean", final), ir.Run("corr", "corr")]
-    got = run_program(m, bs, runs)
-    torch.testing.assert_close(got[0], got[2], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(got[1], got[2], atol=1e-5, rtol=1e-5)
+def test_patching_every_node_or_edge_into_logits_gives_the_corrupted_run(family: str) -> None:
+    invariants.all_corrupted(tiny(family), batches(3), "clean", "corr")
 
 
-def _ops(shape) -> st.SearchStrategy[ir.Op]:  # type: ignore[no-untyped-def]
-    nodes = st.sampled_from(all_nodes(shape) + [Node("resid", l) for l in range(shape.n_layers + 1)])
-    positions = st.sampled_from([None, ("END",), ("FIRST", "MID")])
-    sources = st.sampled_from([ir.Source("run", "corr"), ir.Source("run", "clean", "resample", seed=3),
-                               ir.Source("mean", "other", per_position=False), ir.Source("zero"),
-                               ir.Source("run", "other", "resample", seed=1)])
-    patch = st.builds(lambda n, p, s: ir.Op("patch", n, p, s), nodes, positions, sources)
-    add = st.builds(lambda n, p, c: ir.Op("add", n, p, vector="v", scale=c), nodes, positions,
-                    st.floats(-2, 2, allow_nan=False))
-    proj = st.builds(lambda n, p: ir.Op("project_out", n, p, vector="u"), nodes, positions)
-    return st.one_of(patch, add, proj)
+SOURCES = S.sources(runs=("corr",), resample=("clean", "other"), means=("other",), zero=True)
+
+
+def vectors_for(m) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
+    return invariants.standard_vectors(m)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -127,15 +112,9 @@ def _ops(shape) -> st.SearchStrategy[ir.Op]:  # type: ignore[no-untyped-def]
 @given(data=st.data())
 def test_fused_equals_one_at_a_time(family: str, data: st.DataObject) -> None:
     m = tiny(family)
-    bs = batches(4)
-    d = m.shape.d_model
-    vectors = {"v": torch.linspace(-1, 1, d), "u": torch.nn.functional.normalize(torch.cos(torch.arange(d) * 1.0), dim=0)}
-    runs = data.draw(st.lists(st.lists(_ops(m.shape), min_size=1, max_size=3), min_size=2, max_size=6))
-    program = [ir.Run(f"r{i}", "clean", tuple(ops)) for i, ops in enumerate(runs)]
-    fused = run_program(m, bs, program, vectors, max_tokens=2 * T)  # chunks of two rows
-    for run, v in zip(program, fused):
-        alone = run_program(m, bs, [run], vectors)[0]
-        torch.testing.assert_close(v, alone, atol=1e-5, rtol=1e-5)
+    program = data.draw(S.programs(m.shape, "clean", SOURCES, positions=("END", "FIRST", "MID"), add=("v",),
+                                   project_out=("u",)))
+    invariants.fused_equals_sequential(m, batches(4), program, vectors_for(m), max_tokens=2 * T)  # 2-row chunks
 
 
 def test_op_changes_output_where_expected() -> None:
@@ -173,8 +152,6 @@ def test_resample_draws_another_example_of_same_length() -> None:
 
 # -- edge-source entries (receiver-level patches) -------------------------------------------------
 
-from intervene import graph  # noqa: E402
-
 
 def _entries(edges, src, positions=None, complement=False):  # type: ignore[no-untyped-def]
     return ir.EdgeEntries(src, ((frozenset(edges), positions),), complement=complement)
@@ -202,16 +179,6 @@ def test_all_edges_out_of_a_node_equal_the_node_patch(family: str) -> None:
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_every_edge_into_logits_gives_the_corrupted_run(family: str) -> None:
-    m = tiny(family)
-    bs = batches(9)
-    src = ir.Source("run", "corr")
-    es = _entries([(s, r) for s, r in graph.edges(m.shape) if r.kind == "logits"], src)
-    got = run_program(m, bs, [ir.Run("edges", "clean", edges=(es,)), ir.Run("corr", "corr")])
-    torch.testing.assert_close(got[0], got[1], atol=1e-4, rtol=1e-4)
-
-
-@pytest.mark.parametrize("family", FAMILIES)
 def test_one_receiver_edge_differs_from_the_node_patch(family: str) -> None:
     """A single q edge changes only that head's query: different from patching the node, and
     equal to the node patch only when it is the node's sole edge (never here)."""
@@ -233,21 +200,9 @@ def test_one_receiver_edge_differs_from_the_node_patch(family: str) -> None:
 @given(data=st.data())
 def test_fused_edges_equal_one_at_a_time(family: str, data: st.DataObject) -> None:
     m = tiny(family)
-    bs = batches(11)
-    all_edges = graph.edges(m.shape)
-    src = st.sampled_from([ir.Source("run", "corr"), ir.Source("mean", "other", per_position=False), ir.Source("zero")])
-    pos = st.sampled_from([None, ("END",), ("MID", "END")])
-    block = st.builds(lambda es, s, p, c: _entries(es, s, p, c), st.lists(st.sampled_from(all_edges), max_size=6),
-                      src, pos, st.booleans())
-    node_ops = _ops(m.shape).filter(lambda op: op.node.kind != "head" or op.action == "patch")
-    run = st.builds(lambda ops, es: (tuple(ops), es), st.lists(node_ops, max_size=3), st.lists(block, max_size=1))
-    runs = data.draw(st.lists(run, min_size=2, max_size=5))
-    program = [ir.Run(f"r{i}", "clean", ops, edges=tuple(es)) for i, (ops, es) in enumerate(runs)]
-    d = m.shape.d_model
-    vectors = {"v": torch.linspace(-1, 1, d), "u": torch.nn.functional.normalize(torch.cos(torch.arange(d) * 1.0), dim=0)}
-    fused = run_program(m, bs, program, vectors, max_tokens=2 * T)
-    for run, v in zip(program, fused):
-        torch.testing.assert_close(v, run_program(m, bs, [run], vectors)[0], atol=1e-5, rtol=1e-5)
+    program = data.draw(S.programs(m.shape, "clean", SOURCES, positions=("END", "MID"), add=("v",),
+                                   project_out=("u",), max_runs=5, max_edge_blocks=1))
+    invariants.fused_equals_sequential(m, batches(11), program, vectors_for(m), max_tokens=2 * T)
 
 
 # -- edge entries against the literal reference (tests/reference.py) -----------------------------
@@ -276,10 +231,9 @@ def test_edge_entries_equal_the_literal_sum(family: str, data: st.DataObject) ->
     m = tiny(family)
     bs = batches(12)
     all_edges = graph.edges(m.shape)
-    src = data.draw(st.sampled_from([ir.Source("run", "corr"), ir.Source("mean", "other", per_position=False),
-                                     ir.Source("zero")]))
+    src = data.draw(S.sources(runs=("corr",), means=("other",), zero=True))
     complement = data.draw(st.booleans())
-    chosen = data.draw(st.lists(st.sampled_from(all_edges), min_size=1, max_size=12, unique=True))
+    chosen = data.draw(st.lists(S.edges(m.shape), min_size=1, max_size=12, unique=True))
     cut = data.draw(st.integers(0, len(chosen)))
     parts = tuple(p for p in ((frozenset(chosen[:cut]), None), (frozenset(chosen[cut:]), ("MID", "END"))) if p[0])
     entries = ir.EdgeEntries(src, parts, complement=complement)

@@ -1,6 +1,7 @@
 """Invariant 1 (DESIGN.md §6): with no intervention the executor's logits equal the HF model's.
 
-Every family, left- and right-padded batches with attention masks; the real model too.
+Every family, left- and right-padded batches with attention masks (the check is
+:func:`intervene.testing.invariants.identity`); the real model too.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from tiny import FAMILIES, random_batch, tiny
 
 from intervene.execute import forward
 from intervene.models.adapters import adapt
+from intervene.testing import invariants
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -20,13 +22,7 @@ from intervene.models.adapters import adapt
 @given(seed=st.integers(0, 10_000), side=st.sampled_from(["left", "right"]),
        lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4))
 def test_forward_equals_hf(family: str, seed: int, side: str, lengths: list[int]) -> None:
-    m = tiny(family)
-    b = random_batch(len(lengths), 9, seed, lengths, side)
-    with torch.no_grad():
-        ref = m.hf(input_ids=b.input_ids, attention_mask=b.attention_mask, position_ids=b.position_ids).logits
-        out = forward(m, b.input_ids, b.attention_mask, b.position_ids)
-    real = b.attention_mask.bool()
-    torch.testing.assert_close(out[real], ref[real], atol=1e-4, rtol=1e-4)
+    invariants.identity(tiny(family), random_batch(len(lengths), 9, seed, lengths, side))
 
 
 @pytest.mark.parametrize("family", FAMILIES)
