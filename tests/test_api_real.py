@@ -203,3 +203,41 @@ def test_circuit_scores_on_the_real_model(real_model) -> None:  # type: ignore[n
     assert 0.05 < nodes["faithfulness"]["mean"] < 1.5
     assert nodes["n_units"] == 33 and {m["unit"] for m in nodes["minimality"]} >= {"a23.h3", "m0"}
     assert res.experiment("nodes").clean.mean == pytest.approx(nodes["m_full"]["mean"])
+
+
+SCRUB_SPEC = """
+version: 1
+name: scrub
+datasets:
+  clean: {kind: ioi, n: 16, seed: 0, templates: [0], names: [Mary, John, Alice, Bob]}
+metric: {kind: logit_diff, answer: IO, wrong: S}
+hypotheses:
+  whole:
+    output: {reads: [model]}
+    nodes:
+      model: {model: [input, "a*.h*", "m*"], feature: input}
+  movers:
+    output: {reads: [nm]}
+    nodes:
+      nm: {model: ["a23.h3@END", "a29.h1@END"], feature: [token(IO), token(S2)]}
+  template:
+    output: {reads: [model]}
+    nodes:
+      model: {model: [input, "a*.h*", "m*"], feature: template}
+experiments:
+  - {name: s, kind: scrub, dataset: clean, hypotheses: [whole, movers, template]}
+"""
+
+
+def test_scrubbing_on_the_real_model(real_model) -> None:  # type: ignore[no-untyped-def]
+    """The identity hypothesis recovers exactly 1, a hypothesis that keeps only the template
+    (every name resampled) recovers little, the name movers' direct effect lies between."""
+    res = api.run(parse_spec(SCRUB_SPEC, "scrub.yaml"), model=real_model)
+    e = res.experiment("s")
+    assert e.kind == "scrub" and e.scrub is not None
+    whole, movers, template = (e.scrub[h]["loss_recovered"] for h in ("whole", "movers", "template"))
+    assert whole["mean"] == pytest.approx(1.0, abs=1e-4)
+    assert e.clean.mean > 2.0  # the model solves IOI on these prompts
+    assert template["hi"] < 0.5 < movers["lo"] or template["mean"] < movers["mean"] - 0.2
+    assert e.scrub["movers"]["draws"][0].keys() == {"model", "random", "output", "output/nm"}
+    assert "scrub movers: 4 rows per reference example" in res.program
