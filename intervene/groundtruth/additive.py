@@ -1,7 +1,7 @@
 """A hand-set two-layer GPT-2 whose answer is computed by a known additive circuit.
 
 This module owns the model (`build`, `save`, `load`), its task (`dataset`, `corrupted`,
-`write_data`) and the facts a test or a causal-scrubbing hypothesis needs (`TRUE_HEADS`,
+`make_example`, `write_data`) and the facts a test or a causal-scrubbing hypothesis needs (`TRUE_HEADS`,
 `HEAD_ROLES`, `LOGIT_PER_HEAD`). Every weight is set by hand; nothing is random.
 
 **Task.** The input is ``<bos> x y z`` with x, y, z drawn from ``t0`` ... ``t7`` and x ≠ y; the
@@ -13,7 +13,7 @@ pair); its meta columns ``x``, ``y``, ``z`` (the tokens, e.g. ``"t3"``). The met
 ``logit_diff(answer, wrong)`` at END.
 
 **Mechanism** (exact up to softmax tails of e^-30). Every vector the model writes is a unit
-vector along one of 80 named directions (`DIRECTIONS`), mutually orthogonal and each with
+vector along one of 74 named directions (`DIRECTIONS`), mutually orthogonal and each with
 zero mean over d_model (direction k is (e_2k − e_2k+1)/√2), so every residual is a sum of
 orthogonal unit pieces of known count: its norm is the same for every input and every
 resampled or patched-from-a-real-input activation, and each LayerNorm is one fixed scale.
@@ -35,8 +35,8 @@ The unembedding reads only A and B: ``logit(p{i}_{j}) = w·[A holds t_i] + w·[B
 with w = `LOGIT_PER_HEAD` = 5, every other token's logit is 0. So at END
 ``logit(answer) = 2w``, ``logit(wrong) = 0``: the metric is 10 on every example; a1.h0 adds
 +w to every pair whose first value is token(X), a1.h1 +w to every pair whose second value is
-token(Y), and nothing else reaches the logits. a1.h0's value and key inputs come straight
-from the embedding (``input``): the circuit is ``input@X -> a1.h0<v> -> logits`` and
+token(Y), and nothing else reaches the logits. a1.h0's and a1.h1's values come straight from
+the embedding (``input``): the circuit is ``input@X -> a1.h0<v> -> logits`` and
 ``input@Y -> a1.h1<v> -> logits``; its queries and keys read position embeddings only.
 
 Resampling (or patching from another input) a1.h0 alone changes the metric to
@@ -232,14 +232,15 @@ def load(device: str = "cpu", folder: str | None = None) -> LoadedModel:
     return LoadedModel(adapt(hf.to(device)), tok, "intervene.groundtruth.additive", None, "built in memory")
 
 
-def _text(x: str, y: str, z: str) -> str:
-    return f"{x} {y} {z}"
-
-
-def _example(x: str, y: str, z: str, answers: dict[str, str], meta: dict[str, Any]) -> Example:
+def make_example(x: str, y: str, z: str, meta: dict[str, Any] | None = None) -> Example:
+    """The example ``x y z`` (e.g. ``"t3", "t5", "t1"``): answers ``answer`` = ``" p3_5"``, ``wrong``
+    = ``" p5_3"``; positions X, Y, END; meta x, y, z plus `meta`."""
+    if x not in VALUES or y not in VALUES or z not in VALUES:
+        raise ValueError(f"values must be among {VALUES[0]}..{VALUES[-1]}, got {x!r}, {y!r}, {z!r}")
+    answers = {"answer": f" p{x[1:]}_{y[1:]}", "wrong": f" p{y[1:]}_{x[1:]}"}
     # Every value is two characters: X = [0, 2), Y = [3, 5), Z = END = [6, 8).
     positions = {"X": (0, 2), "Y": (3, 5), "END": (6, 8)}
-    return Example(_text(x, y, z), answers, positions, meta)
+    return Example(f"{x} {y} {z}", answers, positions, {"x": x, "y": y, "z": z, **(meta or {})})
 
 
 def dataset(n: int = 64, seed: int = 0, name: str = "additive") -> Dataset:
@@ -248,9 +249,7 @@ def dataset(n: int = 64, seed: int = 0, name: str = "additive") -> Dataset:
     out = []
     for _ in range(n):
         x, y = rng.sample(VALUES, 2)
-        z = rng.choice(VALUES)
-        answers = {"answer": f" p{x[1:]}_{y[1:]}", "wrong": f" p{y[1:]}_{x[1:]}"}
-        out.append(_example(x, y, z, answers, {"x": x, "y": y, "z": z}))
+        out.append(make_example(x, y, rng.choice(VALUES)))
     return Dataset(name, tuple(out))
 
 
@@ -262,8 +261,8 @@ def corrupted(base: Dataset, seed: int = 1, name: str | None = None) -> Dataset:
     for i, ex in enumerate(base):
         x, y, z = ex.meta["x"], ex.meta["y"], ex.meta["z"]
         x2, y2 = rng.sample([v for v in VALUES if v not in (x, y)], 2)
-        meta = {"x": x2, "y": y2, "z": z, "corruption": "xy", "base_index": i}
-        out.append(_example(x2, y2, z, dict(ex.answers), meta))
+        new = make_example(x2, y2, z, {"corruption": "xy", "base_index": i})
+        out.append(Example(new.text, dict(ex.answers), new.positions, new.meta))
     return Dataset(f"{base.name}_corrupted" if name is None else name, tuple(out))
 
 
