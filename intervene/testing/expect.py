@@ -1,0 +1,415 @@
+"""The ``expect:`` language of spec files: parsing, static checks, and checking against results.
+
+What it owns: the grammar of one expectation, the names of the numbers it may reach in a
+results file, the interval rule, and the failure text. It reads results as plain JSON data
+(:meth:`intervene.results.Results.to_dict`, or the same loaded from the disk cache), so a
+cached result is checked exactly like a fresh one. No torch, no pytest.
+
+Grammar (one string per expectation)::
+
+    [EXPERIMENT.]METRIC[(ARG)]  >= | > | <= | <  NUMBER
+    [EXPERIMENT.]METRIC[(ARG)]  in [LOW, HIGH]
+    [EXPERIMENT.]top_heads[(K)] contains | excludes  NODE
+    ... followed by an optional qualifier: (strict), (xfail), (xfail: reason), (strict, xfail: reason)
+
+Metrics, by experiment kind (``EXPERIMENT.`` may be left out when one experiment of the
+spec measures the metric):
+
+* sweep, path_patch, patch: ``effect(KEY)`` (normalised effect of a row: a node, ``node@POS``
+  for a per-position sweep, a sender for path patching; no KEY for a patch experiment),
+  ``raw(KEY)`` (the row's mean metric), ``clean``, ``source`` (the metric with everything
+  read from the source), ``top_heads`` / ``top_heads(K)`` (the K heads with the largest
+  |normalised effect|, K = 10 by default; ranking by the point estimate).
+* circuit: ``faithfulness``, ``ratio`` (m(C)/m(M)), ``kl``, ``completeness`` (the worst gap
+  found), ``m_circuit``, ``m_full``, ``m_empty``, ``minimality(NODE)``.
+* scrub: ``loss_recovered``, ``scrubbed_metric``, ``m_model``, ``m_random``, each with
+  ``(HYPOTHESIS)`` when the experiment scores more than one.
+
+**The interval rule.** A number is a mean with a seeded 95% bootstrap interval [lo, hi]. By
+default an expectation *fails only when the whole interval contradicts it*: ``x >= a`` fails
+iff hi < a; ``x <= a`` iff lo > a; ``x in [a, b]`` iff the interval misses [a, b]. A CI
+failure then means the data refute the claim at the 95% level, not that too few examples were
+run to confirm it (``--intervene-fast`` widens intervals; it never turns a true claim into a
+failure). With ``(strict)`` the whole interval must satisfy it (``x >= a`` iff lo >= a): the
+claim must be *demonstrated*. ``contains``/``excludes`` use the ranking by point estimate.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from intervene.errors import Diagnostic, ErrorCode, SpecError
+from intervene.spec import schema
+from intervene.spec.diagnostics import at as _at
+from intervene.spec.diagnostics import did_you_mean
+
+__all__ = ["Expectation", "Outcome", "ExpectationError", "BadExpectation", "parse", "parse_all", "check", "RULE"]
+
+Op = Literal[">=", ">", "<=", "<", "in", "contains", "excludes"]
+
+ROWS = ("sweep", "path_patch", "patch")
+NUMERIC: dict[str, tuple[str, ...]] = {  # metric -> experiment kinds that measure it
+    "effect": ROWS, "raw": ROWS, "clean": ROWS, "source": ROWS,
+    "faithfulness": ("circuit",), "ratio": ("circuit",), "kl": ("circuit",), "completeness": ("circuit",),
+    "m_circuit": ("circuit",), "m_full": ("circuit",), "m_empty": ("circuit",), "minimality": ("circuit",),
+    "loss_recovered": ("scrub",), "scrubbed_metric": ("scrub",), "m_model": ("scrub",), "m_random": ("scrub",),
+}
+LISTS: dict[str, tuple[str, ...]] = {"top_heads": ROWS}
+NEEDS_ARG = {"minimality"}
+TOP_K = 10
+
+RULE = ("an expectation fails only when the whole 95% interval contradicts it "
+        "(add (strict) to require the whole interval to satisfy it)")
+
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
+_SUBJECT = r"(?:(?P<exp>[A-Za-z_]\w*)\.)?(?P<metric>[A-Za-z_]\w*)\s*(?:\(\s*(?P<arg>[^()]*?)\s*\))?"
+_MAIN = re.compile(rf"^{_SUBJECT}\s*(?:(?P<cmp>>=|<=|>|<|≥|≤)\s*(?P<num>{_NUM})"
+                   rf"|in\s*\[\s*(?P<lo>{_NUM})\s*,\s*(?P<hi>{_NUM})\s*\]"
+                   rf"|(?P<set>contains|excludes)\s+(?P<node>[^\s()]+))$")
+_QUALIFIER = re.compile(r"\(\s*(?P<q>(?:strict|xfail)[^()]*)\)\s*$")
+_HELP = ("write METRIC >= 0.8, METRIC in [0.7, 1.0] or top_heads contains a9.h9, with METRIC one of "
+         + ", ".join(sorted(NUMERIC)) + "; see docs/testing.md")
+
+
+class ExpectationError(ValueError):
+    """An expectation that names something the results do not have (reported like a spec error)."""
+
+
+class BadExpectation(ValueError):
+    """A malformed expectation, or one naming what the spec does not measure; ``hint`` says
+    what to write instead."""
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+@dataclass(frozen=True)
+class Expectation:
+    """One parsed expectation and where it was written."""
+
+    text: str  # as written, qualifiers included
+    claim: str  # the text without qualifiers: the test's name
+    experiment: str | None  # as written (None: the only experiment measuring the metric)
+    metric: str
+    arg: str | None
+    op: Op
+    low: float | None = None  # >= / > / in: the lower bound
+    high: float | None = None  # <= / < / in: the upper bound
+    node: str | None = None  # contains / excludes
+    strict: bool = False
+    xfail: str | None = None  # the reason ("" when none given); None: not expected to fail
+    file: str = "<spec>"
+    line: int = 0
+    col: int = 0
+    index: int = 0
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.line}"
+
+    @property
+    def subject(self) -> str:
+        """``metric(arg)`` as written, without the experiment."""
+        return self.metric + (f"({self.arg})" if self.arg is not None else "")
+
+
+# ------------------------------------------------------------------------------ parsing
+
+
+def parse(text: str) -> Expectation:
+    """Parse one expectation (no file position); :class:`BadExpectation` if malformed."""
+    body, strict, xfail = text.strip(), False, None
+    q = _QUALIFIER.search(body)
+    if q:
+        body = body[:q.start()].rstrip()
+        strict, xfail = _qualifiers(q.group("q"))
+    m = _MAIN.match(body)
+    if not m:
+        raise BadExpectation(f'cannot read the expectation "{text}"')
+    metric, arg, exp = m.group("metric"), m.group("arg"), m.group("exp")
+    if metric not in NUMERIC and metric not in LISTS:
+        raise BadExpectation(f'unknown metric "{metric}" in "{text}"', did_you_mean(metric, [*NUMERIC, *LISTS], "metrics"))
+    if m.group("set"):
+        if metric not in LISTS:
+            raise BadExpectation(f'"{metric}" is a number: compare it (>=, <=, in [a, b]); '
+                             f"only {', '.join(LISTS)} can contain a node")
+        if arg is not None and not (arg.isdigit() and int(arg) >= 1):
+            raise BadExpectation(f'top_heads({arg}): the number of heads must be a positive integer')
+        return Expectation(text, body, exp, metric, arg, m.group("set"), node=m.group("node"), strict=strict,
+                           xfail=xfail)
+    if metric in LISTS:
+        raise BadExpectation(f'"{metric}" is a list of heads: write {metric} contains NODE')
+    if metric in NEEDS_ARG and not arg:
+        raise BadExpectation(f"{metric} needs the node it is measured for: {metric}(a9.h9)")
+    if m.group("cmp"):
+        op = {"≥": ">=", "≤": "<="}.get(m.group("cmp"), m.group("cmp"))
+        num = float(m.group("num"))
+        low, high = (num, None) if op in (">=", ">") else (None, num)
+        return Expectation(text, body, exp, metric, arg, op, low, high, strict=strict, xfail=xfail)  # type: ignore[arg-type]
+    low, high = float(m.group("lo")), float(m.group("hi"))
+    if low > high:
+        raise BadExpectation(f"empty interval [{m.group('lo')}, {m.group('hi')}]", "write the lower bound first")
+    return Expectation(text, body, exp, metric, arg, "in", low, high, strict=strict, xfail=xfail)
+
+
+def _qualifiers(q: str) -> tuple[bool, str | None]:
+    strict, xfail = False, None
+    rest = q.strip()
+    if rest.startswith("strict"):
+        strict, rest = True, rest[len("strict"):].lstrip(" ,;")
+    if rest.startswith("xfail"):
+        reason = rest[len("xfail"):].strip()
+        xfail = reason[1:].strip() if reason.startswith(":") else reason
+    elif rest:
+        raise BadExpectation(f'unknown qualifier "({q})"', "qualifiers are (strict), (xfail), (xfail: reason)")
+    return strict, xfail
+
+
+def parse_all(spec: schema.Spec) -> list[Expectation]:
+    """Every expectation of a loaded spec, checked against its experiments (kinds, names,
+    hypotheses); raises :class:`SpecError` listing every problem with file:line:col."""
+    src = spec.source_map
+    out: list[Expectation] = []
+    diags: list[Diagnostic] = []
+    for i, text in enumerate(spec.expect):
+        loc = ("expect", i)
+        try:
+            e = parse(text)
+            _resolve(e, spec)
+        except BadExpectation as err:
+            diags.append(_at(src, loc, ErrorCode.E005, err.message, err.hint or _HELP, text, fld=loc))
+            continue
+        line, col = src.value_span(loc)[:2] if src is not None else (0, 0)
+        file = src.file if src is not None else "<spec>"
+        out.append(_with(e, file=file, line=line, col=col, index=i))
+    if diags:
+        raise SpecError(diags, {src.file: src.text} if src is not None else None)
+    return out
+
+
+def _with(e: Expectation, **kw: Any) -> Expectation:
+    return Expectation(**(e.__dict__ | kw))
+
+
+def _resolve(e: Expectation, spec: schema.Spec) -> str:
+    """The experiment the expectation reads (:class:`BadExpectation` naming the choices otherwise)."""
+    wanted = (NUMERIC | LISTS)[e.metric]
+    exps = {x.name: x for x in spec.experiments}
+    if e.experiment is not None:
+        x = exps.get(e.experiment)
+        if x is None:
+            raise BadExpectation(f'unknown experiment "{e.experiment}"', did_you_mean(e.experiment, exps, "experiments"))
+        if x.kind not in wanted:
+            raise BadExpectation(f'{e.metric} is not measured by {x.kind} experiment "{x.name}"',
+                                 f"{e.metric} is measured by {' and '.join(wanted)} experiments")
+    else:
+        fit = [n for n, x in exps.items() if x.kind in wanted]
+        if not fit:
+            raise BadExpectation(f"no experiment of this spec measures {e.metric}",
+                                 f"{e.metric} is measured by {' and '.join(wanted)} experiments")
+        if len(fit) > 1:
+            raise BadExpectation(f"{e.metric}: which experiment? several measure it",
+                                 "write " + " or ".join(f"{n}.{e.subject}" for n in fit))
+        x = exps[fit[0]]
+    hyps = getattr(x, "hypotheses", None)
+    if x.kind == "scrub" and hyps is not None:
+        if e.arg is None and len(hyps) > 1:
+            raise BadExpectation(f"{e.metric}: which hypothesis?",
+                                 f"write {e.metric}(HYPOTHESIS) with one of " + ", ".join(hyps))
+        if e.arg is not None and e.arg not in hyps:
+            raise BadExpectation(f'hypothesis "{e.arg}" is not scored by experiment "{x.name}"',
+                                 did_you_mean(e.arg, hyps, "hypotheses"))
+    if x.kind == "circuit" and e.arg is not None and e.metric != "minimality":
+        raise BadExpectation(f"{e.metric} takes no argument")
+    return x.name
+
+
+# ------------------------------------------------------------------------------ checking
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What checking one expectation found: ``passed``, the measured value in words
+    (``measured``), the rule applied (``rule``), and the numbers (``stat``: mean, lo, hi, n)."""
+
+    expectation: Expectation
+    passed: bool
+    measured: str
+    rule: str
+    stat: tuple[float, float, float, int] | None = None
+
+    def short(self) -> str:
+        """One line: the measured value."""
+        return self.measured
+
+    def report(self, repro: str, numbers: str | None = None) -> str:
+        """The failure text: where, what was expected, what was measured, the rule, a repro."""
+        e = self.expectation
+        lines = [f"{e.where}: expectation not met: {e.text}",
+                 f"  measured: {self.measured}",
+                 f"  rule: {self.rule}",
+                 f"  repro: {repro}"]
+        if numbers:
+            lines.append(f"  numbers: {numbers}")
+        return "\n".join(lines)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _experiment(e: Expectation, results: dict[str, Any]) -> dict[str, Any]:
+    exps = results.get("experiments", [])
+    wanted = (NUMERIC | LISTS)[e.metric]
+    if e.experiment is not None:
+        found = [x for x in exps if x["name"] == e.experiment]
+    else:
+        found = [x for x in exps if x["kind"] in wanted]
+    if len(found) != 1:
+        raise ExpectationError(f"{e.where}: {e.claim}: the results have {len(found)} experiments that could "
+                               f"measure {e.metric} (have: {', '.join(x['name'] for x in exps)})")
+    return found[0]
+
+
+def _key(row: dict[str, Any]) -> str:
+    key = list(row["key"])
+    return key[0] if len(key) == 1 else f"{key[0]}@{'@'.join(key[1:])}"
+
+
+def _row(e: Expectation, x: dict[str, Any]) -> dict[str, Any]:
+    rows = x.get("rows") or []
+    if e.arg is None:
+        if len(rows) == 1:
+            return rows[0]
+        raise ExpectationError(f"{e.where}: {e.claim}: experiment {x['name']} has {len(rows)} rows: "
+                               f"write {e.metric}(ROW) with a row such as {', '.join(_key(r) for r in rows[:3])}")
+    for r in rows:
+        if _key(r) == e.arg:
+            return r
+    raise ExpectationError(f"{e.where}: {e.claim}: experiment {x['name']} has no row {e.arg} "
+                           f"({did_you_mean(e.arg, [_key(r) for r in rows], 'rows')})")
+
+
+def _scrub(e: Expectation, x: dict[str, Any]) -> dict[str, Any]:
+    scrub = x.get("scrub") or {}
+    if "loss_recovered" in scrub:  # one hypothesis, stored flat
+        return scrub
+    if e.arg is not None:
+        if e.arg not in scrub:
+            raise ExpectationError(f"{e.where}: {e.claim}: no hypothesis {e.arg} in the results "
+                                   f"(have: {', '.join(scrub)})")
+        return scrub[e.arg]
+    if len(scrub) != 1:
+        raise ExpectationError(f"{e.where}: {e.claim}: name the hypothesis (have: {', '.join(scrub)})")
+    return next(iter(scrub.values()))
+
+
+def _stat(e: Expectation, x: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """The statistic the expectation reads, and how to say what it is."""
+    m, name = e.metric, f"{e.subject} of experiment {x['name']}"
+    if m in ("effect", "raw"):
+        r = _row(e, x)
+        return (r.get("norm") if m == "effect" else r.get("raw")), name
+    if m == "clean":
+        return x.get("clean"), name
+    if m == "source":
+        return x.get("source_metric"), name
+    if m in ("loss_recovered", "scrubbed_metric", "m_model", "m_random"):
+        field = "m_scrubbed" if m == "scrubbed_metric" else m
+        return _scrub(e, x).get(field), name
+    c = x.get("circuit") or {}
+    if m == "completeness":
+        comp = c.get("completeness")
+        if comp is None:
+            return None, name
+        worst = ", ".join(comp.get("worst") or [])
+        return comp.get("gap"), f"{name} (worst gap, at K = {{{worst}}})"
+    if m == "minimality":
+        for u in c.get("minimality") or []:
+            if u["unit"] == e.arg:
+                return u["value"], name
+        raise ExpectationError(f"{e.where}: {e.claim}: {e.arg} is not a node of circuit experiment {x['name']} "
+                               f"(nodes: {', '.join(u['unit'] for u in (c.get('minimality') or [])[:8])} …)")
+    return c.get(m), name
+
+
+def _numeric(e: Expectation, st: dict[str, Any] | None, name: str, warnings: list[str]) -> Outcome:
+    if st is None or st.get("mean") is None or st.get("lo") is None or st.get("hi") is None:
+        why = f" ({'; '.join(warnings)})" if warnings else ""
+        return Outcome(e, False, f"{name} is undefined{why}", "an undefined value meets no expectation")
+    mean, lo, hi = float(st["mean"]), float(st["lo"]), float(st["hi"])
+    n = len(st.get("values") or [])
+    if any(math.isnan(v) for v in (mean, lo, hi)):
+        return Outcome(e, False, f"{name} is NaN", "an undefined value meets no expectation")
+    measured = (f"{name} = {_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}] "
+                f"(mean, 95% bootstrap interval over {n} examples)")
+    passed, rule = _rule(e.op, e.low, e.high, lo, hi, e.strict)
+    return Outcome(e, passed, measured, rule, (mean, lo, hi, n))
+
+
+def _rule(op: Op, a: float | None, b: float | None, lo: float, hi: float, strict: bool) -> tuple[bool, str]:
+    """Whether [lo, hi] meets ``op`` under the interval rule (module docstring), and the rule in words."""
+    if op == "in":
+        assert a is not None and b is not None
+        if strict:
+            return a <= lo and hi <= b, f"(strict) the whole interval must lie in [{_fmt(a)}, {_fmt(b)}]"
+        return not (hi < a or lo > b), f"fails only when the whole interval lies outside [{_fmt(a)}, {_fmt(b)}]"
+    if op in (">=", ">"):
+        assert a is not None
+        if strict:
+            return (lo >= a if op == ">=" else lo > a), f"(strict) the whole interval must be {op} {_fmt(a)}: lo = {_fmt(lo)}"
+        below = "below" if op == ">=" else "at or below"
+        return (hi >= a if op == ">=" else hi > a), (f"fails only when the whole interval is {below} {_fmt(a)}: "
+                                                     f"hi = {_fmt(hi)}")
+    assert b is not None
+    if strict:
+        return (hi <= b if op == "<=" else hi < b), f"(strict) the whole interval must be {op} {_fmt(b)}: hi = {_fmt(hi)}"
+    above = "above" if op == "<=" else "at or above"
+    return (lo <= b if op == "<=" else lo < b), f"fails only when the whole interval is {above} {_fmt(b)}: lo = {_fmt(lo)}"
+
+
+def _heads(x: dict[str, Any]) -> list[tuple[str, float, dict[str, Any]]]:
+    """Head rows ranked by |normalised effect| (|raw - clean| when not normalisable)."""
+    clean = (x.get("clean") or {}).get("mean", 0.0)
+    out = []
+    for r in x.get("rows") or []:
+        if not re.match(r"^a\d+\.h\d+$", str(list(r["key"])[0])):
+            continue
+        st = r.get("norm") or r.get("raw")
+        size = abs(st["mean"]) if r.get("norm") else abs(r["raw"]["mean"] - clean)
+        out.append((_key(r), size, st))
+    return sorted(out, key=lambda t: -t[1])
+
+
+def _membership(e: Expectation, x: dict[str, Any]) -> Outcome:
+    k = int(e.arg) if e.arg else TOP_K
+    ranked = _heads(x)
+    top = ranked[:k]
+    names = [n for n, _, _ in top]
+    listing = ", ".join(f"{n} {st['mean']:+.3g} [{st['lo']:.3g}, {st['hi']:.3g}]" for n, _, st in top[:5])
+    more = f", … ({len(top)} in all)" if len(top) > 5 else ""
+    measured = f"top {k} heads of experiment {x['name']} by |normalised effect|: {listing}{more}"
+    rank = next((i for i, (n, _, _) in enumerate(ranked) if n == e.node), None)
+    if rank is None:
+        measured += f"; {e.node} is not among the {len(ranked)} heads measured"
+    elif rank >= k:
+        st = ranked[rank][2]
+        measured += f"; {e.node} ranks {rank + 1} with {st['mean']:+.3g} [{st['lo']:.3g}, {st['hi']:.3g}]"
+    inside = e.node in names
+    rule = "the ranking by point estimate (intervals are shown, not used)"
+    return Outcome(e, inside if e.op == "contains" else not inside, measured, rule)
+
+
+def check(e: Expectation, results: dict[str, Any]) -> Outcome:
+    """Check one expectation against results (:meth:`Results.to_dict` data); raises
+    :class:`ExpectationError` when the results lack what it names."""
+    x = _experiment(e, results)
+    if e.op in ("contains", "excludes"):
+        return _membership(e, x)
+    st, name = _stat(e, x)
+    warnings = list(x.get("warnings") or []) + list((x.get("circuit") or {}).get("warnings") or [])
+    return _numeric(e, st, name, warnings)
