@@ -42,8 +42,14 @@ def cached_model(name: str, revision: str | None, dtype: str, device: str) -> Lo
 
 
 def model_for(spec: schema.Spec, device: str | None = None) -> LoadedModel:
+    """The spec's model (once per process). A ``model.name`` that is a folder relative to the
+    spec file's folder is read from there; otherwise it is a hub id, an alias or a path
+    relative to the current folder."""
     m = spec.model
-    return cached_model(m.name, m.revision, m.dtype, device or m.device)
+    name = m.name
+    if spec.path is not None and not Path(name).is_absolute() and spec.resolve(name).is_dir():
+        name = str(spec.resolve(name).resolve())
+    return cached_model(name, m.revision, m.dtype, device or m.device)
 
 
 @dataclass
