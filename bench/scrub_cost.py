@@ -10,7 +10,7 @@ N IOI prompts of SmolLM2-135M-Instruct, side by side in one process:
 * **scrub k=…**: :func:`intervene.scrub.score.scrub` of chains of 1, 2, 4 and 6
   interpretation nodes below the output (name movers, S-inhibition heads, … down the layers),
   each from nothing (features, draws, the batched pass, bootstrap);
-* **one forward per path** (``--loop``, on the first 16 prompts, scaled to N): the naive
+* **one forward per path** (``--loop``, on the first 8 prompts, scaled to N): the naive
   alternative — every treeified instance of every reference example its own forward pass
   with hooks, the way a Python loop over paths would run it.
 
@@ -99,7 +99,7 @@ def main() -> None:
             times[f"scrub k={k + 1}"].append(time.perf_counter() - t0)
             lr[k] = res.loss_recovered
         if args.loop:
-            times[f"one forward per path k={ks[0] + 1}"].append(loop(ks[0], 16))
+            times[f"one forward per path k={ks[0] + 1}"].append(loop(ks[0], 8))
         print(f"repeat {r + 1}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in times.items()), flush=True)
     med = {k: statistics.median(v) for k, v in times.items()}
     f = med["forward"]
@@ -113,7 +113,7 @@ def main() -> None:
               f"{s.mean:.3f} [{s.lo:.3f}, {s.hi:.3f}]" if s else "")
     if args.loop:
         v = med[f"one forward per path k={ks[0] + 1}"]
-        print(f"{f'one forward per path k={ks[0] + 1}':<32} {v:>9.2f} {v / f:>10.2f}   (16 prompts, scaled)")
+        print(f"{f'one forward per path k={ks[0] + 1}':<32} {v:>9.2f} {v / f:>10.2f}   (8 prompts, scaled)")
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, torch {torch.__version__} "
           f"({torch.get_num_threads()} threads)")
 
