@@ -81,6 +81,14 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return None
 
 
+def _rel(config: pytest.Config, path: Path) -> str:
+    """``path`` as the user would type it: relative to where pytest was run."""
+    try:
+        return os.path.relpath(path, config.invocation_params.dir)
+    except ValueError:
+        return str(path)
+
+
 class SpecFileError(Exception):
     """A spec file that cannot be tested (its SpecError text, with file:line:col)."""
 
@@ -94,7 +102,7 @@ class SpecFile(pytest.File):
         try:
             test = spectest.load(self.path, _fast_n(self.config))
         except SpecError as e:
-            raise SpecFileError(str(e)) from None
+            raise SpecFileError(str(e).replace(str(self.path), _rel(self.config, self.path))) from None
         seen: dict[str, int] = {}
         for e in test.expectations:
             seen[e.claim] = seen.get(e.claim, 0) + 1
@@ -152,10 +160,7 @@ class ExpectationItem(pytest.Item):
             raise ExpectationFailed(outcome, outcome.report(self.repro(), self.numbers()))
 
     def _rel(self) -> str:
-        try:
-            return os.path.relpath(self.path, self.config.invocation_params.dir)
-        except ValueError:
-            return str(self.path)
+        return _rel(self.config, self.path)
 
     def repro(self) -> str:
         """The one-line command that reruns this expectation alone."""
@@ -169,16 +174,9 @@ class ExpectationItem(pytest.Item):
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
         from intervene.testing.expect import ExpectationError
 
-        if isinstance(excinfo.value, ExpectationFailed):
-            return self._relative(str(excinfo.value))
-        if isinstance(excinfo.value, (SpecError, ExpectationError)):
-            return str(excinfo.value)
+        if isinstance(excinfo.value, (ExpectationFailed, SpecError, ExpectationError)):
+            return str(excinfo.value).replace(str(self.path), self._rel())
         return str(super().repr_failure(excinfo))
-
-    def _relative(self, text: str) -> str:
-        """The report with the spec path as the user typed it (relative to where pytest ran)."""
-        e = self.expectation
-        return text.replace(f"{e.file}:{e.line}:", f"{self._rel()}:{e.line}:", 1)
 
     def reportinfo(self) -> tuple[Path, int, str]:
         return self.path, self.expectation.line - 1, f"{self._rel()}:{self.expectation.line}: {self.name}"
