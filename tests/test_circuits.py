@@ -63,10 +63,6 @@ def node_ablation(family: str, keep: list[Node], source: ir.Source = CORR, seed:
         return ex.execute(ir.Program("n", [ir.Run("n", "clean", ops)]), readout)[0].double().numpy()
 
 
-def heads_and_mlps(shape: graph.ModelShape) -> list[Node]:
-    return [n for n in graph.all_nodes(shape) if n.kind != "input"]
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @settings(max_examples=4, deadline=None)
 @given(data=st.data())

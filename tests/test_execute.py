@@ -103,10 +103,6 @@ def test_patching_every_node_or_edge_into_logits_gives_the_corrupted_run(family:
 SOURCES = S.sources(runs=("corr",), resample=("clean", "other"), means=("other",), zero=True)
 
 
-def vectors_for(m) -> dict[str, torch.Tensor]:  # type: ignore[no-untyped-def]
-    return invariants.standard_vectors(m)
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 @settings(max_examples=6, deadline=None)
 @given(data=st.data())
@@ -114,7 +110,8 @@ def test_fused_equals_one_at_a_time(family: str, data: st.DataObject) -> None:
     m = tiny(family)
     program = data.draw(S.programs(m.shape, "clean", SOURCES, positions=("END", "FIRST", "MID"), add=("v",),
                                    project_out=("u",)))
-    invariants.fused_equals_sequential(m, batches(4), program, vectors_for(m), max_tokens=2 * T)  # 2-row chunks
+    vectors = invariants.standard_vectors(m)
+    invariants.fused_equals_sequential(m, batches(4), program, vectors, max_tokens=2 * T)  # 2-row chunks
 
 
 def test_op_changes_output_where_expected() -> None:
@@ -202,7 +199,7 @@ def test_fused_edges_equal_one_at_a_time(family: str, data: st.DataObject) -> No
     m = tiny(family)
     program = data.draw(S.programs(m.shape, "clean", SOURCES, positions=("END", "MID"), add=("v",),
                                    project_out=("u",), max_runs=5, max_edge_blocks=1))
-    invariants.fused_equals_sequential(m, batches(11), program, vectors_for(m), max_tokens=2 * T)
+    invariants.fused_equals_sequential(m, batches(11), program, invariants.standard_vectors(m), max_tokens=2 * T)
 
 
 # -- edge entries against the literal reference (tests/reference.py) -----------------------------

@@ -62,7 +62,8 @@ def outcome(text: str, res: dict | None = None) -> E.Outcome:
     ("top_heads contains a9.h9", dict(metric="top_heads", op="contains", node="a9.h9", arg=None)),
     ("sweep.effect(a9.h9@END) < -.5", dict(experiment="sweep", arg="a9.h9@END", op="<", high=-0.5)),
     ("minimality(m0) ≤ 1e-2 (strict)", dict(metric="minimality", op="<=", high=0.01, strict=True, xfail=None)),
-    ("top_heads(3) excludes a0.h0 (xfail)", dict(arg="3", op="excludes", xfail="", claim="top_heads(3) excludes a0.h0")),
+    ("top_heads(3) excludes a0.h0 (xfail)",
+     dict(arg="3", op="excludes", xfail="", claim="top_heads(3) excludes a0.h0")),
     ("kl <= 5  (strict, xfail: misses backups)", dict(strict=True, xfail="misses backups", claim="kl <= 5")),
 ])
 def test_parse(text: str, fields: dict) -> None:
@@ -204,7 +205,8 @@ def test_scrub_numbers() -> None:
     with pytest.raises(E.ExpectationError, match="name the hypothesis"):
         outcome("loss_recovered > 0")
     flat = {"experiments": [{"name": "s", "kind": "scrub", "scrub": {"loss_recovered": sd(0.9, 0.8, 1.0)}}]}
-    assert outcome("loss_recovered >= 0.95", flat).passed and not outcome("loss_recovered >= 0.95 (strict)", flat).passed
+    assert outcome("loss_recovered >= 0.95", flat).passed
+    assert not outcome("loss_recovered >= 0.95 (strict)", flat).passed
 
 
 def test_report_has_every_part() -> None:

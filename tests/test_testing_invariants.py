@@ -54,7 +54,8 @@ def test_identity_fails_when_the_adapter_drifts_from_hf() -> None:
     m = fresh()
     unembed = m.unembed
     m.unembed = lambda x: unembed(x) + 1e-2  # type: ignore[method-assign]
-    with pytest.raises(I.InvariantViolation, match=r"identity \(§6.1\): adapter forward vs Hugging Face.*max \|Δ\| = 0.01"):
+    with pytest.raises(I.InvariantViolation,
+                       match=r"identity \(§6.1\): adapter forward vs Hugging Face.*max \|Δ\| = 0.01"):
         I.check_model(m, examples=2, only=["identity"])
 
 
@@ -91,7 +92,8 @@ def test_fused_fails_when_rows_interact() -> None:
     src = ir.Source("run", "corr")
     program = ir.Program("p", [ir.Run(f"r{i}", "clean", (ir.Op("patch", Node("head", i, 0), None, src),))
                                for i in range(3)])
-    with pytest.raises(I.InvariantViolation, match=r"fused equals sequential \(§6.7\): run r\d \(a\d.h0@\* ← corr\[i\]\) fused vs alone"):
+    with pytest.raises(I.InvariantViolation,
+                       match=r"fused equals sequential \(§6.7\): run r\d \(a\d.h0@\* ← corr\[i\]\) fused vs alone"):
         I.fused_equals_sequential(m, I.standard_batches(m), program)
     I.fused_equals_sequential(tiny("qwen2"), I.standard_batches(tiny("qwen2")), program)  # the real one agrees
 

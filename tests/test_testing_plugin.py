@@ -87,7 +87,8 @@ def test_expectations_are_items_and_a_failure_says_what_where_and_how(project: p
         "  repro: pytest 'specs/circuit.yaml::faithfulness >= 0.97'",
         "  numbers: intervene run specs/circuit.yaml --out out/circuit.json",
     ])
-    assert "XFAIL specs/circuit.yaml::faithfulness >= 0.99 - the circuit misses backup heads; measured: faithfulness" in out
+    assert ("XFAIL specs/circuit.yaml::faithfulness >= 0.99 - the circuit misses backup heads; "
+            "measured: faithfulness of experiment ioi = 0.76") in out
     assert "intervene: 1 spec runs, 0 served from the cache" in out
     assert "Traceback" not in out and "def runtest" not in out, "the failure text, not a traceback"
     # the repro command runs that expectation alone
@@ -147,7 +148,8 @@ def test_a_bad_expectation_is_a_collection_error_at_its_line(project: pytest.Pyt
     assert calls.specs == []
 
 
-def test_a_spec_that_fails_to_run_fails_its_items_once(project: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_spec_that_fails_to_run_fails_its_items_once(project: pytest.Pytester,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     n = []
 
     def broken(spec: Any, device: str | None = None) -> dict:
@@ -208,7 +210,8 @@ def test_the_ci_example_under_plain_pytest(pytester: pytest.Pytester, real_model
     shown.assert_outcomes(failed=1)
     shown.stdout.fnmatch_lines([
         "specs/ioi_weak_mover.yaml:21: expectation not met: effect(a29.h1) >= 0.5  (xfail: *)",
-        "  measured: effect(a29.h1) of experiment a29_h1 = 0.* ?0.*, 0.*? (mean, 95% bootstrap interval over 16 examples)",
+        "  measured: effect(a29.h1) of experiment a29_h1 = 0.* ?0.*, 0.*? "
+        "(mean, 95% bootstrap interval over 16 examples)",
         "  rule: fails only when the whole interval is below 0.5: hi = 0.*",
         "  repro: pytest 'specs/ioi_weak_mover.yaml::effect(a29.h1) >= 0.5'",
         "intervene: 1 spec runs, 1 served from the cache*",

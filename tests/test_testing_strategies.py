@@ -21,7 +21,7 @@ from intervene.testing import strategies as S
 
 GQA = ModelShape(n_layers=3, n_heads=4, n_kv_heads=2, d_model=8)
 PARALLEL = ModelShape(n_layers=2, n_heads=2, n_kv_heads=2, d_model=8, parallel=True)
-FIND = settings(database=None, max_examples=400)
+FIND = settings(database=None, max_examples=400, derandomize=True)
 
 
 def _names(c: Circuit) -> list[tuple[str, str]]:
@@ -83,7 +83,8 @@ def test_is_connected() -> None:
 
 def test_shrinking_gives_minimal_circuits() -> None:
     uses_mlp = lambda c: any(s.kind == "mlp" for s, _ in c.all_edges())  # noqa: E731
-    assert _names(find(S.circuits(GQA), uses_mlp, settings=FIND)) == [("m0", "a1.h0<q>")]
+    (edge,) = find(S.circuits(GQA), uses_mlp, settings=FIND).all_edges()  # one edge, out of an MLP
+    assert edge[0].kind == "mlp"
     smallest = find(S.circuits(GQA, connected=True), uses_mlp, settings=FIND)
     assert len(smallest.all_edges()) == 2 and S.is_connected(smallest, GQA)
     assert find(S.circuits(GQA, connected=True), lambda c: True, settings=FIND).all_edges() == {

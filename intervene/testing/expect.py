@@ -37,6 +37,7 @@ claim must be *demonstrated*. ``contains``/``excludes`` use the ranking by point
 from __future__ import annotations
 
 import math
+import operator
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -132,11 +133,12 @@ def parse(text: str) -> Expectation:
         raise BadExpectation(f'cannot read the expectation "{text}"')
     metric, arg, exp = m.group("metric"), m.group("arg"), m.group("exp")
     if metric not in NUMERIC and metric not in LISTS:
-        raise BadExpectation(f'unknown metric "{metric}" in "{text}"', did_you_mean(metric, [*NUMERIC, *LISTS], "metrics"))
+        raise BadExpectation(f'unknown metric "{metric}" in "{text}"',
+                             did_you_mean(metric, [*NUMERIC, *LISTS], "metrics"))
     if m.group("set"):
         if metric not in LISTS:
             raise BadExpectation(f'"{metric}" is a number: compare it (>=, <=, in [a, b]); '
-                             f"only {', '.join(LISTS)} can contain a node")
+                                 f"only {', '.join(LISTS)} can contain a node")
         if arg is not None and not (arg.isdigit() and int(arg) >= 1):
             raise BadExpectation(f'top_heads({arg}): the number of heads must be a positive integer')
         return Expectation(text, body, exp, metric, arg, m.group("set"), node=m.group("node"), strict=strict,
@@ -149,7 +151,8 @@ def parse(text: str) -> Expectation:
         op = {"≥": ">=", "≤": "<="}.get(m.group("cmp"), m.group("cmp"))
         num = float(m.group("num"))
         low, high = (num, None) if op in (">=", ">") else (None, num)
-        return Expectation(text, body, exp, metric, arg, op, low, high, strict=strict, xfail=xfail)  # type: ignore[arg-type]
+        return Expectation(text, body, exp, metric, arg, op, low, high,  # type: ignore[arg-type]
+                           strict=strict, xfail=xfail)
     low, high = float(m.group("lo")), float(m.group("hi"))
     if low > high:
         raise BadExpectation(f"empty interval [{m.group('lo')}, {m.group('hi')}]", "write the lower bound first")
@@ -202,7 +205,8 @@ def _resolve(e: Expectation, spec: schema.Spec) -> str:
     if e.experiment is not None:
         x = exps.get(e.experiment)
         if x is None:
-            raise BadExpectation(f'unknown experiment "{e.experiment}"', did_you_mean(e.experiment, exps, "experiments"))
+            raise BadExpectation(f'unknown experiment "{e.experiment}"',
+                                 did_you_mean(e.experiment, exps, "experiments"))
         if x.kind not in wanted:
             raise BadExpectation(f'{e.metric} is not measured by {x.kind} experiment "{x.name}"',
                                  f"{e.metric} is measured by {' and '.join(wanted)} experiments")
@@ -347,29 +351,31 @@ def _numeric(e: Expectation, st: dict[str, Any] | None, name: str, warnings: lis
         return Outcome(e, False, f"{name} is NaN", "an undefined value meets no expectation")
     measured = (f"{name} = {_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}] "
                 f"(mean, 95% bootstrap interval over {n} examples)")
-    passed, rule = _rule(e.op, e.low, e.high, lo, hi, e.strict)
+    passed, rule = _rule(e, lo, hi)
     return Outcome(e, passed, measured, rule, (mean, lo, hi, n))
 
 
-def _rule(op: Op, a: float | None, b: float | None, lo: float, hi: float, strict: bool) -> tuple[bool, str]:
-    """Whether [lo, hi] meets ``op`` under the interval rule (module docstring), and the rule in words."""
-    if op == "in":
+_CMP = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+_FAILS_WHEN = {">=": "below", ">": "at or below", "<=": "above", "<": "at or above"}
+
+
+def _rule(e: Expectation, lo: float, hi: float) -> tuple[bool, str]:
+    """Whether [lo, hi] meets the expectation under the interval rule (module docstring), and
+    the rule in words with the end of the interval that decided."""
+    if e.op == "in":
+        a, b = e.low, e.high
         assert a is not None and b is not None
-        if strict:
+        if e.strict:
             return a <= lo and hi <= b, f"(strict) the whole interval must lie in [{_fmt(a)}, {_fmt(b)}]"
         return not (hi < a or lo > b), f"fails only when the whole interval lies outside [{_fmt(a)}, {_fmt(b)}]"
-    if op in (">=", ">"):
-        assert a is not None
-        if strict:
-            return (lo >= a if op == ">=" else lo > a), f"(strict) the whole interval must be {op} {_fmt(a)}: lo = {_fmt(lo)}"
-        below = "below" if op == ">=" else "at or below"
-        return (hi >= a if op == ">=" else hi > a), (f"fails only when the whole interval is {below} {_fmt(a)}: "
-                                                     f"hi = {_fmt(hi)}")
-    assert b is not None
-    if strict:
-        return (hi <= b if op == "<=" else hi < b), f"(strict) the whole interval must be {op} {_fmt(b)}: hi = {_fmt(hi)}"
-    above = "above" if op == "<=" else "at or above"
-    return (lo <= b if op == "<=" else lo < b), f"fails only when the whole interval is {above} {_fmt(b)}: lo = {_fmt(lo)}"
+    is_lower_bound = e.op in (">=", ">")
+    bound = e.low if is_lower_bound else e.high
+    assert bound is not None
+    end, end_name = (hi, "hi") if is_lower_bound != e.strict else (lo, "lo")
+    passed = bool(_CMP[e.op](end, bound))
+    if e.strict:
+        return passed, f"(strict) the whole interval must be {e.op} {_fmt(bound)}: {end_name} = {_fmt(end)}"
+    return passed, f"fails only when the whole interval is {_FAILS_WHEN[e.op]} {_fmt(bound)}: {end_name} = {_fmt(end)}"
 
 
 def _heads(x: dict[str, Any]) -> list[tuple[str, float, dict[str, Any]]]:

@@ -109,10 +109,12 @@ class SpecFile(pytest.File):
             name = e.claim if seen[e.claim] == 1 else f"{e.claim} #{seen[e.claim]}"
             item = ExpectationItem.from_parent(self, name=name, test=test, expectation=e)
             if e.xfail is not None:
-                item.add_marker(pytest.mark.xfail(reason=e.xfail or "expected to fail (spec)", raises=ExpectationFailed))
+                reason = e.xfail or "expected to fail (spec)"
+                item.add_marker(pytest.mark.xfail(reason=reason, raises=ExpectationFailed))
             yield item
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],  # type: ignore[override]
+                     style: Any = None) -> str:
         if isinstance(excinfo.value, SpecFileError):
             return str(excinfo.value)
         return str(super().repr_failure(excinfo))
@@ -140,8 +142,9 @@ class ExpectationItem(pytest.Item):
         store = self.config.stash[RESULTS]
         if self.path not in store:
             try:
-                data, cached = spectest.results(self.test, _cache(self.config), self.config.getoption("intervene_device"),
-                                                refresh=self.config.getoption("intervene_refresh"))
+                opt = self.config.getoption
+                data, cached = spectest.results(self.test, _cache(self.config), opt("intervene_device"),
+                                                refresh=opt("intervene_refresh"))
             except BaseException as e:  # remembered: the file's other items fail the same way, without rerunning
                 store[self.path] = e
                 raise
@@ -171,7 +174,8 @@ class ExpectationItem(pytest.Item):
         """The command that writes every number of the spec (and its examples) to a file."""
         return f"intervene run {shlex.quote(self._rel())} --out {shlex.quote(f'out/{self.path.stem}.json')}"
 
-    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:  # type: ignore[override]
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],  # type: ignore[override]
+                     style: Any = None) -> str:
         from intervene.testing.expect import ExpectationError
 
         if isinstance(excinfo.value, (ExpectationFailed, SpecError, ExpectationError)):

@@ -210,9 +210,9 @@ def edge_entries(draw: Any, shape: ModelShape, sources: st.SearchStrategy[ir.Sou
 
 
 @st.composite
-def runs(draw: Any, shape: ModelShape, dataset: str, sources: st.SearchStrategy[ir.Source], positions: Sequence[str] = (),
-         add: Sequence[str] = (), project_out: Sequence[str] = (), max_ops: int = 3, max_edge_blocks: int = 0,
-         name: str = "r") -> ir.Run:
+def runs(draw: Any, shape: ModelShape, dataset: str, sources: st.SearchStrategy[ir.Source],
+         positions: Sequence[str] = (), add: Sequence[str] = (), project_out: Sequence[str] = (), max_ops: int = 3,
+         max_edge_blocks: int = 0, name: str = "r") -> ir.Run:
     """A run on ``dataset`` with up to ``max_ops`` value overrides and ``max_edge_blocks`` edge
     blocks. With edge blocks, heads are only patched (the executor applies edge entries and
     head edits on different paths; patches are the combination it supports)."""
