@@ -186,6 +186,14 @@ def test_cache_key_covers_the_inputs(tmp_path: Path) -> None:
     assert spectest.load(tmp_path / "s.yaml", fast_n=4).key != a.key
     (tmp_path / "d.jsonl").write_text('{"text": "a c", "answers": {"A": " c"}, "positions": {"END": -1}}\n')
     assert spectest.load(tmp_path / "s.yaml").key != a.key, "a changed data file is a new key"
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    local = spectest.load(tmp_path / "s.yaml").key
+    (tmp_path / "s.yaml").write_text(text.replace("version: 1\n", "version: 1\nmodel: {name: m}\n"))
+    with_model = spectest.load(tmp_path / "s.yaml").key
+    assert with_model != local
+    (tmp_path / "m" / "model.safetensors").write_bytes(b"0" * 8)
+    assert spectest.load(tmp_path / "s.yaml").key != with_model, "new weights in a local model folder: a new key"
     cache = spectest.ResultsCache(tmp_path / "c")
     assert cache.get(a.key) is None
     cache.put(a.key, {"x": 1})

@@ -8,8 +8,9 @@ What it owns, for the pytest plugin (and anyone checking specs outside pytest):
   (``ioi_abc`` corruptions follow their base; ``jsonl`` files are used whole);
 * :class:`ResultsCache` — results on disk as JSON, keyed by :func:`cache_key`: the sha256 of
   the spec file's text, the contents of the files it names (JSONL datasets, vectors), the
-  model (name, revision, dtype), the fast-mode cap and ``intervene.__version__``. An unchanged
-  spec is not recomputed; any change to those inputs is a new key;
+  model (name, revision, dtype; for a local folder, its files' names, sizes and times), the
+  fast-mode cap and ``intervene.__version__``. An unchanged spec is not recomputed; any
+  change to those inputs is a new key;
 * :func:`results` — the results of a loaded spec (from the cache, or computed by
   :func:`execute` on the model loaded once per process and then stored).
 
@@ -93,8 +94,19 @@ def cache_key(spec: schema.Spec, fast_n: int | None) -> str:
     parts: list[Any] = [text, m.name, m.revision, m.dtype, fast_n, intervene.__version__]
     for f in _named_files(spec):
         parts.append(hashlib.sha256(f.read_bytes()).hexdigest() if f.is_file() else f"missing:{f}")
+    parts += _model_folder(spec)
     h.update(json.dumps(parts).encode())
     return h.hexdigest()
+
+
+def _model_folder(spec: schema.Spec) -> list[Any]:
+    """A model read from a local folder: each file's name, size and modification time (so new
+    weights are a new key without hashing gigabytes)."""
+    name = Path(spec.model.name)
+    folder = name if name.is_absolute() else (spec.resolve(str(name)) if spec.path is not None else name)
+    if not folder.is_dir():
+        return []
+    return [[f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(folder.iterdir()) if f.is_file()]
 
 
 def default_cache_dir() -> Path:
