@@ -248,4 +248,6 @@ def test_edge_entries_equal_the_literal_sum(family: str, data: st.DataObject) ->
     with torch.no_grad():
         logits, _ = reference.run(m, clean, _reference_source(m, bs, src), where)
     want = logits[rows, clean.positions["END"]]
-    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
+    # fp32: the fused path and the reference sum hundreds of edge terms in different orders;
+    # logits are O(10), a wrong edge moves them by O(1)
+    torch.testing.assert_close(got, want, atol=3e-4, rtol=1e-4)
