@@ -17,7 +17,7 @@ SMOLLM2 = ModelShape(n_layers=30, n_heads=9, n_kv_heads=3, d_model=576)
 IOI_POSITIONS = ("IO", "S1", "S1+1", "S2", "END")
 
 
-@pytest.mark.parametrize("name", ["ioi_head_sweep", "ioi_path_patch", "ioi_circuit"])
+@pytest.mark.parametrize("name", ["ioi_head_sweep", "ioi_path_patch", "ioi_circuit", "ioi_scrub"])
 def test_golden_program(name: str) -> None:
     spec = load_spec(ROOT / "specs" / f"{name}.yaml")
     prog = compile_spec(spec, SMOLLM2, {d: IOI_POSITIONS for d in spec.datasets})

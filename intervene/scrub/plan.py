@@ -65,12 +65,32 @@ class Plan:
             head = f"  s{i:<3} {r.name:<{width}}  on {on:<28}"
             if r.name == "output" and r.base == "random":
                 head = f"  s{i:<3} {r.name:<{width}}  on {'r (as s1), x2 = x':<28}"
-            if not r.patches:
+            by_src: dict[int, list[Claim]] = {}
+            for c, src in r.patches:
+                by_src.setdefault(src, []).append(c)
+            items = [f"{_claims(cs)} ← s{src}" for src, cs in by_src.items()]
+            if not items:
                 lines.append(head.rstrip())
-            for j, (c, src) in enumerate(r.patches):
+            for j, text in enumerate(items):
                 prefix = head if j == 0 else " " * len(head)
-                lines.append(f"{prefix}  {c} ← s{src}{f'   # {r.origin}' if r.origin and j == 0 else ''}")
+                lines.append(f"{prefix}  {text}{f'   # {r.origin}' if r.origin and j == 0 else ''}")
         return "\n".join(lines)
+
+
+def _claims(cs: list[Claim]) -> str:
+    """Claims read from one row: listed when few, counted by kind when many."""
+    if len(cs) <= 4:
+        return ", ".join(map(str, cs))
+    kinds: dict[str, int] = {}
+    for c in cs:
+        what = ("head" if c.node.kind == "head" else c.node.kind) if c.kind == "node" else c.kind  # type: ignore[union-attr]
+        kinds[what] = kinds.get(what, 0) + 1
+    names = {"head": "heads", "mlp": "MLPs", "input": "input", "receiver": "receivers", "edge": "edges"}
+    pos = {c.positions for c in cs}
+    at = f" @{','.join(next(iter(pos)))}" if len(pos) == 1 and None not in pos else ""
+    body = ", ".join(names[k] if k == "input" else f"{n} {names[k]}" for k, n in kinds.items())
+    ends = [str(c.node) if at and c.kind == "node" else str(c) for c in (cs[0], cs[-1])]
+    return f"{body} ({ends[0]} … {ends[1]}){at}"
 
 
 def plan(h: Hypothesis) -> Plan:
