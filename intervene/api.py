@@ -296,7 +296,7 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
             got = executed.scrubs[exp.name]
             exps.append(results.ExperimentResult(
                 exp.name, exp.kind, exp.dataset, "scrub (resample by feature)", got[0].m_model, got[0].m_random, [],
-                [], scrub={r.hypothesis: r.to_dict() for r in got}))
+                [w for r in got for w in r.warnings], scrub={r.hypothesis: r.to_dict() for r in got}))
             continue
         if exp.kind == "circuit":
             sc = executed.circuits[exp.name]

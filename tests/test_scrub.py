@@ -273,3 +273,22 @@ def test_structural_problems_are_reported() -> None:
                                        "c": InterpNode("c", (Claim(Node("mlp", 0)),), f)})
     assert dag.problems(shape) == []
     assert [t.name for t in dag.treeify()] == ["output", "output/a", "output/a/c", "output/b", "output/b/c"]
+
+
+def test_draws_without_choice_are_counted_and_warned() -> None:
+    """A feature that few examples share (with the reference's token length) leaves draws no
+    choice: the scrub then cannot test the claim, and the result says so (except for the
+    identity feature, which has no choice by design)."""
+    m = tiny("gpt2")
+    ds, b = data()
+
+    def one(feature: str) -> Hypothesis:
+        return Hypothesis("h", ("a",), {"a": InterpNode("a", (Claim(Node("head", 2, 1)),), parse_feature(feature))})
+
+    r = scrub(m, ds, b, one("token(FIRST)"), METRIC)
+    assert r.settings["draws_without_choice"]["output/a"] > 0.5
+    assert len(r.warnings) == 1 and "output/a" in r.warnings[0] and "token(FIRST)" in r.warnings[0]
+    r = scrub(m, ds, b, one("input"), METRIC)
+    assert r.settings["draws_without_choice"] == {"output/a": 1.0} and r.warnings == []
+    r = scrub(m, ds, b, one("template"), METRIC)
+    assert r.settings["draws_without_choice"] == {"output/a": 0.0} and r.warnings == []

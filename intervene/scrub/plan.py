@@ -118,6 +118,14 @@ class Draws:
 
     x: np.ndarray  # [N, R]
     tokens: np.ndarray  # [N, R]
+    alone: np.ndarray | None = None  # [N, R]: the reader's input was the only one agreeing on the feature
+
+    def forced(self, p: Plan) -> dict[str, float]:
+        """Per instance row, the fraction of reference examples whose draw had no choice (the
+        only agreeing example of that length was the reader's own input)."""
+        if self.alone is None:
+            return {}
+        return {r.name: float(self.alone[:, k].mean()) for k, r in enumerate(p.rows) if r.feature is not None}
 
     def dump(self, plan: Plan, reference: np.ndarray | None = None) -> list[dict[str, dict[str, int]]]:
         """Per reference example: row name -> {"input": x_i, "tokens": the row's tokens}."""
@@ -138,6 +146,7 @@ def draw(p: Plan, keys: dict[str, np.ndarray], lengths: np.ndarray, seed: int,
     x = np.empty((N, R), dtype=np.int64)
     tokens = np.empty((N, R), dtype=np.int64)
     x[:, 0] = tokens[:, 0] = ref
+    alone = np.zeros((N, R), dtype=bool)
     if mode == "reference":
         x[:] = ref[:, None]
         tokens[:] = ref[:, None]
@@ -168,5 +177,6 @@ def draw(p: Plan, keys: dict[str, np.ndarray], lengths: np.ndarray, seed: int,
             consumer_x = int(x[i, r.consumer])  # type: ignore[index]
             cands = pool(r.feature, int(keys[str(r.feature)][consumer_x]), n)
             x[i, k] = cands[rng.integers(len(cands))]  # never empty: the consumer's input agrees with itself
+            alone[i, k] = len(cands) == 1
             tokens[i, k] = x[i, k] if r.base == "own" else same[rng.integers(len(same))]
-    return Draws(x, tokens)
+    return Draws(x, tokens, alone)

@@ -22,6 +22,7 @@ from intervene.data.batch import Batch
 from intervene.data.dataset import Dataset
 from intervene.models.adapters import Adapter
 from intervene.results import N_BOOT, Stat, bootstrap, normalised
+from intervene.scrub.features import Feature
 from intervene.scrub.forward import MetricFn, ScrubForward
 from intervene.scrub.hypothesis import Hypothesis
 from intervene.scrub.plan import Draws, Plan, draw, plan
@@ -39,6 +40,7 @@ class ScrubResult:
     plan: Plan
     draws: Draws
     settings: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     def per_example(self) -> dict[str, list[float]]:
         """Per-example model, random and scrubbed metric and recovered fraction."""
@@ -62,7 +64,7 @@ class ScrubResult:
             spread["frac_above_1"] = float((v > 1).mean())
         return {"hypothesis": self.hypothesis, "m_model": stat(self.m_model), "m_random": stat(self.m_random),
                 "m_scrubbed": stat(self.m_scrubbed), "loss_recovered": stat(lr), "per_example_spread": spread,
-                "settings": dict(self.settings), "plan": str(self.plan),
+                "settings": dict(self.settings), "warnings": list(self.warnings), "plan": str(self.plan),
                 "draws": self.draws.dump(self.plan)}
 
     def summary(self) -> str:
@@ -76,6 +78,14 @@ class ScrubResult:
             lines.append(f"  per example: median {np.median(v):.2f}, 10-90% [{np.percentile(v, 10):.2f}, "
                          f"{np.percentile(v, 90):.2f}], {(v < 0).mean():.0%} below 0")
         return "\n".join(lines)
+
+
+def _feature(p: Plan, row: str) -> Feature:
+    """The feature of the plan's instance row ``row``."""
+    return next(r.feature for r in p.rows if r.name == row and r.feature is not None)
+
+
+WARN_ALONE = 0.1  # warn when more than this fraction of a row's draws had no choice
 
 
 def feature_keys(p: Plan, dataset: Dataset, batch: Batch) -> dict[str, np.ndarray]:
@@ -103,5 +113,12 @@ def scrub(model: Adapter, dataset: Dataset, batch: Batch, hypothesis: Hypothesis
                 "feature (reference included); unclaimed inputs: an independent uniform draw per row",
                 "others": {"output": hypothesis.others, **{n: v.others for n, v in hypothesis.nodes.items()}},
                 "features": {n: str(v.feature) for n, v in hypothesis.nodes.items()}}
+    forced = d.forced(p)
+    settings["draws_without_choice"] = forced
+    warnings = [f"{hypothesis.name}: for {v:.0%} of reference examples, {name}'s draw had no choice but its "
+                f"reader's own input (no other example of that token length agrees on "
+                f"{_feature(p, name)}): more examples per feature value, or a "
+                "coarser feature, make the scrub test the hypothesis" for name, v in forced.items()
+                if v > WARN_ALONE and _feature(p, name).kind != "input"]  # the identity has no choice by design
     return ScrubResult(hypothesis.name, bootstrap(mm, seed, n_boot), bootstrap(mr, seed, n_boot),
-                       bootstrap(ms, seed, n_boot), normalised(ms, mr, mm, seed, n_boot), p, d, settings)
+                       bootstrap(ms, seed, n_boot), normalised(ms, mr, mm, seed, n_boot), p, d, settings, warnings)
