@@ -152,3 +152,17 @@ def test_standard_inputs_fit_any_vocabulary() -> None:
     assert set(I.standard_vectors(m)) == {"v", "u"}
     assert float(I.standard_vectors(m)["u"].norm()) == pytest.approx(1.0)
     assert S.is_connected(Circuit.full(m.shape), m.shape)
+
+
+def test_scrubbing_fails_when_claims_are_read_from_the_wrong_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scrub that reads every claim from the group's random row instead of the claiming row."""
+    from intervene.scrub import forward as F
+
+    copy = F._copy
+
+    def from_random(t, p, dev, heads=None):  # type: ignore[no-untyped-def]
+        copy(t, F._Patch(p.claim, p.dst, p.dst - 1, p.t_dst, p.t_src), dev, heads)  # output s2 reads s1
+
+    monkeypatch.setattr(F, "_copy", from_random)
+    with pytest.raises(I.InvariantViolation, match=r"scrubbing \(identity"):
+        I.check_model(tiny("gpt2"), examples=2, only=["scrubbing"])

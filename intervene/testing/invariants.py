@@ -18,12 +18,14 @@ check                   what must hold                                          
 ``all_corrupted``       every node, the final residual at END, or every edge into     4
                         ``logits`` read from a corrupted run: its logits
 ``order_invariance``    F(M) = 1, F(∅) = 0; scores do not depend on node order        5
+``scrubbing``           the identity hypothesis scores the model's metric, the empty  6
+                        one the random draw's; rows fed the reference change nothing
 ``fused_equals_sequential``  runs fused in one batch equal each run alone             7
 ``determinism``         the same program (and scoring) twice: the same numbers        8
 ======================  ===========================================================  ========
 
-Invariants 2 (receiver inputs are sums of upstream outputs) and 6 (scrubbing) are checked by
-the project's own literal reference (``tests/reference.py``) and the scrubbing tests.
+Invariant 2 (receiver inputs are sums of upstream outputs) is checked by the project's own
+literal reference (``tests/reference.py``); ``tests/test_scrub.py`` checks more of 6.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ from intervene.testing import strategies as S
 from intervene.testing.tiny import random_batch, vocab_size
 
 __all__ = ["InvariantViolation", "identity", "clean_into_clean", "all_corrupted", "fused_equals_sequential",
-           "order_invariance", "scores_order_invariance", "determinism", "standard_batches", "standard_vectors",
+           "order_invariance", "scores_order_invariance", "determinism", "scrubbing", "standard_batches",
+           "standard_vectors",
            "check_model", "INVARIANTS"]
 
 METRIC = Metric(kind="logit_diff", answer="A", wrong="B")
@@ -228,6 +231,30 @@ def determinism(model: Adapter, batches: Mapping[str, Batch], program: ir.Progra
                                      "gave different numbers")
 
 
+def scrubbing(model: Adapter, batch: Batch, claims: Sequence[Node], seed: int = 0, atol: float = 1e-4) -> None:
+    """DESIGN.md §6 item 6 on ``batch`` (answers ``A``/``B``, position ``END``): the identity
+    hypothesis gives exactly the model's metric, the empty one exactly the random row's, and a
+    hypothesis claiming ``claims`` (features drawn from the data) changes nothing when every row
+    is fed the reference itself."""
+    from intervene.data.dataset import Dataset, Example
+    from intervene.scrub import hypothesis as H
+    from intervene.scrub.features import parse_feature
+    from intervene.scrub.score import scrub
+
+    ds = Dataset("scrub", tuple(Example("x", meta={"template": i % 2}) for i in range(len(batch))))
+    cases = [("identity", H.identity(model.shape), "m_model", "sample"), ("empty", H.empty(), "m_random", "sample")]
+    if claims:
+        h = H.Hypothesis("claims", ("a",), {"a": H.InterpNode("a", tuple(H.Claim(n) for n in claims),
+                                                                 parse_feature("template"))})
+        cases.append(("reference rows", h, "m_model", "reference"))
+    for what, hyp, want, mode in cases:
+        r = scrub(model, ds, batch, hyp, METRIC, seed=seed, mode=mode)  # type: ignore[arg-type]
+        got, ref = np.asarray(r.m_scrubbed.values), np.asarray(getattr(r, want).values)
+        if not np.allclose(got, ref, atol=atol, rtol=0):
+            raise InvariantViolation(f"scrubbing ({what}, claims {[str(n) for n in claims]}): m_scrubbed differs "
+                                     f"from {want} by up to {np.abs(got - ref).max():.3g}")
+
+
 def _same(a: Any, b: Any, atol: float) -> bool:
     if isinstance(a, dict) and isinstance(b, dict):
         return a.keys() == b.keys() and all(_same(a[k], b[k], atol) for k in a)
@@ -300,9 +327,16 @@ def _prop_determinism(c: _Context, data: st.DataObject) -> None:
     determinism(c.model, standard_batches(c.model), program, standard_vectors(c.model), circuit)
 
 
+def _prop_scrubbing(c: _Context, data: st.DataObject) -> None:
+    claims = data.draw(st.lists(S.nodes(c.shape), min_size=0, max_size=3, unique=True), label="claims")
+    batch = standard_batches(c.model, data.draw(st.integers(0, 99), label="seed"))["clean"]
+    scrubbing(c.model, batch, claims, seed=data.draw(st.integers(0, 99), label="draw seed"), atol=c.atol)
+
+
 INVARIANTS: dict[str, Callable[[_Context, st.DataObject], None]] = {
     "identity": _prop_identity, "clean_into_clean": _prop_clean_into_clean, "all_corrupted": _prop_all_corrupted,
     "fused_equals_sequential": _prop_fused, "order_invariance": _prop_order, "determinism": _prop_determinism,
+    "scrubbing": _prop_scrubbing,
 }
 
 
