@@ -25,10 +25,12 @@ own instance, so a node read by two others is drawn twice, independently.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from intervene import graph
+from intervene.circuit import node_receivers
 from intervene.graph import ModelShape, Node, Receiver
 from intervene.scrub.features import Feature
 
@@ -87,7 +89,7 @@ class Claim:
         if self.kind == "node":
             assert self.node is not None
             return [r for r in graph.receivers(shape) if graph.edge_error(self.node, r, shape) is None]
-        return _downstream_of_receiver(self.receiver, shape)  # type: ignore[arg-type]
+        return [self.receiver]  # type: ignore[list-item]
 
     def feeds(self, parent: Claim, shape: ModelShape) -> bool:
         """Whether a model path runs from this claim's end into ``parent``'s end."""
@@ -95,21 +97,10 @@ class Claim:
             assert parent.node is not None
             if parent.node.kind == "logits":
                 return True
-            targets = _receivers_of(parent.node, shape)
+            targets = node_receivers(parent.node, shape)
         else:
             targets = [parent.receiver]  # type: ignore[list-item]
         return any(_reaches(r0, t, shape) for r0 in self.readers(shape) for t in targets)
-
-
-def _receivers_of(node: Node, shape: ModelShape) -> list[Receiver]:
-    if node.kind == "mlp":
-        return [Receiver("mlp", node.layer)]
-    if node.kind == "head":
-        grouped = shape.n_kv_heads < shape.n_heads
-        g = node.head // shape.group_size if grouped else node.head
-        return [Receiver("q", node.layer, node.head)] + [Receiver(k, node.layer, g, grouped)  # type: ignore[arg-type]
-                                                         for k in ("k", "v")]
-    return []
 
 
 def _receiver_node_layer(r: Receiver, shape: ModelShape) -> tuple[int, int]:
@@ -117,11 +108,6 @@ def _receiver_node_layer(r: Receiver, shape: ModelShape) -> tuple[int, int]:
     if r.kind == "logits":
         return (shape.n_layers, 2)
     return (r.layer, 1 if r.kind == "mlp" else 0)
-
-
-def _downstream_of_receiver(r: Receiver | None, shape: ModelShape) -> list[Receiver]:
-    assert r is not None
-    return [r]
 
 
 def _reaches(a: Receiver, b: Receiver, shape: ModelShape) -> bool:
@@ -223,38 +209,10 @@ class Hypothesis:
         return out
 
     def _cycle(self) -> list[str] | None:
-        state: dict[str, int] = {}
-        stack: list[str] = []
-
-        def visit(n: str) -> list[str] | None:
-            state[n] = 1
-            stack.append(n)
-            for c in self.children(n):
-                if state.get(c) == 1:
-                    return stack[stack.index(c):] + [c]
-                if c not in state:
-                    found = visit(c)
-                    if found:
-                        return found
-            stack.pop()
-            state[n] = 2
-            return None
-
-        for n in ("output", *self.nodes):
-            if n not in state:
-                found = visit(n)
-                if found:
-                    return found
-        return None
+        return find_cycle({n: self.children(n) for n in ("output", *self.nodes)})
 
     def _reachable(self) -> set[str]:
-        seen, todo = set(), ["output"]
-        while todo:
-            n = todo.pop()
-            if n not in seen:
-                seen.add(n)
-                todo += list(self.children(n))
-        return seen
+        return reachable({n: self.children(n) for n in ("output", *self.nodes)})
 
     def treeify(self) -> list[Instance]:
         """Instances in depth-first order from the output (index 0)."""
@@ -277,6 +235,45 @@ class Hypothesis:
         if probs:
             raise ValueError(f"hypothesis {self.name}: " + "; ".join(m for _, m in probs))
         return self
+
+
+def find_cycle(reads: Mapping[str, Sequence[str]]) -> list[str] | None:
+    """A cycle of an interpretation graph (node -> the nodes it reads, depth first in the
+    mapping's order) as a path ``a -> … -> a``; None when the graph is acyclic."""
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for c in reads.get(n, ()):
+            if state.get(c) == 1:
+                return stack[stack.index(c):] + [c]
+            if c not in state:
+                found = visit(c)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in reads:
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def reachable(reads: Mapping[str, Sequence[str]], root: str = "output") -> set[str]:
+    """The nodes ``root`` reads, directly or through others (``root`` included)."""
+    seen, todo = set(), [root]
+    while todo:
+        n = todo.pop()
+        if n not in seen:
+            seen.add(n)
+            todo += list(reads.get(n, ()))
+    return seen
 
 
 def identity(shape: ModelShape, name: str = "identity") -> Hypothesis:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from intervene import graph
 from intervene.errors import Diagnostic, ErrorCode, SpecError
 from intervene.scrub.features import Feature, FeatureError, load_functions, parse_feature
-from intervene.scrub.hypothesis import Claim, Hypothesis, InterpNode
+from intervene.scrub.hypothesis import Claim, Hypothesis, InterpNode, find_cycle, reachable
 from intervene.spec import schema
 from intervene.spec.circuits import resolve_claims
 from intervene.spec.diagnostics import at, at_text, dedupe, did_you_mean
@@ -93,32 +93,16 @@ class _Hyp:
                 if r not in self.nodes:
                     self.static.append(at(self.src, here, ErrorCode.E030, f'"{n}" reads "{r}", which is not a node '
                                           f'of hypothesis "{self.name}"', did_you_mean(r, known, "nodes"), r))
-        state: dict[str, int] = {}
-
-        def visit(n: str) -> bool:
-            state[n] = 1
-            for here, r in self.reads.get(n, []):
-                if r not in self.nodes:
-                    continue
-                if state.get(r) == 1:
-                    self.static.append(at(self.src, here, ErrorCode.E031,
-                                          f'"{n}" reads "{r}", which reads "{n}" back: the interpretation graph has '
-                                          "a cycle", "interpretation graphs are DAGs rooted at the output", r))
-                    return True
-                if r not in state and visit(r):
-                    return True
-            state[n] = 2
-            return False
-
-        for n in ["output"] + known:
-            if n not in state and visit(n):
-                return
-        reached, todo = set(), ["output"]
-        while todo:
-            n = todo.pop()
-            if n not in reached:
-                reached.add(n)
-                todo += [r for _, r in self.reads.get(n, []) if r in self.nodes]
+        reads = {n: [r for _, r in rs if r in self.nodes] for n, rs in self.reads.items()}
+        cycle = find_cycle(reads)
+        if cycle:  # point at the read that closes it
+            n, r = cycle[-2], cycle[-1]
+            here = next(h for h, x in self.reads[n] if x == r)
+            self.static.append(at(self.src, here, ErrorCode.E031, f'"{n}" reads "{r}": the interpretation graph has '
+                                  f"a cycle, {' -> '.join(cycle)}", "interpretation graphs are DAGs rooted at the output",
+                                  r))
+            return
+        reached = reachable(reads)
         for n in known:
             if n not in reached:
                 self.static.append(at(self.src, self.loc + ("nodes", n), ErrorCode.E032,
