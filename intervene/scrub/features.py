@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 
 FeatureKind = Literal["input", "constant", "token", "position", "answer", "template", "column", "function", "all"]
 BUILTINS = ("input", "constant", "token(POS)", "position(POS)", "answer(NAME)", "template", "column(KEY)")
+_NAMES = tuple(b.split("(")[0] for b in BUILTINS)
+_ALIASES = {"identity": "input", "none": "constant"}
 _CALL = re.compile(r"^([a-z_]+)\s*(?:\(\s*([^()]*?)\s*\))?$")
 _FUNC = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*):([A-Za-z_][A-Za-z0-9_]*)$")
 _ARG = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -155,13 +157,9 @@ def parse_feature(text: str) -> Feature:
         raise FeatureError(f'unknown feature "{t}"', "features: " + ", ".join(BUILTINS) + ", or module:function",
                            lead, len(t))
     name, arg = m.group(1), m.group(2)
-    if name == "identity":
-        name = "input"
-    if name == "none":
-        name = "constant"
-    if name not in ("input", "constant", "token", "position", "answer", "template", "column"):
-        close = difflib.get_close_matches(name, ["input", "constant", "token", "position", "answer", "template",
-                                                 "column"], n=1)
+    name = _ALIASES.get(name, name)
+    if name not in _NAMES:
+        close = difflib.get_close_matches(name, _NAMES, n=1)
         hint = (f'did you mean "{close[0]}"? ' if close else "") + "features: " + ", ".join(BUILTINS)
         raise FeatureError(f'unknown feature "{name}"', hint, lead, len(name))
     if name in _NEEDS_ARG and not arg:

@@ -127,7 +127,7 @@ class Draws:
             return {}
         return {r.name: float(self.alone[:, k].mean()) for k, r in enumerate(p.rows) if r.feature is not None}
 
-    def dump(self, plan: Plan, reference: np.ndarray | None = None) -> list[dict[str, dict[str, int]]]:
+    def dump(self, plan: Plan) -> list[dict[str, dict[str, int]]]:
         """Per reference example: row name -> {"input": x_i, "tokens": the row's tokens}."""
         return [{r.name: {"input": int(self.x[i, k]), "tokens": int(self.tokens[i, k])}
                  for k, r in enumerate(plan.rows)} for i in range(self.x.shape[0])]
@@ -146,11 +146,11 @@ def draw(p: Plan, keys: dict[str, np.ndarray], lengths: np.ndarray, seed: int,
     x = np.empty((N, R), dtype=np.int64)
     tokens = np.empty((N, R), dtype=np.int64)
     x[:, 0] = tokens[:, 0] = ref
-    alone = np.zeros((N, R), dtype=bool)
     if mode == "reference":
         x[:] = ref[:, None]
         tokens[:] = ref[:, None]
         return Draws(x, tokens)
+    alone = np.zeros((N, R), dtype=bool)
     by_len = {int(n): np.flatnonzero(lengths == n) for n in np.unique(lengths)}
     pools: dict[tuple[str, int, int], np.ndarray] = {}
 

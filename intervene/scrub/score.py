@@ -22,7 +22,6 @@ from intervene.data.batch import Batch
 from intervene.data.dataset import Dataset
 from intervene.models.adapters import Adapter
 from intervene.results import N_BOOT, Stat, bootstrap, normalised
-from intervene.scrub.features import Feature
 from intervene.scrub.forward import MetricFn, ScrubForward
 from intervene.scrub.hypothesis import Hypothesis
 from intervene.scrub.plan import Draws, Plan, draw, plan
@@ -80,11 +79,6 @@ class ScrubResult:
         return "\n".join(lines)
 
 
-def _feature(p: Plan, row: str) -> Feature:
-    """The feature of the plan's instance row ``row``."""
-    return next(r.feature for r in p.rows if r.name == row and r.feature is not None)
-
-
 WARN_ALONE = 0.1  # warn when more than this fraction of a row's draws had no choice
 
 
@@ -115,10 +109,10 @@ def scrub(model: Adapter, dataset: Dataset, batch: Batch, hypothesis: Hypothesis
                 "features": {n: str(v.feature) for n, v in hypothesis.nodes.items()}}
     forced = d.forced(p)
     settings["draws_without_choice"] = forced
-    warnings = [f"{hypothesis.name}: for {v:.0%} of reference examples, {name}'s draw had no choice but its "
-                f"reader's own input (no other example of that token length agrees on "
-                f"{_feature(p, name)}): more examples per feature value, or a "
-                "coarser feature, make the scrub test the hypothesis" for name, v in forced.items()
-                if v > WARN_ALONE and _feature(p, name).kind != "input"]  # the identity has no choice by design
+    warnings = [f"{hypothesis.name}: for {forced[r.name]:.0%} of reference examples, {r.name}'s draw had no choice "
+                f"but its reader's own input (no other example of that token length agrees on {r.feature}): more "
+                "examples per feature value, or a coarser feature, make the scrub test the hypothesis"
+                for r in p.rows if forced.get(r.name, 0.0) > WARN_ALONE
+                and r.feature.kind != "input"]  # type: ignore[union-attr]  # the identity has no choice by design
     return ScrubResult(hypothesis.name, bootstrap(mm, seed, n_boot), bootstrap(mr, seed, n_boot),
                        bootstrap(ms, seed, n_boot), normalised(ms, mr, mm, seed, n_boot), p, d, settings, warnings)
