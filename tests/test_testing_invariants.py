@@ -9,6 +9,8 @@ on the order nodes are listed in (5), and a nondeterministic module (8).
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from tiny import FAMILIES, tiny
@@ -160,8 +162,8 @@ def test_scrubbing_fails_when_claims_are_read_from_the_wrong_row(monkeypatch: py
 
     copy = F._copy
 
-    def from_random(t, p, dev, heads=None):  # type: ignore[no-untyped-def]
-        copy(t, F._Patch(p.claim, p.dst, p.dst - 1, p.t_dst, p.t_src), dev, heads)  # output s2 reads s1
+    def from_random(t, p, dev):  # type: ignore[no-untyped-def]
+        copy(t, dataclasses.replace(p, src=p.dst - 1), dev)  # the output row s2 reads s1
 
     monkeypatch.setattr(F, "_copy", from_random)
     with pytest.raises(I.InvariantViolation, match=r"scrubbing \(identity"):

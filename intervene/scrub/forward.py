@@ -39,13 +39,16 @@ MetricFn = Callable[[Tensor, dict[str, Tensor], Tensor], Tensor]
 
 @dataclass
 class _Patch:
-    """One claim of one row, for the rows of a chunk: dst/src flat rows and token indices."""
+    """One claim of one row, for the rows of a chunk: dst/src flat rows and token indices.
+    Head claims of one row read from one row at the same positions are one patch (``heads``):
+    one gather for all of them."""
 
     claim: Claim
     dst: Tensor  # [g]
     src: Tensor  # [g]
     t_dst: Tensor | None  # [g, k] or None (every position, aligned)
     t_src: Tensor | None
+    heads: Tensor | None = None  # head claims: the heads of the layer
 
 
 def _layer_of(c: Claim, L: int) -> int:
@@ -90,13 +93,22 @@ class ScrubForward:
         base = torch.arange(G) * R
         by_layer: dict[int, list[_Patch]] = defaultdict(list)
         for k, row in enumerate(self.plan.rows):
+            heads: dict[tuple[int, int, tuple[str, ...] | None], list[Claim]] = defaultdict(list)
+            claims: list[tuple[Claim, int, Tensor | None]] = []
             for claim, src in row.patches:
+                if claim.kind == "node" and claim.node.kind == "head":  # type: ignore[union-attr]
+                    heads[(claim.node.layer, src, claim.positions)].append(claim)  # type: ignore[union-attr]
+                else:
+                    claims.append((claim, src, None))
+            claims += [(cs[0], src, torch.tensor([c.node.head for c in cs]))  # type: ignore[union-attr]
+                       for (_, src, _), cs in heads.items()]
+            for claim, src, hh in claims:
                 dst_rows, src_rows = base + k, base + src
                 t_dst = t_src = None
                 if claim.positions:
                     t_dst = torch.stack([b.positions[p][flat[dst_rows]] for p in claim.positions], 1)
                     t_src = torch.stack([b.positions[p][flat[src_rows]] for p in claim.positions], 1)
-                by_layer[_layer_of(claim, self.L)].append(_Patch(claim, dst_rows, src_rows, t_dst, t_src))
+                by_layer[_layer_of(claim, self.L)].append(_Patch(claim, dst_rows, src_rows, t_dst, t_src, hh))
         return by_layer
 
     def _chunk(self, tokens: np.ndarray, groups: np.ndarray, metric: MetricFn) -> Tensor:
@@ -109,7 +121,7 @@ class ScrubForward:
         ids, am, pos_ids = b.input_ids[flat, :T].to(dev), am[:, :T].to(dev), b.position_ids[flat, :T].to(dev)
         mask = attention_mask(am, m.dtype)
         patches = self._patches(tokens)
-        outs: dict[tuple[Node, int], Tensor] = {}  # sender outputs edge claims read, by (node, layer)
+        outs: dict[Node, Tensor] = {}  # the outputs of the senders that edge claims read
         senders = {p.claim.node for ps in patches.values() for p in ps if p.claim.kind == "edge"}
         x = m.embed(ids, pos_ids)
         rot = m.rotary(x, pos_ids)
@@ -117,7 +129,7 @@ class ScrubForward:
             if p.claim.kind == "node" and p.claim.node.kind == "input":  # type: ignore[union-attr]
                 _copy(x, p, dev)
         if Node("input") in senders:
-            outs[(Node("input"), 0)] = x.clone()
+            outs[Node("input")] = x.clone()
         for l in range(self.L):
             ps = patches.get(l, [])
             heads = [p for p in ps if p.claim.kind == "node" and p.claim.node.kind == "head"]  # type: ignore[union-attr]
@@ -126,20 +138,17 @@ class ScrubForward:
             mlp_in = [p for p in ps if p.claim.kind != "node" and p.claim.receiver.kind == "mlp"]  # type: ignore[union-attr]
             head_senders = sorted(n.head for n in senders if n is not None and n.kind == "head" and n.layer == l)
 
-            head_groups = _group_heads(heads)
-
-            def on_z(z: Tensor, l: int = l, groups: list[tuple[_Patch, Tensor]] = head_groups,
-                     hs: list[int] = head_senders) -> None:
-                for p, hh in groups:
-                    _copy(z, p, dev, heads=hh)
+            def on_z(z: Tensor, l: int = l, heads: list[_Patch] = heads, hs: list[int] = head_senders) -> None:
+                for p in heads:
+                    _copy(z, p, dev)
                 for h in hs:
-                    outs[(Node("head", l, h), l)] = z[:, h] @ self._o_weight(l)[h]
+                    outs[Node("head", l, h)] = z[:, h] @ self._o_weight(l)[h]
 
             def on_mlp(y: Tensor, l: int = l, mlps: list[_Patch] = mlps) -> None:
                 for p in mlps:
                     _copy(y, p, dev)
                 if Node("mlp", l) in senders:
-                    outs[(Node("mlp", l), l)] = y
+                    outs[Node("mlp", l)] = y
 
             x = block(m, l, x, rot, mask, on_z=on_z, on_mlp=on_mlp, inplace=True,
                       on_qkv=(lambda qkv, l=l, ps=qkv_in, x=x: self._receivers(l, qkv, x, rot, ps, outs))
@@ -163,27 +172,22 @@ class ScrubForward:
             self._o[l] = self.m.o_weight(l)
         return self._o[l]
 
-    def _delta(self, x: Tensor, p: _Patch, outs: dict[tuple[Node, int], Tensor]) -> Tensor:
+    def _delta(self, x: Tensor, p: _Patch, outs: dict[Node, Tensor]) -> Tensor:
         """(source − own) of what the claim replaces, at the reading row's tokens: [g, k|T, d]."""
-        if p.claim.kind == "receiver":
-            table = x
-        else:
-            n = p.claim.node
-            assert n is not None
-            table = outs[(n, 0 if n.kind == "input" else n.layer)]
+        table = x if p.claim.kind == "receiver" else outs[p.claim.node]  # type: ignore[index]
         dev = table.device
         if p.t_dst is None:
             return table[p.src.to(dev)] - table[p.dst.to(dev)]
         return table[p.src.to(dev)[:, None], p.t_src.to(dev)] - table[p.dst.to(dev)[:, None], p.t_dst.to(dev)]  # type: ignore[union-attr]
 
-    def _mlp_delta(self, x: Tensor, ps: list[_Patch], outs: dict[tuple[Node, int], Tensor]) -> Tensor:
+    def _mlp_delta(self, x: Tensor, ps: list[_Patch], outs: dict[Node, Tensor]) -> Tensor:
         d = torch.zeros_like(x)
         for p in ps:
             _add(d, p, self._delta(x, p, outs), x.device)
         return d
 
     def _receivers(self, l: int, qkv: QKV, x: Tensor, rot: tuple[Tensor, Tensor] | None, ps: list[_Patch],
-                   outs: dict[tuple[Node, int], Tensor]) -> None:
+                   outs: dict[Node, Tensor]) -> None:
         """Recompute each claimed query/key/value from its reading rows' corrected input."""
         by_recv: dict[Receiver, list[_Patch]] = defaultdict(list)
         for p in ps:
@@ -202,26 +206,16 @@ class ScrubForward:
             which[0][sel, r.index] = which[1][:, r.index]
 
 
-def _group_heads(ps: list[_Patch]) -> list[tuple[_Patch, Tensor]]:
-    """Head claims of one layer that read the same rows at the same positions, merged: one
-    gather per group instead of one per head."""
-    groups: dict[tuple, tuple[_Patch, list[int]]] = {}
-    for p in ps:
-        key = (tuple(p.dst.tolist()), tuple(p.src.tolist()), p.claim.positions)
-        groups.setdefault(key, (p, []))[1].append(p.claim.node.head)  # type: ignore[union-attr]
-    return [(p, torch.tensor(hs)) for p, hs in groups.values()]
-
-
-def _copy(t: Tensor, p: _Patch, dev: torch.device, heads: Tensor | None = None) -> None:
-    """t[dst] = t[src] (at the claim's positions); on axis 1 = ``heads`` [h] when given."""
+def _copy(t: Tensor, p: _Patch, dev: torch.device) -> None:
+    """t[dst] = t[src] (at the claim's positions); on axis 1 = the patch's heads for head claims."""
     dst, src = p.dst.to(dev), p.src.to(dev)
-    if heads is None:
+    if p.heads is None:
         if p.t_dst is None:
             t[dst] = t[src]
         else:
             t[dst[:, None], p.t_dst.to(dev)] = t[src[:, None], p.t_src.to(dev)]  # type: ignore[union-attr]
         return
-    hh = heads.to(dev)
+    hh = p.heads.to(dev)
     if p.t_dst is None:
         t[dst[:, None], hh[None]] = t[src[:, None], hh[None]]
     else:
