@@ -78,8 +78,13 @@ def test_a_hypothesis_resolves_to_claims_features_and_reads() -> None:
     ("    output: {reads: [a]}\n    nodes:\n      a: {model: [\"a3.h0 ->\"], feature: constant}\n",
      [("E025", 11, 28)]),
     ("    output: {reads: [a]}\n    nodes:\n      a: {model: [movers], feature: constant}\n", [("E023", 11, 19)]),
+    # receivers: the caret sits under the character in the entry itself
+    ("    output: {reads: [a]}\n    nodes:\n      a: {model: [\"a2.h0<q>>\"], feature: constant}\n",
+     [("E025", 11, 28)]),
     # model-aware: ranges, children that are not upstream, paths claimed twice, positions
     ("    output: {reads: [a]}\n    nodes:\n      a: {model: [a3.h7], feature: constant}\n", [("E013", 11, 19)]),
+    ("    output: {reads: [a]}\n    nodes:\n      a: {model: [\"a3.h1<q>\", \"a2.h5<k>\"], feature: constant}\n",
+     [("E013", 11, 32)]),
     ("    output: {reads: [a]}\n    nodes:\n      a: {model: [m1], feature: constant, reads: [b]}\n"
      "      b: {model: [m2], feature: constant}\n", [("E035", 12, 18)]),
     ("    output: {reads: [a, b]}\n    nodes:\n      a: {model: [m1], feature: constant}\n"

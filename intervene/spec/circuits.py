@@ -640,42 +640,37 @@ def resolve_claims(name: str, groups: dict[str, list[str]], entries: list[str], 
     (None without a shape or when something is wrong) and the diagnostics."""
     a = _Analysis(name, {"groups": groups, "nodes": [], "edges": []}, ("hypotheses", name), src)
     a.static = [d for d in a.static if d.code != ErrorCode.E028]
-    kinds: list[tuple[str, _Item]] = []
-    for j, text in enumerate(entries):
-        is_edge, is_recv = "->" in text, "<" in text and "->" not in text
-        parse = parse_edge if is_edge else (lambda t: parse_edge("input -> " + t)) if is_recv else parse_nodes
-        got = a._items(at, [None] * j + [text], parse)
-        if not got:
-            continue
-        item = got[0]
-        if is_edge or is_recv:
-            a._check_edge(item, item.parsed, inside_complement=False)
+
+    def is_receiver(t: Term) -> bool:  # a9.h9<q>, a5.g1<k>, a5.g1 (which must name its receiver)
+        return t.port is not None or isinstance(t.base, Name) and bool(_KV_GROUP.match(t.base.text))
+
+    items = a._items(at, entries, lambda text: parse_edge(text) if "->" in text else parse_nodes(text))
+    for item in items:
+        if isinstance(item.parsed, tuple):
+            for t in item.parsed:  # a node is claimed like a sender: input is one here
+                a._check_term(item, t, "receiver" if is_receiver(t) else "sender")
         else:
-            for t in item.parsed:
-                a._check_term(item, t, "sender")  # like a sender: input is a node here
-        kinds.append(("edge" if is_edge else "receiver" if is_recv else "node", item))
+            a._check_edge(item, item.parsed, inside_complement=False)
     if shape is None or a.static:
         return None, dedupe(a.static)
     a.model = []
     out: list[ClaimTuple] = []
     ok = True
-    for kind, item in kinds:
-        if kind == "node":
-            for t in item.parsed:
+    for item in items:
+        if not isinstance(item.parsed, tuple):  # edge statements
+            got = a._edge_entry(item, item.parsed, shape)
+            ok = ok and got is not None
+            out += [(s, r, pos) for (s, r), pos in got or ()]
+            continue
+        for t in item.parsed:
+            if is_receiver(t):
+                recvs = a._term_receivers(item, t, shape)
+                ok = ok and recvs is not None
+                out += [(None, r, t.positions) for r in sorted(recvs or (), key=_recv_key)]
+            else:
                 nodes = a._use_nodes(item, t, shape)
-                if nodes is None:
-                    ok = False
-                    continue
-                out += [(n, None, t.positions) for n in sorted(nodes, key=lambda n: n.sort_key)]
-            continue
-        got = a._edge_entry(item, item.parsed, shape)
-        if got is None:
-            ok = False
-            continue
-        if kind == "edge":
-            out += [(s, r, pos) for (s, r), pos in got]
-        else:
-            out += [(None, r, pos) for r, pos in dict.fromkeys((r, pos) for (_, r), pos in got)]
+                ok = ok and nodes is not None
+                out += [(n, None, t.positions) for n in sorted(nodes or (), key=lambda n: n.sort_key)]
     if not ok or a.model:
         return None, dedupe(a.model)
     return out, []
