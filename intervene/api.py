@@ -42,14 +42,10 @@ def cached_model(name: str, revision: str | None, dtype: str, device: str) -> Lo
 
 
 def model_for(spec: schema.Spec, device: str | None = None) -> LoadedModel:
-    """The spec's model (once per process). A ``model.name`` that is a folder relative to the
-    spec file's folder is read from there; otherwise it is a hub id, an alias or a path
-    relative to the current folder."""
+    """The spec's model, loaded once per process (:meth:`Spec.model_path`: a folder relative to
+    the spec file is read from there)."""
     m = spec.model
-    name = m.name
-    if spec.path is not None and not Path(name).is_absolute() and spec.resolve(name).is_dir():
-        name = str(spec.resolve(name).resolve())
-    return cached_model(name, m.revision, m.dtype, device or m.device)
+    return cached_model(spec.model_path(), m.revision, m.dtype, device or m.device)
 
 
 @dataclass
@@ -87,12 +83,9 @@ def _check_names(spec: schema.Spec, single_token: Callable[[str], bool]) -> list
     for ds_name, d in spec.datasets.items():
         for i, n in enumerate(getattr(d, "names", None) or ()):
             if not single_token(" " + n):
-                loc = ("datasets", ds_name, "names", i)
-                line, col = src.value_span(loc)[:2] if src is not None else (1, 1)
-                out.append(Diagnostic(src.file if src else "<spec>", line, col, ErrorCode.E015,
-                                      f"datasets.{ds_name}.names[{i}]", n,
-                                      f'name "{n}" is not a single token (with its leading space) for this model',
-                                      "IOI names must be one token each: pick a common first name"))
+                out.append(at(src, ("datasets", ds_name, "names", i), ErrorCode.E015,
+                              f'name "{n}" is not a single token (with its leading space) for this model',
+                              "IOI names must be one token each: pick a common first name", n))
     return out
 
 

@@ -430,6 +430,14 @@ class Spec(_Model):
             return "<spec>"
         return self._source_map.where(loc)
 
+    def model_path(self) -> str:
+        """``model.name`` as the loader reads it: a folder relative to the spec file's folder
+        made absolute (like dataset paths); hub ids, aliases and other paths as written."""
+        name = self.model.name
+        if self._path is not None and not Path(name).is_absolute() and self.resolve(name).is_dir():
+            return str(self.resolve(name).resolve())
+        return name
+
     def resolve(self, relative: str) -> Path:
         """A path named in the spec, resolved against the spec file's folder."""
         base = self._path.parent if self._path is not None else Path.cwd()

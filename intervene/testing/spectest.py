@@ -102,8 +102,7 @@ def cache_key(spec: schema.Spec, fast_n: int | None) -> str:
 def _model_folder(spec: schema.Spec) -> list[Any]:
     """A model read from a local folder: each file's name, size and modification time (so new
     weights are a new key without hashing gigabytes)."""
-    name = Path(spec.model.name)
-    folder = name if name.is_absolute() else (spec.resolve(str(name)) if spec.path is not None else name)
+    folder = Path(spec.model_path())  # where the loader reads it
     if not folder.is_dir():
         return []
     return [[f.name, f.stat().st_size, int(f.stat().st_mtime)] for f in sorted(folder.iterdir()) if f.is_file()]
