@@ -24,7 +24,7 @@ In Python::
 
 __version__ = "0.1.0"
 
-from intervene.errors import SpecError, UsageError  # noqa: E402
+from intervene.errors import ExecutionError, InterveneError, SpecError, UsageError  # noqa: E402
 from intervene.spec.check import load_spec  # noqa: E402
 
 
@@ -35,4 +35,4 @@ def run(*args, **kwargs):  # type: ignore[no-untyped-def]
     return api.run(*args, **kwargs)
 
 
-__all__ = ["load_spec", "run", "SpecError", "UsageError", "__version__"]
+__all__ = ["load_spec", "run", "InterveneError", "SpecError", "UsageError", "ExecutionError", "__version__"]

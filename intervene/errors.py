@@ -1,14 +1,21 @@
-"""The two families of errors: bad spec data and misuse of the Python API.
+"""The library's exceptions, the closed list of spec error codes, and diagnostics.
 
 This module owns the closed list of spec error codes (:class:`ErrorCode`, documented one by
 one in ``docs/errors.md``; a test keeps the two equal), the :class:`Diagnostic` that every
-stage uses to say *where* a spec is wrong, and the exceptions:
+stage uses to say *where* a spec is wrong, and the exceptions, all under one root
+(:class:`InterveneError`, so ``except intervene.InterveneError`` catches anything the library
+raises on purpose):
 
 * :class:`SpecError` -- the spec (or a file it names) is wrong. Holds every problem found,
   each a :class:`Diagnostic` with ``file:line:col``; ``str()`` prints them all, with the
   source line and a caret under the offending value when the file text is known.
 * :class:`UsageError` -- the Python API was called wrongly (a bug in the caller's code, not
   in a spec file).
+* :class:`ExecutionError` -- a compiled program could not run; names the op and the spec
+  line it came from (``while executing a9.h9@* ← corrupted[i] (specs/ioi.yaml:14)``). The
+  checks before the first forward pass (:mod:`intervene.bind`) refuse every spec that would
+  hit one, so it means a bug, not a bad spec.
+* ``ModelLoadError`` (in :mod:`intervene.models.loading`) -- the model could not be loaded.
 
 No dependencies: every layer may import it.
 """
@@ -63,6 +70,13 @@ class ErrorCode(str, Enum):
     E034 = "E034"  # unknown-hypothesis
     E035 = "E035"  # claim-not-upstream
     E036 = "E036"  # path-claimed-twice
+    # Binding the spec to the model's data (intervene.bind): what running would refuse.
+    E041 = "E041"  # token-length-mismatch
+    E042 = "E042"  # source-too-short
+    E043 = "E043"  # no-resample-candidate
+    E044 = "E044"  # unaligned-mean
+    E045 = "E045"  # bad-vector
+    E046 = "E046"  # unknown-row
 
     @property
     def slug(self) -> str:
@@ -118,6 +132,12 @@ _SLUGS: dict[ErrorCode, str] = {
     ErrorCode.E034: "unknown-hypothesis",
     ErrorCode.E035: "claim-not-upstream",
     ErrorCode.E036: "path-claimed-twice",
+    ErrorCode.E041: "token-length-mismatch",
+    ErrorCode.E042: "source-too-short",
+    ErrorCode.E043: "no-resample-candidate",
+    ErrorCode.E044: "unaligned-mean",
+    ErrorCode.E045: "bad-vector",
+    ErrorCode.E046: "unknown-row",
 }
 
 
@@ -147,9 +167,11 @@ class Diagnostic:
 
     def format(self, source: str | None = None) -> str:
         """``file:line:col: CODE slug at field: message``, then the source line with a caret
-        under the value (when ``source``, the file's text, is given), then the hint."""
+        under the value (when ``source``, the file's text, is given), then the hint. A spec
+        built in Python has no lines (``line`` 0): ``<spec>: CODE slug at field: message``."""
         where = f" at {self.field}" if self.field else ""
-        out = [f"{self.file}:{self.line}:{self.col}: {self.code.value} {self.code.slug}{where}: {self.message}"]
+        place = f"{self.file}:{self.line}:{self.col}" if self.line > 0 else self.file
+        out = [f"{place}: {self.code.value} {self.code.slug}{where}: {self.message}"]
         lines = source.splitlines() if source is not None else []
         if 1 <= self.line <= len(lines):
             text = lines[self.line - 1].rstrip()
@@ -172,7 +194,11 @@ class Diagnostic:
         return 1
 
 
-class SpecError(Exception):
+class InterveneError(Exception):
+    """The root of every exception intervene raises on purpose."""
+
+
+class SpecError(InterveneError):
     """The spec is wrong. ``diagnostics`` lists every problem found, in file order.
 
     ``partial`` is the spec object when the file was well-formed but failed cross-reference
@@ -195,5 +221,26 @@ class SpecError(Exception):
         return [d.code for d in self.diagnostics]
 
 
-class UsageError(Exception):
+class UsageError(InterveneError):
     """The Python API was misused (wrong argument types, calls in the wrong order, ...)."""
+
+
+class ExecutionError(InterveneError, RuntimeError):
+    """A compiled program could not run on these data.
+
+    ``op`` is the op (or run) being executed, as the program prints it, and ``origin`` the
+    spec line it came from (``specs/ioi.yaml:14``); both optional, so ``ExecutionError(message)``
+    works too. ``str()`` is the message, then ``while executing <op> (<origin>)``.
+    """
+
+    def __init__(self, message: str, op: object | None = None, origin: str | None = None) -> None:
+        self.message = message
+        self.op = None if op is None else str(op)
+        self.origin = origin or None
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        if self.op is None and self.origin is None:
+            return self.message
+        where = f" ({self.origin})" if self.origin else ""
+        return f"{self.message}\n  while executing {self.op or 'the program'}{where}"

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from intervene import edgemix, ir
+from intervene.errors import ExecutionError  # noqa: F401  (re-export: defined with the other errors)
 from intervene.graph import Node
 from intervene.models.adapters import QKV, Adapter
 
@@ -40,10 +41,6 @@ class BatchLike(Protocol):
 
 Readout = Callable[[str, Tensor, Tensor], Tensor]
 """readout(dataset, logits [n, V] at the metric position, example indices [n]) -> values [n]."""
-
-
-class ExecutionError(RuntimeError):
-    """A program that cannot run on these data (raised with the op's spec line)."""
 
 
 @dataclass

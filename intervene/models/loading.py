@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from intervene.errors import InterveneError
 from intervene.models.adapters import Adapter, adapt
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -27,7 +28,7 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(InterveneError, RuntimeError):
     """The model could not be found or loaded; the message says what to install or fix."""
 
 
