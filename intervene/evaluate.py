@@ -20,20 +20,13 @@ from typing import Callable, Sequence
 
 import torch
 
-from intervene import graph, ir
+from intervene import graph, ir, stats
 from intervene.circuit import Circuit
 from intervene.compile import circuit_run
 from intervene.execute import BatchLike, Executor
 from intervene.metrics import Metric
 from intervene.models.adapters import Adapter
 from intervene.scores import Measured
-
-
-def kl_from_clean(clean_logits: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-    """KL(clean ‖ run) per row, in nats."""
-    lp = clean_logits.float().log_softmax(-1)
-    lq = logits.float().log_softmax(-1)
-    return (lp.exp() * (lp - lq)).sum(-1)
 
 
 class CircuitEvaluator:
@@ -69,7 +62,7 @@ class CircuitEvaluator:
         def readout(ds: str, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
             clean = self.exe.base(ds).logits[idx.to(logits.device)]  # type: ignore[index]
             ans = {k: v[idx] for k, v in batch.answer_ids.items()}  # type: ignore[attr-defined]
-            return torch.stack((self.metric(logits, ans, clean).float(), kl_from_clean(clean, logits)), 1)
+            return torch.stack((self.metric(logits, ans, clean).float(), stats.kl(clean, logits)), 1)
 
         with torch.inference_mode():
             values = self.exe.execute(program, readout)

@@ -15,6 +15,8 @@ import sympy
 import torch
 from torch import Tensor
 
+from intervene import stats
+
 
 def _expression_fn(expr: Any) -> Callable[[dict[str, Tensor]], Tensor]:
     """Compile a vetted sympy expression over answer names into a torch function."""
@@ -106,9 +108,7 @@ class Metric:
         if self.kind == "accuracy":
             return (logits.argmax(-1) == answers[self.answer].to(logits.device)).float()  # type: ignore[index]
         if self.kind == "kl_to_clean":
-            lp = clean_logits.float().log_softmax(-1)
-            lq = logits.log_softmax(-1)
-            return (lp.exp() * (lp - lq)).sum(-1)
+            return stats.kl(clean_logits, logits)
         if self.kind == "expression":
             env = {n: pick(n) for n in self.answers_used}
             return self._fn(env)  # type: ignore[attr-defined]

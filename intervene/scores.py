@@ -27,11 +27,12 @@ C∖(K∪{v}) for K = ∅ and S random K) at most; duplicates are shared (C∖{v
 step 1 and minimality at K = ∅), so the real count is lower (``CircuitScores.n_evaluated``).
 
 **Intervals.** One seeded matrix of resampled example indices is drawn per scoring and used
-for every array, so every ratio is resampled jointly (as :func:`intervene.results.normalised`
-does) and the same seed gives identical numbers. A gap |d| gets the image under |·| of the
-percentile interval of the signed d ([0, max(|lo|, |hi|)] when that interval straddles 0), so
-it contains |d| whenever the signed interval contains d. A minimality interval is that of the
-attaining K (it does not account for the max over K).
+for every array (one :class:`intervene.stats.Resampler`), so every ratio is resampled jointly
+(as :func:`intervene.stats.normalised` does) and the same seed gives identical numbers. A
+gap |d| gets the image under |·| of the percentile interval of the signed d ([0, max(|lo|,
+|hi|)] when that interval straddles 0), so it contains |d| whenever the signed interval
+contains d. A minimality interval is that of the attaining K (it does not account for the
+max over K).
 
 **Undefined faithfulness.** When m(M) ≈ m(∅) (``|m(M) - m(∅)| <= 1e-6·max(|m(M)|, |m(∅)|)``)
 F is undefined: :func:`score_circuit` returns ``faithfulness=None``, no completeness or
@@ -48,7 +49,8 @@ import numpy as np
 
 from intervene.circuit import Circuit, Edge
 from intervene.graph import Node
-from intervene.results import N_BOOT, Stat
+from intervene import stats
+from intervene.stats import N_BOOT, Stat
 
 UNDEFINED_REL = 1e-6
 
@@ -124,81 +126,35 @@ class Measurer:
 # -- statistics ---------------------------------------------------------------------------------
 
 
-class _Q:
-    """A per-example quantity: its point value, per-example values and bootstrap replicates."""
-
-    def __init__(self, point: float, per_ex: np.ndarray, boot: np.ndarray) -> None:
-        self.point, self.per_ex, self.boot = point, per_ex, boot
-
-    def stat(self) -> Stat:
-        lo, hi = _pct(self.boot)
-        return Stat(float(self.point), lo, hi, self.per_ex.tolist())
-
-
-def _pct(boot: np.ndarray) -> tuple[float, float]:
-    b = boot[np.isfinite(boot)]
-    if not len(b):
-        return float("nan"), float("nan")
-    return float(np.percentile(b, 2.5)), float(np.percentile(b, 97.5))
-
-
-def _abs_stat(d: _Q) -> Stat:
-    """|d| with the image under |·| of d's percentile interval; values signed so they average to |d|."""
-    lo, hi = _pct(d.boot)
-    if lo <= 0 <= hi:
-        alo, ahi = 0.0, max(-lo, hi)
-    else:
-        alo, ahi = min(abs(lo), abs(hi)), max(abs(lo), abs(hi))
-    sign = -1.0 if d.point < 0 else 1.0
-    return Stat(abs(float(d.point)), alo, ahi, (sign * d.per_ex).tolist())
-
-
 class _Stats:
-    """Faithfulness arithmetic over one shared matrix of resampled example indices."""
+    """Faithfulness arithmetic over one :class:`intervene.stats.Resampler` (every array of a
+    scoring resampled with the same example indices)."""
 
     def __init__(self, full: Measured, empty: Measured, seed: int, n_boot: int) -> None:
-        n = len(full.metric)
-        self.idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-        self._boot: dict[int, np.ndarray] = {}
+        self.rs = stats.Resampler(len(full.metric), seed, n_boot)
         self.full, self.empty = full, empty
         self.m_full, self.m_empty = float(full.metric.mean()), float(empty.metric.mean())
         self.denom = self.m_full - self.m_empty
         scale = max(abs(self.m_full), abs(self.m_empty))
         self.defined = self.denom != 0 and abs(self.denom) > UNDEFINED_REL * scale
-        self._f: dict[int, _Q] = {}
+        self._f: dict[int, stats.Estimate] = {}
 
-    def boot(self, v: np.ndarray) -> np.ndarray:
-        key = id(v)  # arrays live in the measurer's cache for the whole scoring
-        if key not in self._boot:
-            self._boot[key] = v[self.idx].mean(1)
-        return self._boot[key]
+    def mean(self, v: np.ndarray) -> stats.Estimate:
+        return self.rs.mean(v)
 
-    def mean(self, v: np.ndarray) -> _Q:
-        return _Q(float(v.mean()), v, self.boot(v))
-
-    def faith(self, x: Measured) -> _Q:
+    def faith(self, x: Measured) -> stats.Estimate:
         """F(X): one expression for every X, so F(M) = 1 and F(∅) = 0 exactly."""
-        if id(x.metric) not in self._f:
-            e, f = self.empty.metric, self.full.metric
-            be, bf = self.boot(e), self.boot(f)
-            with np.errstate(divide="ignore", invalid="ignore"):
-                boot = (self.boot(x.metric) - be) / (bf - be)
-            point = (float(x.metric.mean()) - self.m_empty) / self.denom
-            self._f[id(x.metric)] = _Q(point, (x.metric - e) / self.denom, boot)
+        if id(x.metric) not in self._f:  # arrays live in the measurer's cache for the whole scoring
+            self._f[id(x.metric)] = self.rs.normalised(x.metric, self.empty.metric, self.full.metric)
         return self._f[id(x.metric)]
 
-    def ratio(self, x: Measured) -> _Q | None:
+    def ratio(self, x: Measured) -> stats.Estimate | None:
         """m(X) / m(M), the IOI paper's form (None when m(M) = 0)."""
-        if self.m_full == 0:
-            return None
-        with np.errstate(divide="ignore", invalid="ignore"):
-            boot = self.boot(x.metric) / self.boot(self.full.metric)
-        return _Q(float(x.metric.mean()) / self.m_full, x.metric / self.m_full, boot)
+        return None if self.m_full == 0 else self.rs.ratio(x.metric, self.full.metric)
 
-    def gap(self, a: Measured, b: Measured) -> _Q:
+    def gap(self, a: Measured, b: Measured) -> stats.Estimate:
         """F(a) − F(b), signed."""
-        fa, fb = self.faith(a), self.faith(b)
-        return _Q(fa.point - fb.point, fa.per_ex - fb.per_ex, fa.boot - fb.boot)
+        return self.faith(a) - self.faith(b)
 
 
 # -- results ------------------------------------------------------------------------------------
@@ -397,14 +353,14 @@ def score_circuit(circuit: Circuit, full: Circuit, empty: Circuit, evaluate: Eva
     completeness = _completeness(units, steps, random_ks, meas, st, c_minus, m_minus)
     minimality = []
     for v, ks in min_ks.items():
-        best: tuple[_Q, tuple[Node, ...]] | None = None
+        best: tuple[stats.Estimate, tuple[Node, ...]] | None = None
         for k in ks:
             a, b = meas.measure([c_minus(k + (v,)), c_minus(k)])
             g = st.gap(a, b)
             if best is None or abs(g.point) > abs(best[0].point):
                 best = (g, k)
         assert best is not None
-        minimality.append(Minimality(v, _abs_stat(best[0]), _order(best[1]), len(ks)))
+        minimality.append(Minimality(v, best[0].abs_stat(), _order(best[1]), len(ks)))
     return CircuitScores(faithfulness=st.faith(mc).stat(), completeness=completeness, minimality=minimality,
                          n_evaluated=meas.evaluated, n_calls=meas.calls, warnings=warnings,
                          **common)  # type: ignore[arg-type]
@@ -413,7 +369,7 @@ def score_circuit(circuit: Circuit, full: Circuit, empty: Circuit, evaluate: Eva
 def _completeness(units: tuple[Node, ...], steps: int, random_ks: list[tuple[Node, ...]], meas: Measurer,
                   st: _Stats, c_minus: Callable[[tuple[Node, ...]], Circuit],
                   m_minus: Callable[[tuple[Node, ...]], Circuit]) -> Completeness:
-    tried: dict[tuple[Node, ...], tuple[SubsetTry, _Q]] = {}
+    tried: dict[tuple[Node, ...], tuple[SubsetTry, stats.Estimate]] = {}
 
     def visit(ks: list[tuple[Node, ...]], source: str) -> None:
         circuits = [x for k in ks for x in (c_minus(k), m_minus(k))]
@@ -434,7 +390,7 @@ def _completeness(units: tuple[Node, ...], steps: int, random_ks: list[tuple[Nod
         visit(cands, f"greedy {step + 1}")
         k = max(cands, key=lambda c: (tried[_order(c)][0].gap, -cands.index(c)))
     worst, (t, g) = max(tried.items(), key=lambda kv: kv[1][0].gap)  # first of the largest
-    return Completeness(worst, _abs_stat(g), [t for t, _ in tried.values()])
+    return Completeness(worst, g.abs_stat(), [t for t, _ in tried.values()])
 
 
 def faithfulness_curve(circuits: Sequence[Circuit], full: Circuit, empty: Circuit, evaluate: Evaluate, *,

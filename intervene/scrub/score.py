@@ -21,7 +21,7 @@ import numpy as np
 from intervene.data.batch import Batch
 from intervene.data.dataset import Dataset
 from intervene.models.adapters import Adapter
-from intervene.results import N_BOOT, Stat, bootstrap, normalised
+from intervene.stats import N_BOOT, Stat, bootstrap, normalised
 from intervene.scrub.forward import MetricFn, ScrubForward
 from intervene.scrub.hypothesis import Hypothesis
 from intervene.scrub.plan import Draws, Plan, draw, plan
