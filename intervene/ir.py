@@ -16,6 +16,19 @@ the unpatched pass:
 * ``add``: a vector added to the node's output (steering);
 * ``project_out``: the component of the node's output along a unit direction removed.
 
+A ``patch`` op may also name a :class:`~intervene.graph.Receiver`: with no node, the
+receiver's whole input is read from the source (its row of the table: every edge into it);
+with a node, only the edge ``node -> receiver`` is (one entry of the table).
+
+**Runs that read runs.** A run's input is a dataset plus an :class:`Index` (which example each
+slot of the run computes on: paired, resampled, or drawn among examples that agree on named
+features); without one, slot i computes on example i. A source of kind ``run`` may name
+another run of the same program (``Source.run``): slot i reads that run's slot i. The
+executor computes a run before the runs that read it (:meth:`Program.levels`). A run that is
+only read (``scored`` false) stops after the last layer anything reads from it (``stop``).
+Causal scrubbing lowers to such runs: every treeified instance is a run, its claims are ops
+reading the runs of the instances below it.
+
 Ops are closed over the node kinds of :mod:`intervene.graph`; each remembers the spec line it
 came from. A run that only departs from its base at layer l starts from the base's cached
 residual at layer l (:meth:`Run.start_layer`). The module imports neither torch nor pydantic;
@@ -29,8 +42,6 @@ from typing import Literal
 
 from intervene.circuit import Circuit
 from intervene.graph import Node, Receiver
-from intervene.scrub.hypothesis import Hypothesis
-from intervene.scrub.plan import Plan
 
 Action = Literal["patch", "add", "project_out"]
 
@@ -41,6 +52,7 @@ class Source:
 
     kind ``run``: the same node in an unpatched run of ``dataset``, example paired by
     ``pairing`` (``index``: example i; ``resample``: a seeded random other example).
+    With ``run`` set, the same place in another run of the program (slot i reads slot i).
     kind ``mean``: the node's mean output over ``dataset`` (per position or over positions).
     kind ``zero``: zeros.
     """
@@ -50,8 +62,11 @@ class Source:
     pairing: Literal["index", "resample"] = "index"
     seed: int | None = None
     per_position: bool | None = None  # mean only; None = decide from the data (aligned or not)
+    run: str | None = None  # kind run: the name of the run read (its dataset is ``dataset``)
 
     def __str__(self) -> str:
+        if self.run is not None:
+            return f"⟨{self.run}⟩"
         if self.kind == "zero":
             return "zero"
         if self.kind == "mean":
@@ -64,24 +79,47 @@ class Source:
 
 @dataclass(frozen=True)
 class Op:
-    """One override of one node's output in one run, at named positions (None: all)."""
+    """One override in one run, at named positions (None: all): of a node's output, of a
+    receiver's whole input (``node`` None), or of one edge's contribution (both set)."""
 
     action: Action
-    node: Node
+    node: Node | None
     positions: tuple[str, ...] | None = None
     source: Source | None = None  # patch
     vector: str | None = None  # add / project_out: key into Program.vectors
     scale: float = 1.0  # add
     origin: str = ""  # "specs/x.yaml:14"
+    receiver: Receiver | None = None  # patch only: a receiver's input, or one edge into it
+
+    def __post_init__(self) -> None:
+        if self.node is None and self.receiver is None:
+            raise ValueError("an op names a node, a receiver, or both (an edge)")
+        if self.receiver is not None and (self.action != "patch" or self.source is None
+                                          or self.source.kind != "run"):
+            raise ValueError("a receiver or edge op patches from a run")
 
     @property
     def layer(self) -> int:
-        """The layer of the node whose output the op reads or changes: a run departs from its
-        base there."""
-        return 0 if self.node.kind == "input" else self.node.layer
+        """The layer where the run departs from its base: the node's (for an edge, its
+        sender's: the run must compute the sender's own output), or the receiver's."""
+        if self.node is not None:
+            return 0 if self.node.kind == "input" else self.node.layer
+        r = self.receiver
+        assert r is not None
+        return 10**9 if r.kind == "logits" else r.layer
+
+    def site_layer(self, n_layers: int) -> int:
+        """The layer where the op acts: the node's, or its receiver's (n_layers: the logits)."""
+        r = self.receiver
+        if r is None:
+            return min(self.layer, n_layers)
+        return n_layers if r.kind == "logits" else r.layer
 
     def __str__(self) -> str:
         where = "@" + ",".join(self.positions) if self.positions else "@*"
+        if self.receiver is not None:
+            what = f"{self.receiver}" if self.node is None else f"{self.node} -> {self.receiver}"
+            return f"{what}{where} ← {self.source}"
         node = f"{self.node}{where}"
         if self.action == "patch":
             body = f"{node} ← {self.source}"
@@ -152,8 +190,25 @@ class EdgeEntries:
 
 
 @dataclass(frozen=True)
+class Index:
+    """A run's input: the example of ``dataset`` that each slot of the run computes on.
+    ``how`` says how it was drawn (printed in the program listing)."""
+
+    name: str
+    dataset: str
+    values: tuple[int, ...]
+    how: str = ""
+
+    def __str__(self) -> str:
+        n = len(self.values)
+        shown = ", ".join(map(str, self.values[:6])) + (", …" if n > 6 else "")
+        return f"index {self.name} = {self.dataset}[{shown}] ({n} slots){f': {self.how}' if self.how else ''}"
+
+
+@dataclass(frozen=True)
 class Run:
-    """One row group of the batch: the base dataset's examples with these ops applied."""
+    """One row group of the batch: the base dataset's examples (or those its ``input`` index
+    names, slot by slot) with these ops applied."""
 
     name: str
     dataset: str
@@ -161,11 +216,24 @@ class Run:
     experiment: str = ""
     key: tuple[str, ...] = ()  # where the result goes in the experiment's table (node, position)
     edges: tuple[EdgeEntries, ...] = ()
+    input: str | None = None  # name of an Index in Program.indices (None: slot i is example i)
+    scored: bool = True  # False: only read by other runs (no metric), computed up to ``stop``
+    stop: int | None = None  # the layer after the last one computed (None: all, then the logits)
 
     def start_layer(self, n_layers: int) -> int:
         """The first layer this run departs from its base at (n_layers if it never does). Edge
         entries depart at their first receiver: senders before it still hold the base's values."""
-        return min([op.layer for op in self.ops] + [e.first_layer(n_layers) for e in self.edges], default=n_layers)
+        return min([min(op.layer, n_layers) for op in self.ops] + [e.first_layer(n_layers) for e in self.edges],
+                   default=n_layers)
+
+    def reads(self) -> set[str]:
+        """The runs of the program this run reads (by name)."""
+        return {op.source.run for op in self.ops if op.source is not None and op.source.run is not None}
+
+    @property
+    def is_view(self) -> bool:
+        """A run with no ops: its values are its dataset's unpatched pass at its input index."""
+        return not self.ops and not self.edges
 
 
 @dataclass(frozen=True)
@@ -188,7 +256,43 @@ class Program:
     vectors: dict[str, Vector] = field(default_factory=dict)
     metric_position: str = "END"
     circuits: dict[str, Circuit] = field(default_factory=dict)  # circuit experiment -> its circuit
-    scrubs: dict[str, list[tuple[Hypothesis, Plan]]] = field(default_factory=dict)  # scrub experiment -> plans
+    indices: dict[str, Index] = field(default_factory=dict)
+
+    def run_named(self, name: str) -> Run:
+        """The run called ``name`` (KeyError if none)."""
+        for r in self.runs:
+            if r.name == name:
+                return r
+        raise KeyError(name)
+
+    def levels(self) -> list[list[int]]:
+        """Run indices in waves: every run comes after the computed runs it reads (a run with
+        no ops is a view of its dataset's unpatched pass and needs no wave of its own).
+        ValueError on a cycle or a name that is not a run of the program."""
+        index = {r.name: i for i, r in enumerate(self.runs)}
+        level: dict[int, int] = {}
+
+        def depth(i: int, stack: tuple[int, ...]) -> int:
+            if i in level:
+                return level[i]
+            if i in stack:
+                raise ValueError("runs read each other in a cycle: " + " -> ".join(self.runs[j].name for j in stack))
+            d = 0
+            for name in self.runs[i].reads():
+                if name not in index:
+                    raise ValueError(f"run {self.runs[i].name} reads unknown run {name}")
+                j = index[name]
+                if not self.runs[j].is_view:
+                    d = max(d, depth(j, stack + (i,)) + 1)
+            level[i] = d
+            return d
+
+        for i in range(len(self.runs)):
+            depth(i, ())
+        waves: list[list[int]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
+        for i, d in level.items():
+            waves[d].append(i)
+        return [sorted(w) for w in waves]
 
     def datasets(self) -> set[str]:
         """Every dataset whose unpatched pass the program needs (bases and sources)."""
@@ -203,16 +307,19 @@ class Program:
         for v in self.vectors.values():
             what = f"token {v.token!r}" if v.token else (f"file {v.file}" if v.file else f"{len(v.values or ())} values")
             lines.append(f"  vector {v.name} = {what}{' (unit)' if v.unit else ''}")
+        lines += [f"  {ix}" for ix in self.indices.values()]
+        waves = self.levels() if any(r.reads() for r in self.runs) else []
+        if len(waves) > 1:
+            lines.append("  waves: " + "; ".join(f"{k}: " + ", ".join(f"r{i}" for i in w) for k, w in enumerate(waves)))
         width = max((len(r.name) for r in self.runs), default=0)
         for i, r in enumerate(self.runs):
-            head = f"  r{i:<4} {r.name:<{width}}  on {r.dataset}"
+            on = r.dataset if r.input is None else f"{r.dataset}[{r.input}]"
+            tail = "" if r.scored else f"  (read only{f', layers < {r.stop}' if r.stop is not None else ''})"
+            head = f"  r{i:<4} {r.name:<{width}}  on {on}"
             items = [(str(op), op.origin) for op in r.ops] + [(str(e), e.origin) for e in r.edges]
             if not items:
-                lines.append(head)
+                lines.append(head + tail)
             for j, (text, origin) in enumerate(items):
                 prefix = head if j == 0 else " " * len(head)
-                lines.append(f"{prefix}  {text}{f'   # {origin}' if origin else ''}")
-        for exp, plans in self.scrubs.items():
-            for _, plan in plans:
-                lines.append(f"{exp}: " + str(plan))
+                lines.append(f"{prefix}  {text}{f'   # {origin}' if origin else ''}{tail if j == 0 else ''}")
         return "\n".join(lines)
