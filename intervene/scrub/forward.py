@@ -27,7 +27,7 @@ import torch
 from torch import Tensor
 
 from intervene.data.batch import Batch
-from intervene.execute import attention_mask, block
+from intervene.models.block import Mask, block
 from intervene.graph import Node, Receiver
 from intervene.models.adapters import QKV, Adapter
 from intervene.scrub.hypothesis import Claim
@@ -119,7 +119,7 @@ class ScrubForward:
         right = bool((am[:, 0] == 1).all())
         T = int(b.lengths[flat].max()) if right else am.shape[1]
         ids, am, pos_ids = b.input_ids[flat, :T].to(dev), am[:, :T].to(dev), b.position_ids[flat, :T].to(dev)
-        mask = attention_mask(am, m.dtype)
+        mask = Mask(am, m.dtype)
         patches = self._patches(tokens)
         outs: dict[Node, Tensor] = {}  # the outputs of the senders that edge claims read
         senders = {p.claim.node for ps in patches.values() for p in ps if p.claim.kind == "edge"}

@@ -3,7 +3,8 @@
 What it owns: the model factory used by the project's own tests and offered to users by the
 pytest plugin (the ``tiny_model`` fixture). Each family is a 3-layer, 4-head, d_model-32 model
 with a 64-token vocabulary, seeded, with weights larger than the default init so that heads
-matter; ``tiny(family)`` is cached per process. ``random_batch`` builds a
+matter; ``tiny(family)`` is cached per process. :data:`WINDOWED` adds Mistral and Qwen2 models
+with sliding-window layers. ``random_batch`` builds a
 :class:`~intervene.data.batch.Batch` of random tokens with named positions (``END``, ``FIRST``
 and any given), left or right padded, for any vocabulary size.
 """
@@ -14,7 +15,7 @@ import functools
 from typing import Any, Callable
 
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, Qwen2Config
+from transformers import AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config
 
 from intervene.data.batch import Batch
 from intervene.models.adapters import Adapter, adapt
@@ -34,6 +35,19 @@ CONFIGS: dict[str, Callable[[], Any]] = {
 }
 FAMILIES = sorted(CONFIGS)
 
+WINDOWED: dict[str, Callable[[], Any]] = {
+    # sliding-window attention on every layer, window 4 (shorter than most test prompts)
+    "mistral_window": lambda: MistralConfig(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                            hidden_size=32, intermediate_size=48, vocab_size=VOCAB,
+                                            sliding_window=4),
+    # window 3 on layers 1 and 2 only (max_window_layers=1), as Qwen2Config derives layer_types
+    "qwen2_window": lambda: Qwen2Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                        hidden_size=32, intermediate_size=48, vocab_size=VOCAB,
+                                        use_sliding_window=True, sliding_window=3, max_window_layers=1),
+}
+"""Tiny models with sliding-window layers (not in :data:`FAMILIES`: code that writes its own
+attention with a full mask, like a test's reference implementation, cannot run them)."""
+
 
 def from_config(config: Any, seed: int = 0, scale: float = 0.2) -> Adapter:
     """A seeded random model built from a Hugging Face config, wrapped in its adapter (fp32,
@@ -50,10 +64,12 @@ def from_config(config: Any, seed: int = 0, scale: float = 0.2) -> Adapter:
 
 @functools.lru_cache(maxsize=None)
 def tiny(family: str) -> Adapter:
-    """A seeded tiny model of ``family`` (one of :data:`FAMILIES`) wrapped in its adapter."""
-    if family not in CONFIGS:
-        raise KeyError(f'no tiny model of family "{family}" (have: {", ".join(FAMILIES)})')
-    return from_config(CONFIGS[family]())
+    """A seeded tiny model of ``family`` (one of :data:`FAMILIES` or :data:`WINDOWED`) wrapped
+    in its adapter."""
+    configs = CONFIGS | WINDOWED
+    if family not in configs:
+        raise KeyError(f'no tiny model of family "{family}" (have: {", ".join(sorted(configs))})')
+    return from_config(configs[family]())
 
 
 def vocab_size(model: Adapter) -> int:
