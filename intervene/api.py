@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import time
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,17 +23,16 @@ import numpy as np
 import torch
 
 from intervene import data, ir, metrics, results, scores
+from intervene import bind
 from intervene.circuit import Circuit
 from intervene.compile import compile_spec, lower_source
-from intervene.errors import Diagnostic, ErrorCode, SpecError
+from intervene.errors import Diagnostic, ErrorCode, ExecutionError, SpecError
 from intervene.evaluate import CircuitEvaluator
 from intervene.execute import Executor
 from intervene.models.loading import LoadedModel, load_model
-from intervene.scrub.features import FeatureError
 from intervene.scrub.score import ScrubResult, scrub
 from intervene.spec import schema
-from intervene.spec.diagnostics import at
-from intervene.spec.check import ModelFacts, check_against_model, load_spec  # noqa: F401  (re-export)
+from intervene.spec.check import ModelFacts, as_spec, check_against_model, load_spec  # noqa: F401  (re-export)
 
 
 @functools.lru_cache(maxsize=4)
@@ -76,30 +76,29 @@ def _dataset_diag(spec: schema.Spec, name: str, e: data.DatasetError) -> list[Di
     return out
 
 
-def _check_names(spec: schema.Spec, single_token: Callable[[str], bool]) -> list[Diagnostic]:
-    """IOI ``names`` given in the spec must each be one token after a space."""
-    out = []
-    src = spec.source_map
-    for ds_name, d in spec.datasets.items():
-        for i, n in enumerate(getattr(d, "names", None) or ()):
-            if not single_token(" " + n):
-                out.append(at(src, ("datasets", ds_name, "names", i), ErrorCode.E015,
-                              f'name "{n}" is not a single token (with its leading space) for this model',
-                              "IOI names must be one token each: pick a common first name", n))
+def build_datasets(spec: schema.Spec, tokenizer: Any) -> dict[str, data.Dataset]:
+    """Every dataset of the spec (``ioi_abc`` after the ``ioi`` it corrupts); SpecError on any problem."""
+    out, diags = _build_datasets(spec, tokenizer)
+    if diags:
+        raise SpecError(diags)
     return out
 
 
-def build_datasets(spec: schema.Spec, tokenizer: Any) -> dict[str, data.Dataset]:
-    """Every dataset of the spec (``ioi_abc`` after the ``ioi`` it corrupts)."""
+def _build_datasets(spec: schema.Spec, tokenizer: Any, skip: frozenset[str] = frozenset()
+                    ) -> tuple[dict[str, data.Dataset], list[Diagnostic]]:
+    """The datasets that could be built (none of ``skip``, nor an ``ioi_abc`` of one that
+    was not), and the diagnostics of those that could not."""
     out: dict[str, data.Dataset] = {}
     diags: list[Diagnostic] = []
     order = sorted(spec.datasets.items(), key=lambda kv: kv[1].kind == "ioi_abc")
     for name, d in order:
+        if name in skip:
+            continue
         try:
             if d.kind == "ioi":
                 out[name] = data.ioi(d.n, d.seed, tokenizer, templates=d.templates, names=d.names, name=name)
             elif d.kind == "ioi_abc":
-                if d.of not in out:  # reported by the static checks
+                if d.of not in out:  # reported by the static checks, or where d.of is defined
                     continue
                 out[name] = data.ioi_abc(out[d.of], d.seed, tokenizer, name=name)
             else:
@@ -108,42 +107,51 @@ def build_datasets(spec: schema.Spec, tokenizer: Any) -> dict[str, data.Dataset]
             diags += _dataset_diag(spec, name, e)
         except ValueError as e:
             diags += _dataset_diag(spec, name, data.DatasetError(None, None, None, str(e)))
-    if diags:
-        raise SpecError(diags)
-    return out
+    return out, diags
 
 
-def check(path: str | Path, with_model: bool = True, device: str | None = None) -> list[Diagnostic]:
-    """Every problem of a spec file: static ones and, where the file is well-formed enough to
-    build, those found against the model and datasets (no forward pass). Empty when all is well."""
+def check(spec: schema.Spec | Mapping[str, Any] | str | Path, with_model: bool = True,
+          device: str | None = None) -> list[Diagnostic]:
+    """Every problem of a spec (a file, plain data or a spec object) that running it would
+    meet: static ones, its ``expect:`` lines, and -- where the spec is well-formed enough to
+    build -- those found against the model and its tokenised datasets (:mod:`intervene.bind`;
+    no forward pass). Empty when all is well."""
     try:
-        spec = load_spec(path)
+        spec = as_spec(spec)
         diags: list[Diagnostic] = []
     except SpecError as e:
-        if e.partial is None or not with_model:
+        if e.partial is None:
             return e.diagnostics
         spec, diags = e.partial, e.diagnostics  # type: ignore[assignment]
+    assert isinstance(spec, schema.Spec)
     if with_model:
         try:
-            prepare(spec, device=device, compile_program=not diags)
+            _prepare(spec, model_for(spec, device), compile_program=not diags)
         except SpecError as e:
             diags = diags + e.diagnostics
-    unique = {(d.file, d.line, d.col, d.code): d for d in diags}
+    else:
+        diags = diags + bind.expectations(spec)
+    unique = {(d.file, d.line, d.col, d.code, d.field): d for d in diags}
     return sorted(unique.values(), key=lambda d: (d.file, d.line, d.col))
 
 
-def prepare(spec: schema.Spec, model: LoadedModel | None = None, device: str | None = None,
-            compile_program: bool = True) -> Prepared:
-    """Everything up to (not including) the first forward pass; SpecError on any problem."""
-    lm = model or model_for(spec, device)
+def prepare(spec: schema.Spec | Mapping[str, Any] | str | Path, model: LoadedModel | None = None,
+            device: str | None = None, compile_program: bool = True) -> Prepared:
+    """Everything up to (not including) the first forward pass, for a spec file, plain data or a
+    spec object. A spec that running would refuse raises one SpecError listing every problem
+    (static, then :func:`intervene.bind.bind`); only a spec with none is compiled."""
+    spec = as_spec(spec)
+    return _prepare(spec, model or model_for(spec, device), compile_program)
+
+
+def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool) -> Prepared:
     tok = lm.tokenizer
     single = lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) == 1  # noqa: E731
-    name_diags = _check_names(spec, single)
-    if name_diags:
-        raise SpecError(name_diags)
-    datasets = build_datasets(spec, tok)
+    diags = bind.names(spec, single)
+    unusable = frozenset(d.field.split(".")[1] for d in diags)  # the generator cannot use those names
+    datasets, more = _build_datasets(spec, tok, unusable)
+    diags += more
     batches: dict[str, data.Batch] = {}
-    diags: list[Diagnostic] = []
     for name, ds in datasets.items():
         try:
             batches[name] = data.tokenize(ds, tok, padding_side="right")
@@ -155,37 +163,18 @@ def prepare(spec: schema.Spec, model: LoadedModel | None = None, device: str | N
         dataset_positions={n: set(ds.position_names) for n, ds in datasets.items()},
         dataset_answers={n: set(ds.answer_names) for n, ds in datasets.items()},
     )
-    diags += check_against_model(spec, facts)
+    diags += bind.bind(spec, facts, datasets, batches)
     if diags:
-        raise SpecError(diags)
+        src = spec.source_map
+        raise SpecError(diags, {src.file: src.text} if src is not None else None)
     positions = {n: tuple(ds.position_names) for n, ds in datasets.items()}
     program = compile_spec(spec, lm.adapter.shape, positions) if compile_program else ir.Program(spec.name or "")
-    diags = _check_features(spec, program, datasets, batches)
-    if diags:
-        raise SpecError(diags)
     return Prepared(spec, lm, datasets, batches, program)
 
 
-def _check_features(spec: schema.Spec, program: ir.Program, datasets: dict[str, data.Dataset],
-                    batches: dict[str, data.Batch]) -> list[Diagnostic]:
-    """Every scrubbing feature evaluated on its experiment's dataset (meta keys, user
-    functions): E033 at the feature's line when the data lack what it reads."""
-    out: list[Diagnostic] = []
-    for e in spec.experiments:
-        if e.kind != "scrub":
-            continue
-        for h, _ in program.scrubs.get(e.name, []):
-            for n, node in h.nodes.items():
-                try:
-                    node.feature.keys(datasets[e.dataset], batches[e.dataset])
-                except FeatureError as err:
-                    out.append(at(spec.source_map, ("hypotheses", h.name, "nodes", n, "feature"), ErrorCode.E033,
-                                  f"{err.message} (dataset of experiment {e.name})", err.hint, str(node.feature)))
-    return out
-
-
 def resolve_vectors(p: Prepared) -> dict[str, torch.Tensor]:
-    """The program's named vectors as tensors on the model's device."""
+    """The program's named vectors as tensors on the model's device (their lengths were
+    checked by :func:`intervene.bind.bind`)."""
     out: dict[str, torch.Tensor] = {}
     a = p.model.adapter
     for name, v in p.program.vectors.items():
@@ -196,10 +185,8 @@ def resolve_vectors(p: Prepared) -> dict[str, torch.Tensor]:
             t = torch.from_numpy(np.load(p.spec.resolve(v.file))).float().reshape(-1)
         else:
             t = torch.tensor(v.values, dtype=torch.float32)
-        if t.shape[0] != a.shape.d_model:
-            raise SpecError([Diagnostic(str(p.spec.path or "<spec>"), 1, 1, ErrorCode.E005, name, t.shape[0],
-                                        f"vector has {t.shape[0]} values; the model's d_model is {a.shape.d_model}",
-                                        None)])
+        if t.shape[0] != a.shape.d_model:  # intervene.bind reports it (E045) before anything runs
+            raise ExecutionError(f"internal: vector {name} has {t.shape[0]} values, d_model is {a.shape.d_model}")
         if v.unit:
             t = t / t.norm().clamp_min(1e-12)
         out[name] = t.to(a.device, a.dtype)

@@ -29,6 +29,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+import networkx as nx
+
 from intervene import graph
 from intervene.circuit import node_receivers
 from intervene.graph import ModelShape, Node, Receiver
@@ -237,43 +239,29 @@ class Hypothesis:
         return self
 
 
+def _reads_graph(reads: Mapping[str, Sequence[str]]) -> nx.DiGraph:
+    """node -> the nodes it reads, as a directed graph (nodes and edges in the mapping's order)."""
+    g = nx.DiGraph()
+    g.add_nodes_from(reads)
+    g.add_edges_from((n, c) for n, cs in reads.items() for c in cs)
+    return g
+
+
 def find_cycle(reads: Mapping[str, Sequence[str]]) -> list[str] | None:
     """A cycle of an interpretation graph (node -> the nodes it reads, depth first in the
     mapping's order) as a path ``a -> … -> a``; None when the graph is acyclic."""
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(n: str) -> list[str] | None:
-        state[n] = 1
-        stack.append(n)
-        for c in reads.get(n, ()):
-            if state.get(c) == 1:
-                return stack[stack.index(c):] + [c]
-            if c not in state:
-                found = visit(c)
-                if found:
-                    return found
-        stack.pop()
-        state[n] = 2
+    try:
+        edges = nx.find_cycle(_reads_graph(reads), source=list(reads))
+    except nx.NetworkXNoCycle:
         return None
-
-    for n in reads:
-        if n not in state:
-            found = visit(n)
-            if found:
-                return found
-    return None
+    return [u for u, _ in edges] + [edges[-1][1]]
 
 
 def reachable(reads: Mapping[str, Sequence[str]], root: str = "output") -> set[str]:
     """The nodes ``root`` reads, directly or through others (``root`` included)."""
-    seen, todo = set(), [root]
-    while todo:
-        n = todo.pop()
-        if n not in seen:
-            seen.add(n)
-            todo += list(reads.get(n, ()))
-    return seen
+    g = _reads_graph(reads)
+    g.add_node(root)
+    return {root} | nx.descendants(g, root)
 
 
 def identity(shape: ModelShape, name: str = "identity") -> Hypothesis:

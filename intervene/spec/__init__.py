@@ -15,8 +15,8 @@ metrics), :mod:`.circuit_syntax` and :mod:`.circuits` (the ``circuits:`` languag
 and :func:`resolve_circuit`: a spec's circuit as an :class:`intervene.circuit.Circuit`).
 """
 
-from intervene.spec.check import (EXPRESSION_FUNCTIONS, ExpressionError, ModelFacts, check_against_model,
-                                  load_spec, parse_expression, parse_spec)
+from intervene.spec.check import (EXPRESSION_FUNCTIONS, ExpressionError, ModelFacts, as_spec, check_against_model,
+                                  check_spec, load_spec, parse_expression, parse_spec, parse_spec_data)
 from intervene.spec.circuits import resolve_circuit
 from intervene.spec.schema import (AccuracyMetric, AddIntervention, CircuitDef, CircuitExperiment, Completeness,
                                    DatasetSource, ExpressionMetric, IoiAbcDataset, IoiDataset, JsonlDataset,
@@ -26,7 +26,7 @@ from intervene.spec.schema import (AccuracyMetric, AddIntervention, CircuitDef, 
 from intervene.spec.source_map import SourceMap
 
 __all__ = [
-    "load_spec", "parse_spec", "check_against_model", "json_schema", "parse_expression", "ModelFacts",
+    "load_spec", "parse_spec", "parse_spec_data", "check_spec", "as_spec", "check_against_model", "json_schema", "parse_expression", "ModelFacts",
     "ExpressionError", "EXPRESSION_FUNCTIONS", "SourceMap", "Spec", "ModelSpec",
     "IoiDataset", "IoiAbcDataset", "JsonlDataset",
     "LogitDiffMetric", "ProbDiffMetric", "LogprobMetric", "KlToCleanMetric", "AccuracyMetric", "ExpressionMetric",

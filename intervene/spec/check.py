@@ -2,7 +2,8 @@
 
 This module owns the checks and their diagnostics, in two stages:
 
-1. :func:`load_spec` (no model needed): parse the file (:mod:`.source_map`), validate it
+1. :func:`load_spec` (no model needed; :func:`parse_spec_data` for a spec built in Python as
+   plain data, :func:`check_spec` for a spec object): parse the file (:mod:`.source_map`), validate it
    against :mod:`.schema`, map each pydantic error's ``loc`` to the value's position, and run
    the static cross-reference checks (datasets named exist, ``ioi_abc.of`` names an ``ioi``
    dataset, node patterns parse, the expression metric is safe, files named exist, circuits
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 import types
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,7 +47,8 @@ from intervene.spec.expression import name_offset as _name_offset
 from intervene.spec.source_map import Loaded, Loc, SourceMap, dotted, load_file, load_toml, load_yaml
 from intervene.spec.source_map import value_at as _get
 
-__all__ = ["ModelFacts", "ExpressionError", "load_spec", "parse_spec", "check_against_model",
+__all__ = ["ModelFacts", "ExpressionError", "load_spec", "parse_spec", "parse_spec_data", "check_spec", "as_spec",
+           "check_against_model",
            "parse_expression", "EXPRESSION_FUNCTIONS"]
 
 
@@ -66,6 +68,50 @@ def parse_spec(text: str, file: str = "<string>", fmt: str = "yaml", base_dir: s
     return _finish(loaded, Path(base_dir or ".") / Path(file).name)
 
 
+def parse_spec_data(data: Mapping[str, Any]) -> schema.Spec:
+    """Like :func:`load_spec` for a spec built in Python as plain data (dicts, lists, tuples,
+    and spec model objects inside them): the same checks, every problem at once. There is no
+    file, so diagnostics are located by field path (``<spec>: E010 unknown-dataset at
+    experiments[0].dataset``); files the spec names are resolved against the current folder."""
+    plain = _plain(data)
+    spec, diags = _validate(plain, None, Path.cwd())
+    if diags or spec is None:
+        raise SpecError(diags, partial=spec)
+    return spec
+
+
+def check_spec(spec: schema.Spec) -> list[Diagnostic]:
+    """The load-time cross-reference checks (:func:`load_spec` runs them on a file) for a
+    :class:`~.schema.Spec` object, e.g. one built in Python: empty when all is well."""
+    base = spec.path.parent if spec.path is not None else Path.cwd()
+    return _dedupe(_static_checks(spec.model_dump(mode="json"), spec.source_map, base))
+
+
+def as_spec(value: schema.Spec | Mapping[str, Any] | str | Path) -> schema.Spec:
+    """A checked spec from a file path, plain data (:func:`parse_spec_data`) or a spec object
+    (:func:`check_spec`); raises :class:`SpecError` listing every problem."""
+    if isinstance(value, schema.Spec):
+        diags = check_spec(value)
+        if diags:
+            src = value.source_map
+            raise SpecError(diags, {src.file: src.text} if src is not None else None, partial=value)
+        return value
+    if isinstance(value, Mapping):
+        return parse_spec_data(value)
+    return load_spec(value)
+
+
+def _plain(value: Any) -> Any:
+    """Python-built spec data as the loader's plain data: tuples as lists, models as mappings."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json", exclude_unset=True)
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
 def _finish(loaded: Loaded, path: Path) -> schema.Spec:
     src, data = loaded.source, loaded.data
     diags = list(loaded.diagnostics)
@@ -75,11 +121,8 @@ def _finish(loaded: Loaded, path: Path) -> schema.Spec:
         diags.append(_at(src, (), ErrorCode.E004, f"the spec must be a mapping, got {_kind(data)}", None, data))
     spec: schema.Spec | None = None
     if isinstance(data, dict) and not any(d.code in (ErrorCode.E001, ErrorCode.E008) for d in diags):
-        try:
-            spec = schema.Spec.model_validate(data)
-        except ValidationError as e:
-            diags += [d for err in e.errors() if (d := _from_pydantic(err, data, src)) is not None]
-        diags += _static_checks(data, src, path.parent)
+        spec, more = _validate(data, src, path.parent)
+        diags += more
     diags = _dedupe(diags)
     if spec is not None:
         if spec.name is None:
@@ -89,6 +132,18 @@ def _finish(loaded: Loaded, path: Path) -> schema.Spec:
     if diags or spec is None:
         raise SpecError(diags, {src.file: src.text}, partial=spec)
     return spec
+
+
+def _validate(data: dict[str, Any], src: SourceMap | None, base: Path) -> tuple[schema.Spec | None, list[Diagnostic]]:
+    """pydantic validation (its errors as diagnostics) and the static checks of plain data."""
+    spec: schema.Spec | None = None
+    diags: list[Diagnostic] = []
+    try:
+        spec = schema.Spec.model_validate(data)
+    except ValidationError as e:
+        diags += [d for err in e.errors() if (d := _from_pydantic(err, data, src)) is not None]
+    diags += _static_checks(data, src, base)
+    return spec, _dedupe(diags)
 
 
 # ------------------------------------------------------------------------------ pydantic errors
@@ -157,7 +212,7 @@ _TYPE_NAMES = {"int": "an integer", "string": "a string", "bool": "true or false
                "model_attributes": "a mapping", "none": "null"}
 
 
-def _from_pydantic(err: Any, data: dict[str, Any], src: SourceMap) -> Diagnostic | None:
+def _from_pydantic(err: Any, data: dict[str, Any], src: SourceMap | None) -> Diagnostic | None:
     t, ctx, msg = err["type"], err.get("ctx") or {}, err["msg"]
     loc, owner, state, is_key = _walk(err["loc"])
     value = _get(data, loc)
@@ -239,7 +294,7 @@ def _value_hint(t: str, value: Any, ctx: dict[str, Any]) -> str | None:
 # ------------------------------------------------------------------------------ static checks
 
 
-def _static_checks(data: dict[str, Any], src: SourceMap, base: Path) -> list[Diagnostic]:
+def _static_checks(data: dict[str, Any], src: SourceMap | None, base: Path) -> list[Diagnostic]:
     """Cross references that need no model, run on the raw data so they report even when
     pydantic found other problems."""
     checker = _Static(data, src, base)
@@ -254,7 +309,7 @@ class _Static:
     """The load-time cross-reference checks over raw (unvalidated) data."""
 
     data: dict[str, Any]
-    src: SourceMap
+    src: SourceMap | None
     base: Path
 
     def __post_init__(self) -> None:

@@ -52,6 +52,8 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any, Union
 
+import networkx as nx
+
 from intervene import graph
 from intervene.circuit import Circuit, Edge, node_receivers
 from intervene.errors import Diagnostic, ErrorCode, SpecError
@@ -338,27 +340,27 @@ class _Analysis:
         return out
 
     def _check_cycles(self) -> None:
-        refs = {g: [r for item in items for r in self._refs(item, item.parsed)] for g, items in self.groups.items()}
-        state: dict[str, int] = {}
-        stack: list[str] = []
-
-        def visit(g: str) -> None:
-            state[g] = 1
-            stack.append(g)
-            for h, item, off in refs[g]:
-                if state.get(h) == 1:
-                    cycle = stack[stack.index(h):] + [h]
-                    self.cyclic.update(cycle)
-                    self._static(item, off, len(h), ErrorCode.E024, "groups name each other in a cycle: "
-                                 + " -> ".join(cycle), "a group may name other groups, but not itself through them")
-                elif h not in state:
-                    visit(h)
-            stack.pop()
-            state[g] = 2
-
-        for g in self.groups:
-            if g not in state:
-                visit(g)
+        """E024 once per set of groups that name each other in a cycle, at the reference that
+        closes the cycle found depth first from the set's first group."""
+        refs = nx.DiGraph()
+        refs.add_nodes_from(self.groups)
+        where: dict[tuple[str, str], tuple[_Item, int]] = {}
+        for g, items in self.groups.items():
+            for item in items:
+                for h, it, off in self._refs(item, item.parsed):
+                    where.setdefault((g, h), (it, off))
+                    refs.add_edge(g, h)
+        order = {g: i for i, g in enumerate(self.groups)}
+        for comp in sorted(nx.strongly_connected_components(refs), key=lambda c: min(order[g] for g in c)):
+            start = min(comp, key=order.__getitem__)
+            if len(comp) == 1 and not refs.has_edge(start, start):
+                continue
+            edges = nx.find_cycle(refs.subgraph(comp), source=start)
+            cycle = [u for u, _ in edges] + [edges[-1][1]]
+            self.cyclic.update(comp)
+            item, off = where[edges[-1]]
+            self._static(item, off, len(cycle[-1]), ErrorCode.E024, "groups name each other in a cycle: "
+                         + " -> ".join(cycle), "a group may name other groups, but not itself through them")
 
     # -- resolution (model-aware) ----------------------------------------------------------
     def _group_nodes(self, g: str, shape: graph.ModelShape) -> frozenset[graph.Node] | None:

@@ -40,6 +40,7 @@ import math
 import operator
 import re
 from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from intervene.errors import Diagnostic, ErrorCode, SpecError
@@ -47,7 +48,8 @@ from intervene.spec import schema
 from intervene.spec.diagnostics import at as _at
 from intervene.spec.diagnostics import did_you_mean
 
-__all__ = ["Expectation", "Outcome", "ExpectationError", "BadExpectation", "parse", "parse_all", "check", "RULE"]
+__all__ = ["Expectation", "Outcome", "ExpectationError", "BadExpectation", "parse", "parse_all", "resolve",
+           "check_names", "check", "RULE"]
 
 Op = Literal[">=", ">", "<=", "<", "in", "contains", "excludes"]
 
@@ -81,11 +83,11 @@ class ExpectationError(ValueError):
 
 class BadExpectation(ValueError):
     """A malformed expectation, or one naming what the spec does not measure; ``hint`` says
-    what to write instead."""
+    what to write instead, ``target`` the part of the text at fault (None: all of it)."""
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, target: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.hint = message, hint
+        self.message, self.hint, self.target = message, hint, target
 
 
 @dataclass(frozen=True)
@@ -182,7 +184,7 @@ def parse_all(spec: schema.Spec) -> list[Expectation]:
         loc = ("expect", i)
         try:
             e = parse(text)
-            _resolve(e, spec)
+            resolve(e, spec)
         except BadExpectation as err:
             diags.append(_at(src, loc, ErrorCode.E005, err.message, err.hint or _HELP, text, fld=loc))
             continue
@@ -198,7 +200,7 @@ def _with(e: Expectation, **kw: Any) -> Expectation:
     return Expectation(**(e.__dict__ | kw))
 
 
-def _resolve(e: Expectation, spec: schema.Spec) -> str:
+def resolve(e: Expectation, spec: schema.Spec) -> str:
     """The experiment the expectation reads (:class:`BadExpectation` naming the choices otherwise)."""
     wanted = (NUMERIC | LISTS)[e.metric]
     exps = {x.name: x for x in spec.experiments}
@@ -230,6 +232,40 @@ def _resolve(e: Expectation, spec: schema.Spec) -> str:
     if x.kind == "circuit" and e.arg is not None and e.metric != "minimality":
         raise BadExpectation(f"{e.metric} takes no argument")
     return x.name
+
+
+_HEAD = re.compile(r"^a\d+\.h\d+$")
+
+
+def check_names(e: Expectation, experiment: str, rows: Sequence[str] | None, units: Sequence[str] | None = None,
+                has_source: bool = True) -> None:
+    """Before running: :class:`BadExpectation` when ``e`` names a row, head or circuit node that
+    experiment ``experiment`` will not have, or needs a row it leaves out. ``rows`` are the
+    experiment's row keys as written here (``a9.h9``, ``a9.h9@END``; None: a kind without
+    rows), ``units`` a circuit's nodes, ``has_source`` whether it measures ``source``. The
+    same facts :func:`check` would otherwise raise :class:`ExpectationError` for."""
+    if e.metric in ("effect", "raw") and rows is not None:
+        if e.arg is None and len(rows) != 1:
+            raise BadExpectation(f"experiment {experiment} has {len(rows)} rows: write {e.metric}(ROW)",
+                                 _listing(rows, "rows"))
+        if e.arg is not None and e.arg not in rows:
+            raise BadExpectation(f"experiment {experiment} has no row {e.arg}", did_you_mean(e.arg, rows, "rows"),
+                                 e.arg)
+    heads = [r for r in rows or () if _HEAD.match(r.split("@")[0])]
+    if e.op in ("contains", "excludes") and rows is not None and e.node not in heads:
+        raise BadExpectation(f"top_heads ranks the head rows of experiment {experiment}, and {e.node} is not one",
+                             did_you_mean(e.node, heads, "heads") if heads else "it has no head rows", e.node)
+    if e.metric == "minimality" and units is not None and e.arg not in units:
+        raise BadExpectation(f"{e.arg} is not a node of circuit experiment {experiment}",
+                             did_you_mean(e.arg, units, "nodes"), e.arg)
+    if e.metric == "source" and not has_source:
+        raise BadExpectation(f"experiment {experiment} reads no single source, so it measures no source metric",
+                             "source is measured by sweeps, path patching and patch experiments with one source")
+
+
+def _listing(values: Sequence[str], what: str, n: int = 8) -> str:
+    shown = ", ".join(values[:n]) + (", …" if len(values) > n else "")
+    return f"{what}: {shown}" if values else f"no {what}"
 
 
 # ------------------------------------------------------------------------------ checking
