@@ -67,12 +67,15 @@ def schema() -> None:
 def compile_(spec_path: Path = typer.Argument(..., help="spec file")) -> None:
     """Print the compiled program: one line per run and per op, with the spec line it came from."""
     from intervene import api
-    from intervene.errors import SpecError
+    from intervene.errors import InterveneError, SpecError
 
     try:
         p = api.prepare(_load(spec_path))
     except SpecError as e:
         err.print(str(e), markup=False, highlight=False)
+        raise typer.Exit(1)
+    except InterveneError as e:  # the model could not be loaded: say so plainly
+        err.print(f"{spec_path}: {type(e).__name__}: {e}", style="red", markup=False)
         raise typer.Exit(1)
     out.print(str(p.program), markup=False, highlight=False)
 

@@ -204,3 +204,15 @@ def test_execution_error_names_the_op_and_its_spec_line() -> None:
     assert str(e) == "no partner of the same length\n  while executing a0.h0@* ← mixed[i] (specs/x.yaml:14)"
     assert (e.op, e.origin, e.message) == ("a0.h0@* ← mixed[i]", "specs/x.yaml:14", "no partner of the same length")
     assert isinstance(e, RuntimeError)
+
+
+def test_cli_compile_reports_a_model_that_cannot_load(tmp_path: Path) -> None:
+    import shutil
+
+    (tmp_path / "not_a_model").mkdir()
+    shutil.copytree(HERE / "data", tmp_path / "data")
+    f = tmp_path / "s.yaml"
+    f.write_text((HERE / "source_position.yaml").read_text().replace("../../../intervene/groundtruth/models/induction",
+                                                                     "not_a_model"))
+    r = CliRunner().invoke(app, ["compile", str(f)])
+    assert r.exit_code == 1 and "ModelLoadError" in r.output and "Traceback" not in r.output

@@ -378,3 +378,18 @@ def test_schema_defaults_and_json_schema() -> None:
         spec.parse_spec(HEAD.replace("ablate: {kind: zero}", "ablate: {kind: zero}, minimality: {samples: -1}")
                         + "    nodes: [m1]\n")
     assert e.value.codes == [ErrorCode.E005]
+
+
+def test_one_group_cycle_error_per_set_of_groups_naming_each_other() -> None:
+    """Two separate cycles: two errors. A set of groups with two cycles through it (a <-> b <->
+    c): one error, at the reference closing the cycle found first from its first group."""
+    with pytest.raises(SpecError) as e:
+        load("    groups:\n      a: [b]\n      b: [a]\n      c: [d, m1]\n      d: [c]\n      e: [a]\n"
+             "    nodes: [e]\n")
+    assert [(d.key, d.message) for d in e.value.diagnostics] == [
+        (("E024", 11, 11), "groups name each other in a cycle: a -> b -> a"),
+        (("E024", 13, 11), "groups name each other in a cycle: c -> d -> c")]
+    with pytest.raises(SpecError) as e:
+        load("    groups:\n      a: [b]\n      b: [c, a]\n      c: [b]\n    nodes: [a]\n")
+    assert [(d.key, d.message) for d in e.value.diagnostics] == [
+        (("E024", 12, 11), "groups name each other in a cycle: b -> c -> b")]
