@@ -5,7 +5,11 @@ The pipeline, end to end::
     spec file (YAML/TOML)          specs/ioi_head_sweep.yaml
       │  intervene.spec            load + check: every error at once, as file:line:col
       ▼
-    Spec (pydantic, frozen)        + model facts (shape, tokenizer, datasets): no forward pass
+    Spec (pydantic, frozen)
+      │  intervene.bind            + the model and its tokenised datasets: everything a run
+      │                            would refuse (token lengths, vectors, expect: lines), no forward pass
+      ▼
+    Spec, datasets, batches
       │  intervene.compile         expand patterns, lower experiments, add baselines
       ▼
     ir.Program                     runs on the batch axis and their ops; prints as text:
@@ -20,6 +24,9 @@ In Python::
     import intervene
     res = intervene.run("specs/ioi_head_sweep.yaml", out="out/ioi.json")
     print(res.experiment("head_sweep").top(5))
+
+Every exception intervene raises on purpose is an :class:`InterveneError`: a bad spec is a
+:class:`SpecError` listing every problem at ``file:line:col``, found before any forward pass.
 """
 
 __version__ = "0.1.0"

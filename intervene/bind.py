@@ -24,6 +24,7 @@ source example token for token (same length needed); edge-level experiments (``p
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -184,10 +185,10 @@ class _Sources:
 
     def _resample(self, r: Read) -> None:
         run, src = self.lengths[r.dataset], self.lengths[r.source.dataset]
-        same = r.dataset == r.source.dataset
+        own = 1 if r.dataset == r.source.dataset else 0  # an example is never its own partner
+        per_length = Counter(src)
         for i, n in enumerate(run):
-            cands = [j for j, m in enumerate(src) if (m == n or not r.whole) and not (same and j == i)]
-            if not cands:
+            if (per_length[n] if r.whole else len(src)) - own <= 0:
                 of = f" with {n} tokens" if r.whole else ""
                 self._diag(r, ErrorCode.E043, f'experiment "{r.experiment}" resamples {r.source.dataset}, but no other '
                            f"example{of} is there to draw for {r.dataset}[{i}]",

@@ -181,3 +181,42 @@ def test_check_against_model_without_source() -> None:
     diags = spec.check_against_model(s, facts)
     assert sorted(d.code.value for d in diags) == ["E012", "E016"]
     assert all(d.file == "<spec>" for d in diags)
+
+
+def test_fuzzed_python_specs_never_crash() -> None:
+    """Spec-shaped data built in Python either validates or raises SpecError located by field
+    path (no file: line 0), never a KeyError or another bare exception."""
+    import yaml
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    base = yaml.safe_load((VALID / "minimal.yaml").read_text())
+
+    @settings(max_examples=150, deadline=None)
+    @given(patch=st.dictionaries(st.sampled_from(VOCAB), _fuzz_trees(), max_size=4), whole=st.booleans())
+    def run(patch: dict, whole: bool) -> None:
+        data = patch if whole else {**base, **patch}
+        try:
+            spec.parse_spec_data(data)
+        except SpecError as e:
+            assert e.diagnostics and all(d.file == "<spec>" and d.line == 0 for d in e.diagnostics)
+
+    run()
+
+
+def test_python_spec_with_an_unknown_dataset() -> None:
+    data = {"version": 1, "datasets": {"clean": {"kind": "ioi", "n": 2}}, "metric": {"kind": "kl_to_clean"},
+            "experiments": [{"name": "e", "kind": "sweep", "dataset": "clean", "targets": ("m0",),
+                             "source": {"kind": "dataset", "dataset": "corrupted"}}]}
+    with pytest.raises(SpecError) as info:
+        spec.parse_spec_data(data)
+    (d,) = info.value.diagnostics
+    assert (d.code, d.field, d.value) == (ErrorCode.E010, "experiments[0].source.dataset", "corrupted")
+    assert str(info.value).splitlines()[0] == ('<spec>: E010 unknown-dataset at experiments[0].source.dataset: '
+                                               'unknown dataset "corrupted"')
+    s = spec.Spec.model_validate(data)  # pydantic alone accepts it: the cross references need the checks
+    assert [x.code for x in spec.check_spec(s)] == [ErrorCode.E010]
+    with pytest.raises(SpecError):
+        spec.as_spec(s)
+    data["experiments"][0]["source"]["dataset"] = "clean"
+    assert spec.parse_spec_data(data).experiments[0].targets == ("m0",)
