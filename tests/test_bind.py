@@ -69,10 +69,14 @@ SOURCE_CODES = {"E041", "E042", "E043", "E044", "E014"}
                          ids=lambda p: p.name)
 def test_without_the_source_checks_the_executor_refuses(path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each source problem bind reports is one the executor would hit mid-run."""
+    from intervene.execute import Executor
+
     monkeypatch.setattr(bind._Sources, "check", lambda self, read: None)
     assert api.check(path, device="cpu") == []
+    p = api.prepare(path, device="cpu")
+    ex = Executor(p.model.adapter, p.batches, api.resolve_vectors(p), p.program.metric_position)
     with pytest.raises(ExecutionError):
-        api.run(path, device="cpu")
+        ex.execute(p.program, lambda ds, logits, idx: logits[:, 0])
 
 
 VALID = """\
