@@ -3,7 +3,7 @@
     >>> import intervene
     >>> spec = intervene.load_spec("specs/ioi_head_sweep.yaml")
     >>> res = intervene.run(spec, out="results.json")          # doctest: +SKIP
-    >>> res.experiment("head_sweep").top(5)                     # doctest: +SKIP
+    >>> res["head_sweep"]["a23.h3"].normalised                 # doctest: +SKIP
 
 ``run`` is the whole pipeline: load the model (cached per process), build and tokenise the
 datasets, check the spec against the model (SpecError before any forward pass), compile to
@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from intervene import data, ir, metrics, results, scores
+from intervene import data, ir, metrics, results, scores, stats
 from intervene import bind
 from intervene.circuit import Circuit
 from intervene.compile import compile_spec, lower_source
@@ -255,6 +255,8 @@ def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max
 
 
 def _source_warnings(p: Prepared, srcs: list[ir.Source]) -> list[str]:
+    """What a reader of the numbers should know about their sources: zero ablation is
+    off-distribution; a mean is taken per position or over all positions."""
     warnings = []
     if any(s.kind == "zero" for s in srcs):
         warnings.append("zero ablation is off-distribution: prefer mean or resample ablation")
@@ -266,40 +268,49 @@ def _source_warnings(p: Prepared, srcs: list[ir.Source]) -> list[str]:
     return warnings
 
 
-def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results:
-    """Per-experiment statistics from the per-run values and the circuit scores."""
+def _patching(p: Prepared, exp: Any, values: list[torch.Tensor | None]) -> results.Experiment:
+    """A sweep, path patching or patch experiment: baselines and one row per run."""
     seed = p.spec.seed
-    values = executed.values
-    exps: list[results.ExperimentResult] = []
-    for i, exp in enumerate(p.spec.experiments):
-        if exp.kind == "scrub":
-            got = executed.scrubs[exp.name]
-            exps.append(results.ExperimentResult(
-                exp.name, exp.kind, exp.dataset, "scrub (resample by feature)", got[0].m_model, got[0].m_random, [],
-                [w for r in got for w in r.warnings], scrub={r.hypothesis: r.to_dict() for r in got}))
-            continue
-        if exp.kind == "circuit":
-            sc = executed.circuits[exp.name]
+    runs = [(r, values[j].double().numpy()) for j, r in enumerate(p.program.runs)  # type: ignore[union-attr]
+            if r.experiment == exp.name]
+    by_key = {r.key: v for r, v in runs}
+    clean, src = by_key[("clean",)], by_key.get(("source",))
+    rows = [results.Row(results.Key.parse(r.key), stats.bootstrap(v, seed),
+                        stats.normalised(v, clean, src, seed) if src is not None else None)
+            for r, v in runs if r.key not in (("clean",), ("source",))]
+    srcs = [op.source for r, _ in runs for op in r.ops if op.source is not None and op.origin != "baseline"]
+    srcs += [e.source for r, _ in runs for e in r.edges]
+    desc = str(srcs[0]) if srcs and len(set(srcs)) == 1 else (None if not srcs else "several")
+    return results.KINDS[exp.kind](exp.name, exp.dataset, desc, stats.bootstrap(clean, seed),
+                                   stats.bootstrap(src, seed) if src is not None else None, rows,
+                                   _source_warnings(p, srcs))
+
+
+def _scrubbing(exp: Any, got: list[ScrubResult]) -> results.ScrubbingResult:
+    """A scrub experiment: each hypothesis's scores, settings, plan and draws."""
+    hyps = {r.hypothesis: results.HypothesisResult(
+        r.hypothesis, r.m_model, r.m_random, r.m_scrubbed, r.loss_recovered, results.jsonable(r.settings),
+        list(r.warnings), str(r.plan), results.jsonable(r.draws.dump(r.plan))) for r in got}
+    return results.ScrubbingResult(exp.name, exp.dataset, hyps, [w for r in got for w in r.warnings])
+
+
+def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results:
+    """The typed results of every experiment, from the per-run values, the circuit scores and
+    the scrub results (a :class:`results.FailedResult` for an experiment whose runs failed);
+    meta, datasets and settings as they read back from the results file."""
+    exps: list[results.Experiment] = []
+    failures: dict[str, str] = getattr(executed, "failures", {})
+    for exp in p.spec.experiments:
+        if exp.name in failures:
+            exps.append(results.FailedResult(exp.name, exp.kind, exp.dataset, failures[exp.name]))
+        elif exp.kind == "scrub":
+            exps.append(_scrubbing(exp, executed.scrubs[exp.name]))
+        elif exp.kind == "circuit":
             src = lower_source(exp.ablate, exp.dataset)
-            exps.append(results.ExperimentResult(
-                exp.name, exp.kind, exp.dataset, str(src), sc.m_full, sc.m_empty, [],
-                _source_warnings(p, [src]) + list(sc.warnings), circuit=sc.to_dict()))
-            continue
-        runs = [(r, values[j].double().numpy()) for j, r in enumerate(p.program.runs)  # type: ignore[union-attr]
-                if r.experiment == exp.name]
-        by_key = {r.key: v for r, v in runs}
-        clean = by_key[("clean",)]
-        src = by_key.get(("source",))
-        rows = [results.Row(r.key, results.bootstrap(v, seed),
-                            results.normalised(v, clean, src, seed) if src is not None else None)
-                for r, v in runs if r.key not in (("clean",), ("source",))]
-        srcs = [op.source for r, _ in runs for op in r.ops if op.source is not None and op.origin != "baseline"]
-        srcs += [e.source for r, _ in runs for e in r.edges]
-        warnings = _source_warnings(p, srcs)
-        src_desc = str(srcs[0]) if srcs and len(set(srcs)) == 1 else (None if not srcs else "several")
-        exps.append(results.ExperimentResult(
-            exp.name, exp.kind, exp.dataset, src_desc, results.bootstrap(clean, seed),
-            results.bootstrap(src, seed) if src is not None else None, rows, warnings))
+            exps.append(results.CircuitResult.from_scores(exp.name, exp.dataset, str(src), executed.circuits[exp.name],
+                                                          _source_warnings(p, [src])))
+        else:
+            exps.append(_patching(p, exp, executed.values))
     lm = p.model
     meta = {
         "spec_path": str(p.spec.path) if p.spec.path else None,
@@ -307,11 +318,11 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
         "spec_text": p.spec.source_map.text if p.spec.source_map is not None else None,
         "model": {"id": lm.model_id, "revision": lm.revision, "family": lm.adapter.family,
                   "source": lm.source, "dtype": str(lm.adapter.dtype), "device": str(lm.adapter.device)},
-        "seed": seed,
+        "seed": p.spec.seed,
         "versions": results.environment(),
     }
-    return results.Results(p.spec.name or "spec", str(metrics.from_spec(p.spec.metric)), exps, meta,
-                           str(p.program), _dump_datasets(p), seconds)
+    return results.Results(p.spec.name or "spec", str(metrics.from_spec(p.spec.metric)), exps,
+                           results.jsonable(meta), str(p.program), results.jsonable(_dump_datasets(p)), seconds)
 
 
 def _dump_datasets(p: Prepared) -> dict[str, list[dict[str, Any]]]:
@@ -337,15 +348,23 @@ def _dump_datasets(p: Prepared) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def run(spec: schema.Spec | str | Path, *, model: LoadedModel | None = None, device: str | None = None,
-        out: str | Path | None = None, progress: Callable[[int, int], None] | None = None) -> results.Results:
-    """Check, compile and execute a spec; write the results file atomically if ``out`` is given."""
-    if not isinstance(spec, schema.Spec):
-        spec = load_spec(spec)
-    p = prepare(spec, model, device)
+def run_prepared(p: Prepared, *, out: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
+                 on_circuit: Callable[[str], None] | None = None) -> results.Results:
+    """Execute a prepared spec and assemble its results; write the results file atomically if
+    ``out`` is given. ``progress(done, total)`` is called per chunk, ``on_circuit(name)`` before
+    each circuit or hypothesis is scored (the CLI's progress bar)."""
     t0 = time.perf_counter()
-    executed = execute(p, progress)
+    executed = execute(p, progress=progress, on_circuit=on_circuit)
     res = assemble(p, executed, time.perf_counter() - t0)
     if out is not None:
         res.save(out)
     return res
+
+
+def run(spec: schema.Spec | str | Path, *, model: LoadedModel | None = None, device: str | None = None,
+        out: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
+        on_circuit: Callable[[str], None] | None = None) -> results.Results:
+    """Check, compile and execute a spec (:func:`prepare`, then :func:`run_prepared`)."""
+    if not isinstance(spec, schema.Spec):
+        spec = load_spec(spec)
+    return run_prepared(prepare(spec, model, device), out=out, progress=progress, on_circuit=on_circuit)

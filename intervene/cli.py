@@ -88,9 +88,7 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (default: the spec's)"),
         top: int = typer.Option(15, "--top", help="rows shown per sweep"),
         progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
-    """Run a spec: print a score table, write results JSON and sweep heatmaps."""
-    from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
-
+    """Run a spec: print a score table, write results JSON, sweep heatmaps and circuit pictures."""
     from intervene import api, report
     from intervene.errors import SpecError
 
@@ -101,40 +99,51 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
     except SpecError as e:
         err.print(str(e), markup=False, highlight=False)
         raise typer.Exit(1)
-    n_runs = len(p.program.runs)
-    err.print(f"{n_runs} runs × {', '.join(f'{k}: {len(v)}' for k, v in p.datasets.items())} examples "
+    err.print(f"{len(p.program.runs)} runs × {', '.join(f'{k}: {len(v)}' for k, v in p.datasets.items())} examples "
               f"on {p.model.adapter.device}")
-    import time
+    res = _run_with_progress(p, out_path, progress)
+    report.print_results(res, out, top=top)
+    _pictures(p, res, out_path, heatmap)
+    if out_path:
+        out.print(f"results: {out_path}")
 
-    t0 = time.perf_counter()
+
+def _run_with_progress(p, out_path: Optional[Path], progress: bool):  # type: ignore[no-untyped-def]
+    """:func:`intervene.api.run_prepared` with a progress bar on a terminal, lines otherwise."""
+    from intervene import api
+
     if progress and sys.stderr.isatty():
+        from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
         with Progress("[progress.description]{task.description}", BarColumn(), "{task.completed}/{task.total} chunks",
                       TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
             task = bar.add_task("executing", total=None)
-            executed = api.execute(p, progress=lambda d, t: bar.update(task, completed=d, total=t),
-                                   on_circuit=lambda name: bar.update(task, description=f"scoring {name}"))
-    else:
-        executed = api.execute(p, progress=(lambda d, t: err.print(f"chunk {d}/{t}")) if progress else None,
-                               on_circuit=(lambda name: err.print(f"scoring {name}"))
-                               if progress else None)
-    res = api.assemble(p, executed, time.perf_counter() - t0)
-    report.print_results(res, out, top=top)
+            return api.run_prepared(p, out=out_path, progress=lambda d, t: bar.update(task, completed=d, total=t),
+                                    on_circuit=lambda name: bar.update(task, description=f"scoring {name}"))
+    if progress:
+        return api.run_prepared(p, out=out_path, progress=lambda d, t: err.print(f"chunk {d}/{t}"),
+                                on_circuit=lambda name: err.print(f"scoring {name}"))
+    return api.run_prepared(p, out=out_path)
+
+
+def _pictures(p, res, out_path: Optional[Path], heatmap: Optional[Path]) -> None:  # type: ignore[no-untyped-def]
+    """Heatmaps of head sweeps (at ``--heatmap``, else beside ``--out``) and, beside ``--out``,
+    a picture of each circuit experiment's circuit."""
+    from intervene import plot
+    from intervene.results import CircuitResult, PathPatchResult, SweepResult
+
     shape = p.model.adapter.shape
-    sweeps = [e for e in res.experiments if e.kind in ("sweep", "path_patch")]
+    sweeps = [e for e in res if isinstance(e, (SweepResult, PathPatchResult))]
     base = heatmap or (out_path.with_suffix(".png") if out_path else None)
     for e in sweeps if base else []:
         png = base if len(sweeps) == 1 else base.with_name(f"{base.stem}-{e.name}.png")
-        if report.heatmap(e, png, shape.n_layers, shape.n_heads):
+        if plot.heatmap(e, png, shape.n_layers, shape.n_heads):
             out.print(f"heatmap: {png}")
-    if out_path:
-        from intervene import plot
-
-        for name, sc in executed.circuits.items():
-            png = out_path.with_name(f"{out_path.stem}-{name}-circuit.png")
-            plot.draw_circuit(p.program.circuits[name], png, sc, title=name, shape=shape)
+    for e in res if out_path else []:
+        if isinstance(e, CircuitResult):
+            png = out_path.with_name(f"{out_path.stem}-{e.name}-circuit.png")  # type: ignore[union-attr]
+            plot.draw_circuit(p.program.circuits[e.name], png, e, title=e.name, shape=shape)
             out.print(f"circuit picture: {png}")
-        res.save(out_path)
-        out.print(f"results: {out_path}")
 
 
 def main() -> None:  # pragma: no cover

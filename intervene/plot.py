@@ -1,8 +1,8 @@
-"""Pictures of circuits: the nodes a circuit's edges touch, laid out by layer, written as PNG.
+"""Pictures as PNG: circuits (the nodes a circuit's edges touch, by layer) and sweep heatmaps.
 
-What it owns: :func:`draw_circuit`. It draws with matplotlib's object API and the Agg canvas
-(no pyplot, no global backend switch, so it is safe inside notebooks and servers), and the PNG
-carries no version or time stamp: the same circuit gives the same bytes.
+What it owns: :func:`draw_circuit` and :func:`heatmap`. Both draw with matplotlib's object
+API and the Agg canvas (no pyplot, no global backend switch, so they are safe inside notebooks
+and servers), and a PNG carries no version or time stamp: the same input gives the same bytes.
 
 Layout: one row per attention layer and one per MLP that the circuit touches (empty layers are
 left out so ten heads over thirty layers stay readable; the row labels give the layer),
@@ -12,8 +12,9 @@ an arrow into a head is coloured by which of its q, k, v the sender reaches (two
 lettered), arrows that skip rows are bent so they do not run through the nodes between, and an
 edge kept only at named positions is dashed and labelled with them. Above ``MAX_ARROWS``
 arrows (the whole model) edges become thin lines. Given
-:class:`intervene.scores.CircuitScores`, nodes are coloured and annotated by their minimality
-and the title carries faithfulness and the completeness gap.
+:class:`intervene.scores.CircuitScores` (or a :class:`intervene.results.CircuitResult`),
+nodes are coloured and annotated by their minimality and the title carries faithfulness and
+the completeness gap.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from intervene.circuit import Circuit, readers
 from intervene.graph import ModelShape, Node, Receiver
 
 if TYPE_CHECKING:
+    from intervene.results import CircuitResult, PathPatchResult, SweepResult
     from intervene.scores import CircuitScores
 
 KIND_COLOURS = {"q": "#1f77b4", "k": "#2ca02c", "v": "#d62728", "qkv": "#6a3d9a", "mixed": "#e377c2",
@@ -128,11 +130,13 @@ def _layout(vertices: list[_Vertex]) -> tuple[dict[_Vertex, tuple[float, float]]
     return pos, rows, n_cols
 
 
-def draw_circuit(circuit: Circuit, path: str | Path, scores: CircuitScores | None = None, title: str = "",
+def draw_circuit(circuit: Circuit, path: str | Path, scores: CircuitScores | CircuitResult | None = None,
+                 title: str = "",
                  shape: ModelShape | None = None, dpi: int = 100) -> Path:
     """Draw ``circuit`` to a PNG at ``path`` and return the path.
 
-    ``scores`` (from :func:`intervene.scores.score_circuit`) colours nodes by minimality;
+    ``scores`` (from :func:`intervene.scores.score_circuit`, or a circuit experiment's
+    :class:`intervene.results.CircuitResult`) colours nodes by minimality;
     ``shape`` lets edges into a key/value group's k/v (grouped-query attention) point at the
     group's drawn heads instead of a node for the group."""
     from matplotlib import colormaps
@@ -218,4 +222,39 @@ def draw_circuit(circuit: Circuit, path: str | Path, scores: CircuitScores | Non
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", metadata={"Software": None}, bbox_inches="tight")
+    return path
+
+
+def heatmap(e: SweepResult | PathPatchResult, path: str | Path, n_layers: int, n_heads: int) -> Path | None:
+    """Layers × heads PNG of the normalised effect of each head's row (the metric change from
+    m_clean when not normalisable), one panel per position. None when no row is a head's."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    heads = [r for r in e.rows if r.key.node is not None and r.key.node.kind == "head"]
+    if not heads:
+        return None
+    positions = sorted({r.key.position or "all" for r in heads})
+    grids = {p: np.full((n_layers, n_heads), np.nan) for p in positions}
+    for r in heads:
+        node = r.key.node
+        assert node is not None
+        v = r.normalised.mean if r.normalised else r.metric.mean - e.m_clean.mean
+        grids[r.key.position or "all"][node.layer, node.head] = v
+    label = "normalised effect" if any(r.normalised for r in heads) else "metric change"
+    fig = Figure(figsize=(2.2 + 0.35 * n_heads * len(positions), 0.5 + 0.22 * n_layers))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(positions), squeeze=False)[0]
+    lim = max(float(np.nanmax(np.abs(g))) for g in grids.values()) or 1.0
+    for ax, p in zip(axes, positions):
+        im = ax.imshow(grids[p], cmap="RdBu_r", vmin=-lim, vmax=lim, aspect="auto")
+        ax.set_xlabel("head")
+        ax.set_ylabel("layer")
+        ax.set_title(p if p != "all" else e.name, fontsize=9)
+        ax.set_xticks(range(n_heads))
+    fig.colorbar(im, ax=axes.tolist(), label=label)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png", dpi=110, metadata={"Software": None}, bbox_inches="tight")
     return path

@@ -13,6 +13,8 @@ import torch
 
 from intervene import api
 from intervene.errors import SpecError
+from intervene.graph import Node
+from intervene.results import Results
 from intervene.spec.check import parse_spec
 
 pytestmark = pytest.mark.real_model
@@ -69,14 +71,15 @@ def test_sweep_matches_hooks_and_writes_results(real_model, tmp_path: Path) -> N
     spec = parse_spec(SWEEP, "sweep.yaml")
     out = tmp_path / "r.json"
     res = api.run(spec, model=real_model, out=out)
-    heads = res.experiment("heads")
-    assert heads.clean.mean > 2.0, "SmolLM2 solves IOI: the clean logit difference is clearly positive"
-    assert abs(heads.source_metric.mean) < heads.clean.mean / 2
+    heads = res["heads"]
+    assert heads.m_clean.mean > 2.0, "SmolLM2 solves IOI: the clean logit difference is clearly positive"
+    assert abs(heads.m_source.mean) < heads.m_clean.mean / 2
     p = api.prepare(spec, model=real_model)
     for row in heads.rows[:3] + heads.rows[-2:]:
-        layer, head = (int(x) for x in row.key[0][1:].split(".h"))
-        ref = _hooks_reference(real_model, p.batches["clean"], p.batches["corrupted"], layer, head)
-        torch.testing.assert_close(torch.tensor(row.raw.values, dtype=torch.float64), ref.double(), atol=2e-3, rtol=1e-4)
+        node = row.key.node
+        ref = _hooks_reference(real_model, p.batches["clean"], p.batches["corrupted"], node.layer, node.head)
+        torch.testing.assert_close(torch.tensor(row.metric.values, dtype=torch.float64), ref.double(), atol=2e-3,
+                                   rtol=1e-4)
     # the results file holds everything needed to re-check the run
     data = json.loads(out.read_text())
     assert data["meta"]["model"]["family"] == "llama"
@@ -85,10 +88,11 @@ def test_sweep_matches_hooks_and_writes_results(real_model, tmp_path: Path) -> N
     assert ex0["tokens"][ex0["positions"]["S2"]].strip("Ġ ") == ex0["answers"]["S"]["text"].strip()
     assert len(data["datasets"]["corrupted"]) == 6
     assert len(data["experiments"][0]["rows"]) == 8
-    assert len(data["experiments"][0]["rows"][0]["raw"]["values"]) == 6
+    assert len(data["experiments"][0]["rows"][0]["metric"]["values"]) == 6
     assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
-    mlp = res.experiment("mlp_end")
-    assert [r.key for r in mlp.rows] == [("m27",), ("m28",), ("m29",)]
+    assert Results.load(out) == res
+    mlp = res["mlp_end"]
+    assert [str(r.key) for r in mlp.rows] == ["m27", "m28", "m29"]
     assert any("mean over corrupted" in w for w in mlp.warnings)
 
 
@@ -151,15 +155,13 @@ experiments:
 
 def test_path_patching_on_the_real_model(real_model) -> None:  # type: ignore[no-untyped-def]
     res = api.run(parse_spec(PATH_SPEC, "path.yaml"), model=real_model)
-    direct = res.experiment("direct")
+    direct = res["direct"]
     # a23.h3's direct path to the logits carries part of its total effect
-    rows = {r.key[0]: r for r in direct.rows}
-    assert list(rows) == ["a20.h0", "a23.h3"]  # forward order
-    print({k: round(r.norm.mean, 3) for k, r in rows.items()})
-    assert rows["a23.h3"].norm.mean > 0.1
+    assert [str(r.key) for r in direct] == ["a20.h0", "a23.h3"]  # forward order
+    assert direct["a23.h3"].normalised.mean > 0.1
     # every node's direct path to the logits read from the corrupted run is the corrupted run
-    together = res.experiment("together")
-    assert abs(together.rows[0].raw.mean - together.source_metric.mean) < 1e-3
+    together = res["together"]
+    assert abs(together["senders"].metric.mean - together.m_source.mean) < 1e-3
 
 
 CIRCUIT_SPEC = """
@@ -196,13 +198,12 @@ def test_circuit_scores_on_the_real_model(real_model) -> None:  # type: ignore[n
     """A node circuit and the same circuit written as edges agree on SmolLM2; M is the clean
     run and ∅ the corrupted one (the path-patching test above checks that identity)."""
     res = api.run(parse_spec(CIRCUIT_SPEC, "circuit.yaml"), model=real_model)
-    nodes, edges = res.experiment("nodes").circuit, res.experiment("edges").circuit
-    assert nodes is not None and edges is not None
-    assert nodes["n_edges"] == edges["n_edges"]
-    assert abs(nodes["faithfulness"]["mean"] - edges["faithfulness"]["mean"]) < 1e-3
-    assert 0.05 < nodes["faithfulness"]["mean"] < 1.5
-    assert nodes["n_units"] == 33 and {m["unit"] for m in nodes["minimality"]} >= {"a23.h3", "m0"}
-    assert res.experiment("nodes").clean.mean == pytest.approx(nodes["m_full"]["mean"])
+    nodes, edges = res["nodes"], res["edges"]
+    assert nodes.n_edges == edges.n_edges
+    assert abs(nodes.faithfulness.mean - edges.faithfulness.mean) < 1e-3
+    assert 0.05 < nodes.faithfulness.mean < 1.5
+    assert nodes.n_units == 33 and {str(m.unit) for m in nodes.minimality} >= {"a23.h3", "m0"}
+    assert nodes["a23.h3"].unit == Node("head", 23, 3)
 
 
 SCRUB_SPEC = """
@@ -233,11 +234,11 @@ def test_scrubbing_on_the_real_model(real_model) -> None:  # type: ignore[no-unt
     """The identity hypothesis recovers exactly 1, a hypothesis that keeps only the template
     (every name resampled) recovers little, the name movers' direct effect lies between."""
     res = api.run(parse_spec(SCRUB_SPEC, "scrub.yaml"), model=real_model)
-    e = res.experiment("s")
-    assert e.kind == "scrub" and e.scrub is not None
-    whole, movers, template = (e.scrub[h]["loss_recovered"] for h in ("whole", "movers", "template"))
-    assert whole["mean"] == pytest.approx(1.0, abs=1e-4)
-    assert e.clean.mean > 2.0  # the model solves IOI on these prompts
-    assert template["hi"] < 0.5 < movers["lo"] or template["mean"] < movers["mean"] - 0.2
-    assert e.scrub["movers"]["draws"][0].keys() == {"model", "random", "output", "output/nm"}
+    e = res["s"]
+    assert e.kind == "scrub"
+    whole, movers, template = (e[h].loss_recovered for h in ("whole", "movers", "template"))
+    assert whole.mean == pytest.approx(1.0, abs=1e-4)
+    assert e["whole"].m_model.mean > 2.0  # the model solves IOI on these prompts
+    assert template.hi < 0.5 < movers.lo or template.mean < movers.mean - 0.2
+    assert e["movers"].draws[0].keys() == {"model", "random", "output", "output/nm"}
     assert "scrub movers: 4 rows per reference example" in res.program

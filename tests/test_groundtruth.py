@@ -165,7 +165,7 @@ experiments:
         for name, ds in extra.items():  # swap in the agreeing inputs
             q.datasets[name], q.batches[name] = ds, tokenize(ds, add_lm.tokenizer)
         res = api.assemble(q, api.execute(q), 0.0)
-        return res.experiments[0].rows[0].raw.mean
+        return res.experiments[0].rows[0].metric.mean
 
     rest = [("a0.h*", "corrupted"), ("a1.h2", "corrupted"), ("a1.h3", "corrupted"), ("m*", "corrupted")]
     w2 = 2 * additive.LOGIT_PER_HEAD
@@ -179,14 +179,13 @@ experiments:
 def test_additive_spec_sweep_ranks_the_circuit_heads_first(add_lm):
     res = api.run(load_spec(SPECS / "additive_sweep.yaml"), model=add_lm)
     for exp in ("head_sweep_corrupted", "head_sweep_resample"):
-        e = res.experiment(exp)
-        top = e.top(10)
-        assert {r.key[0] for r in top[:2]} == set(additive.TRUE_HEADS)
-        assert all(r.norm.mean == pytest.approx(0.5, abs=0.06) for r in top[:2])
-        assert all(abs(r.norm.mean) < 1e-4 for r in top[2:])
-    assert res.experiment("circuit_heads_only").rows[0].raw.mean == pytest.approx(10.0, abs=1e-3)
-    assert res.experiment("true_circuit").circuit["faithfulness"]["mean"] == pytest.approx(1.0, abs=1e-4)
-    assert abs(res.experiment("decoy_circuit").circuit["faithfulness"]["mean"]) < 1e-4
+        top = res[exp].top(10)
+        assert {str(r.key) for r in top[:2]} == set(additive.TRUE_HEADS)
+        assert all(r.normalised.mean == pytest.approx(0.5, abs=0.06) for r in top[:2])
+        assert all(abs(r.normalised.mean) < 1e-4 for r in top[2:])
+    assert res["circuit_heads_only"].row.metric.mean == pytest.approx(10.0, abs=1e-3)
+    assert res["true_circuit"].faithfulness.mean == pytest.approx(1.0, abs=1e-4)
+    assert abs(res["decoy_circuit"].faithfulness.mean) < 1e-4
 
 
 # ------------------------------------------------------------------------------ induction
@@ -255,16 +254,16 @@ def test_induction_spec_sweep_ranks_known_heads_first(ind_lm):
     res = api.run(load_spec(SPECS / "induction_sweep.yaml"), model=ind_lm)
     known = {induction.PREV_TOKEN_HEAD, *induction.INDUCTION_HEADS}
     for exp in ("head_sweep_corrupted", "head_sweep_resample"):
-        top = res.experiment(exp).top(8)
-        assert top[0].key[0] == induction.PREV_TOKEN_HEAD and top[0].norm.mean > 0.9
-        assert {r.key[0] for r in top[:5]} == known
-        assert all(abs(r.norm.mean) < 0.01 for r in top[5:])
-    norm = lambda e: res.experiment(e).rows[0].norm.mean  # noqa: E731
+        top = res[exp].top(8)
+        assert str(top[0].key) == induction.PREV_TOKEN_HEAD and top[0].normalised.mean > 0.9
+        assert {str(r.key) for r in top[:5]} == known
+        assert all(abs(r.normalised.mean) < 0.01 for r in top[5:])
+    norm = lambda e: res[e].rows[0].normalised.mean  # noqa: E731
     assert norm("prev_token_to_qkv") > 0.95 and abs(norm("prev_token_to_q")) < 0.01 and abs(norm("prev_token_to_v")) < 0.02
     assert norm("prev_token_at_B1") > 0.9 and norm("induction_heads_at_END") > 0.95
     assert abs(norm("other_layer0_heads")) < 0.01
-    assert res.experiment("induction_circuit").circuit["faithfulness"]["mean"] > 0.98
-    assert res.experiment("wrong_prev_token_head").circuit["faithfulness"]["mean"] < 0.2
+    assert res["induction_circuit"].faithfulness.mean > 0.98
+    assert res["wrong_prev_token_head"].faithfulness.mean < 0.2
 
 
 def test_induction_prev_token_head_feature_is_the_token_before_b1(ind_lm):
@@ -306,9 +305,9 @@ experiments:
         ds = Dataset(name, tuple(exs))
         p.datasets[name], p.batches[name] = ds, tokenize(ds, ind_lm.tokenizer)
     res = api.assemble(p, api.execute(p), 0.0)
-    clean_m = res.experiment("same_a").clean.mean
-    assert res.experiment("same_a").rows[0].raw.mean > 0.95 * clean_m
-    assert res.experiment("other_a").rows[0].raw.mean < 0.15 * clean_m
+    clean_m = res["same_a"].m_clean.mean
+    assert res["same_a"].row.metric.mean > 0.95 * clean_m
+    assert res["other_a"].row.metric.mean < 0.15 * clean_m
 
 
 def test_examples_reject_bad_input():

@@ -16,6 +16,7 @@ import pytest
 from intervene import api
 from intervene.groundtruth import additive
 from intervene.spec.check import parse_spec
+from intervene.stats import Stat
 
 SPEC = """
 version: 1
@@ -72,30 +73,30 @@ def result(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped
 
     write_jsonl(additive.dataset(96, seed=0), path)
     spec = parse_spec(SPEC.replace("PATH", str(path)), str(folder / "additive_scrub.yaml"))
-    return api.run(spec, model=additive.load()).experiment("scrub")
+    return api.run(spec, model=additive.load())["scrub"]
 
 
-def lr(result, name: str) -> dict:  # type: ignore[no-untyped-def]
-    return result.scrub[name]["loss_recovered"]
+def lr(result, name: str) -> Stat:  # type: ignore[no-untyped-def]
+    return result[name].loss_recovered
 
 
 def test_the_model_solves_the_task_and_the_random_row_does_not(result) -> None:  # type: ignore[no-untyped-def]
-    assert result.clean.mean == pytest.approx(2 * additive.LOGIT_PER_HEAD, abs=1e-3)
-    assert abs(result.source_metric.mean) < 2.0
+    assert result["truth"].m_model.mean == pytest.approx(2 * additive.LOGIT_PER_HEAD, abs=1e-3)
+    assert abs(result["truth"].m_random.mean) < 2.0
 
 
 def test_the_true_hypothesis_recovers_everything(result) -> None:  # type: ignore[no-untyped-def]
     for name in ("truth", "true_with_value_path", "irrelevant_heads_claimed"):
         got = lr(result, name)
-        assert got["mean"] == pytest.approx(1.0, abs=0.02), name
-        scrubbed = result.scrub[name]["m_scrubbed"]["values"]  # every example, not only the mean
+        assert got.mean == pytest.approx(1.0, abs=0.02), name
+        scrubbed = result[name].m_scrubbed.values  # every example, not only the mean
         assert scrubbed == pytest.approx([2 * additive.LOGIT_PER_HEAD] * len(scrubbed), abs=1e-2), name
 
 
 @pytest.mark.parametrize("wrong", ["wrong_feature", "missing_path", "swapped_nodes"])
 def test_wrong_hypotheses_recover_clearly_less(result, wrong: str) -> None:  # type: ignore[no-untyped-def]
     got, true = lr(result, wrong), lr(result, "truth")
-    assert got["hi"] < 0.8 and got["hi"] < true["lo"] - 0.2, (wrong, got["mean"])
+    assert got.hi < 0.8 and got.hi < true.lo - 0.2, (wrong, got.mean)
 
 
 SPECS = Path(__file__).resolve().parents[1] / "specs" / "groundtruth"
@@ -106,16 +107,16 @@ def test_the_induction_hypothesis_beats_its_wrong_variants() -> None:
     heads' query reads A at END and their value B at B1. Strict scrubbing (every unclaimed path
     resampled) recovers most of the metric; a wrong feature for a0.h1, the wrong layer-0 head,
     or a missing value path recover far less."""
-    res = api.run(SPECS / "induction_scrub.yaml").experiment("scrub")
+    res = api.run(SPECS / "induction_scrub.yaml")["scrub"]
     true = lr(res, "induction")
-    assert true["lo"] > 0.75, true["mean"]
+    assert true.lo > 0.75, true.mean
     for wrong in ("wrong_prev_feature", "wrong_prev_head", "missing_value"):
         got = lr(res, wrong)
-        assert got["hi"] < 0.4 and got["hi"] < true["lo"] - 0.4, (wrong, got["mean"])
+        assert got.hi < 0.4 and got.hi < true.lo - 0.4, (wrong, got.mean)
 
 
 def test_the_additive_spec_file_runs_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # model and data paths are relative to the spec file
-    res = api.run(SPECS / "additive_scrub.yaml", out=tmp_path / "r.json").experiment("scrub")
-    assert lr(res, "truth")["mean"] == pytest.approx(1.0, abs=1e-3)
-    assert lr(res, "missing_path")["hi"] < 0.6
+    res = api.run(SPECS / "additive_scrub.yaml", out=tmp_path / "r.json")["scrub"]
+    assert lr(res, "truth").mean == pytest.approx(1.0, abs=1e-3)
+    assert lr(res, "missing_path").hi < 0.6

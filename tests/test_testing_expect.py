@@ -1,7 +1,7 @@
 """intervene.testing.expect: the expect: language, the interval rule, checks against results.
 
-Results are built with the real dataclasses of :mod:`intervene.results` (then turned into JSON
-data as the plugin stores them), so the paths the checks read are the file format's own.
+Results are built with the real dataclasses of :mod:`intervene.results`, turned into the JSON
+data the plugin stores and read back, so the checks read what a results file holds.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from intervene.errors import SpecError
-from intervene.results import ExperimentResult, Results, Row, Stat
+from intervene import results as R
+from intervene.scores import Completeness, Minimality
+from intervene.stats import Stat
 from intervene.spec.check import parse_spec
 from intervene.testing import expect as E
 
@@ -22,35 +24,46 @@ def stat(mean: float, lo: float, hi: float, n: int = 8) -> Stat:
     return Stat(mean, lo, hi, [mean] * n)
 
 
-def sd(mean: float, lo: float, hi: float, n: int = 8) -> dict:
-    return {"mean": mean, "lo": lo, "hi": hi, "values": [mean] * n}
+def key(name: str) -> R.Key:
+    return R.Key(R.parse_node(name))
 
 
-def results() -> dict:
-    sweep = ExperimentResult(
-        "sweep", "sweep", "clean", "corrupted[i]", stat(4.0, 3.5, 4.5), stat(0.2, -0.1, 0.5),
-        [Row(("a1.h0",), stat(2.0, 1.5, 2.5), stat(0.5, 0.4, 0.6)),
-         Row(("a1.h1",), stat(3.9, 3.8, 4.0), stat(0.03, -0.02, 0.08)),
-         Row(("a2.h3",), stat(5.0, 4.5, 5.5), stat(-0.26, -0.3, -0.2)),
-         Row(("m1",), stat(1.0, 0.5, 1.5), stat(0.8, 0.7, 0.9))])
-    circuit = ExperimentResult(
-        "ioi", "circuit", "clean", "corrupted[i]", stat(4.0, 3.5, 4.5), stat(0.0, -0.5, 0.5), [],
-        circuit={"faithfulness": sd(0.76, 0.63, 0.96), "ratio": sd(0.7, 0.6, 0.9), "kl": None,
-                 "completeness": {"worst": ["m20", "a23.h3"], "gap": sd(0.63, 0.53, 0.70), "tried": []},
-                 "minimality": [{"unit": "a23.h3", "value": sd(0.76, 0.7, 0.8), "k": [], "n_k": 1}],
-                 "warnings": []})
-    scrub = ExperimentResult(
-        "scrub", "scrub", "clean", None, stat(4.0, 3.5, 4.5), None, [],
-        scrub={"io": {"loss_recovered": sd(0.85, 0.7, 1.0), "m_scrubbed": sd(3.5, 3.0, 4.0),
-                      "m_model": sd(4.0, 3.5, 4.5), "m_random": sd(0.5, 0.0, 1.0)},
-               "wrong": {"loss_recovered": sd(0.1, -0.1, 0.3), "m_scrubbed": sd(0.9, 0.5, 1.3),
-                         "m_model": sd(4.0, 3.5, 4.5), "m_random": sd(0.5, 0.0, 1.0)}})
-    res = Results("t", "logit_diff", [sweep, circuit, scrub], {}, "", {})
-    return json.loads(json.dumps(res.to_dict(), default=str))
+def hypothesis(name: str, lr: Stat, scrubbed: Stat) -> R.HypothesisResult:
+    return R.HypothesisResult(name, stat(4.0, 3.5, 4.5), stat(0.5, 0.0, 1.0), scrubbed, lr, {}, [], "", [])
 
 
-def outcome(text: str, res: dict | None = None) -> E.Outcome:
-    return E.check(E.parse(text), res or results())
+def typed() -> R.Results:
+    sweep = R.SweepResult(
+        "sweep", "clean", "corrupted[i]", stat(4.0, 3.5, 4.5), stat(0.2, -0.1, 0.5),
+        [R.Row(key("a1.h0"), stat(2.0, 1.5, 2.5), stat(0.5, 0.4, 0.6)),
+         R.Row(key("a1.h1"), stat(3.9, 3.8, 4.0), stat(0.03, -0.02, 0.08)),
+         R.Row(key("a2.h3"), stat(5.0, 4.5, 5.5), stat(-0.26, -0.3, -0.2)),
+         R.Row(key("m1"), stat(1.0, 0.5, 1.5), stat(0.8, 0.7, 0.9))])
+    worst = (R.parse_node("m20"), R.parse_node("a23.h3"))
+    circuit = R.CircuitResult(
+        "ioi", "clean", "corrupted[i]", "ioi", 10, 2, stat(3.0, 2.5, 3.5), stat(4.0, 3.5, 4.5), stat(0.0, -0.5, 0.5),
+        faithfulness=stat(0.76, 0.63, 0.96), ratio=stat(0.7, 0.6, 0.9), kl=None,
+        completeness=Completeness(worst, stat(0.63, 0.53, 0.70), []),  # type: ignore[arg-type]
+        minimality=[Minimality(R.parse_node("a23.h3"), stat(0.76, 0.7, 0.8), (), 1)],  # type: ignore[arg-type]
+        n_evaluated=3, n_calls=1)
+    scrub = R.ScrubbingResult("scrub", "clean", {
+        "io": hypothesis("io", stat(0.85, 0.7, 1.0), stat(3.5, 3.0, 4.0)),
+        "wrong": hypothesis("wrong", stat(0.1, -0.1, 0.3), stat(0.9, 0.5, 1.3))})
+    return R.Results("t", "logit_diff", [sweep, circuit, scrub], {}, "", {})
+
+
+def results_data() -> dict:
+    """The results file's content, as the plugin's cache stores it."""
+    return json.loads(json.dumps(typed().to_dict()))
+
+
+def results() -> R.Results:
+    """Typed results read back from that content, as the plugin checks them."""
+    return R.Results.from_dict(results_data())
+
+
+def outcome(text: str, res: R.Results | None = None) -> E.Outcome:
+    return E.check(E.parse(text), res if res is not None else results())
 
 
 # -- parsing ---------------------------------------------------------------------------------------
@@ -141,7 +154,8 @@ bounds = st.floats(-5, 5, allow_nan=False)
 def test_the_interval_rule(x: float, y: float, a: float, b: float, op: str) -> None:
     lo, hi = sorted((x, y))
     mean = (lo + hi) / 2
-    res = {"experiments": [{"name": "e", "kind": "sweep", "clean": sd(mean, lo, hi), "rows": []}]}
+    res = R.Results("t", "logit_diff", [R.SweepResult("e", "clean", None, Stat(mean, lo, hi, [mean]), None, [])],
+                    {}, "", {})
     default = outcome(f"clean {op} {a!r}", res).passed
     strict = outcome(f"clean {op} {a!r} (strict)", res).passed
     want_default = {">=": hi >= a, ">": hi > a, "<=": lo <= a, "<": lo < a}[op]
@@ -204,9 +218,10 @@ def test_scrub_numbers() -> None:
     assert outcome("m_random(wrong) <= 0.2").passed
     with pytest.raises(E.ExpectationError, match="name the hypothesis"):
         outcome("loss_recovered > 0")
-    flat = {"experiments": [{"name": "s", "kind": "scrub", "scrub": {"loss_recovered": sd(0.9, 0.8, 1.0)}}]}
-    assert outcome("loss_recovered >= 0.95", flat).passed
-    assert not outcome("loss_recovered >= 0.95 (strict)", flat).passed
+    one = R.Results("t", "logit_diff", [R.ScrubbingResult("s", "clean", {
+        "only": hypothesis("only", stat(0.9, 0.8, 1.0), stat(3.5, 3.0, 4.0))})], {}, "", {})
+    assert outcome("loss_recovered >= 0.95", one).passed  # the only hypothesis needs no name
+    assert not outcome("loss_recovered >= 0.95 (strict)", one).passed
 
 
 def test_report_has_every_part() -> None:

@@ -19,7 +19,7 @@ import torch  # noqa: F401  (see the module docstring)
 import intervene.api  # noqa: F401
 import intervene.testing.invariants  # noqa: F401
 from intervene.testing import spectest
-from test_testing_expect import results as canned
+from test_testing_expect import results_data as canned
 
 pytest_plugins = ["pytester"]
 

@@ -1,9 +1,9 @@
 """The ``expect:`` language of spec files: parsing, static checks, and checking against results.
 
-What it owns: the grammar of one expectation, the names of the numbers it may reach in a
-results file, the interval rule, and the failure text. It reads results as plain JSON data
-(:meth:`intervene.results.Results.to_dict`, or the same loaded from the disk cache), so a
-cached result is checked exactly like a fresh one. No torch, no pytest.
+What it owns: the grammar of one expectation, the names of the numbers it may reach in the
+results, the interval rule, and the failure text. It reads the typed results of
+:mod:`intervene.results` (fresh, or read back from the disk cache, which round-trips them
+exactly), so a cached result is checked like a fresh one. No torch, no pytest.
 
 Grammar (one string per expectation)::
 
@@ -43,10 +43,12 @@ from dataclasses import dataclass
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from intervene import results as R
 from intervene.errors import Diagnostic, ErrorCode, SpecError
 from intervene.spec import schema
 from intervene.spec.diagnostics import at as _at
 from intervene.spec.diagnostics import did_you_mean
+from intervene.stats import Stat
 
 __all__ = ["Expectation", "Outcome", "ExpectationError", "BadExpectation", "parse", "parse_all", "resolve",
            "check_names", "check", "RULE"]
@@ -302,89 +304,75 @@ def _fmt(x: float) -> str:
     return f"{x:.4g}"
 
 
-def _experiment(e: Expectation, results: dict[str, Any]) -> dict[str, Any]:
-    exps = results.get("experiments", [])
+def _experiment(e: Expectation, results: R.Results) -> R.Experiment:
     wanted = (NUMERIC | LISTS)[e.metric]
     if e.experiment is not None:
-        found = [x for x in exps if x["name"] == e.experiment]
+        found = [x for x in results if x.name == e.experiment]
     else:
-        found = [x for x in exps if x["kind"] in wanted]
+        found = [x for x in results if getattr(x, "experiment_kind", x.kind) in wanted]
     if len(found) != 1:
         raise ExpectationError(f"{e.where}: {e.claim}: the results have {len(found)} experiments that could "
-                               f"measure {e.metric} (have: {', '.join(x['name'] for x in exps)})")
+                               f"measure {e.metric} (have: {', '.join(results.names)})")
     return found[0]
 
 
-def _key(row: dict[str, Any]) -> str:
-    key = list(row["key"])
-    return key[0] if len(key) == 1 else f"{key[0]}@{'@'.join(key[1:])}"
-
-
-def _row(e: Expectation, x: dict[str, Any]) -> dict[str, Any]:
-    rows = x.get("rows") or []
+def _row(e: Expectation, x: R.SweepResult | R.PathPatchResult | R.PatchResult) -> R.Row:
+    keys = [str(r.key) for r in x.rows]
     if e.arg is None:
-        if len(rows) == 1:
-            return rows[0]
-        raise ExpectationError(f"{e.where}: {e.claim}: experiment {x['name']} has {len(rows)} rows: "
-                               f"write {e.metric}(ROW) with a row such as {', '.join(_key(r) for r in rows[:3])}")
-    for r in rows:
-        if _key(r) == e.arg:
-            return r
-    raise ExpectationError(f"{e.where}: {e.claim}: experiment {x['name']} has no row {e.arg} "
-                           f"({did_you_mean(e.arg, [_key(r) for r in rows], 'rows')})")
+        if len(x.rows) == 1:
+            return x.rows[0]
+        raise ExpectationError(f"{e.where}: {e.claim}: experiment {x.name} has {len(keys)} rows: "
+                               f"write {e.metric}(ROW) with a row such as {', '.join(keys[:3])}")
+    if e.arg not in keys:
+        raise ExpectationError(f"{e.where}: {e.claim}: experiment {x.name} has no row {e.arg} "
+                               f"({did_you_mean(e.arg, keys, 'rows')})")
+    return x[e.arg]
 
 
-def _scrub(e: Expectation, x: dict[str, Any]) -> dict[str, Any]:
-    scrub = x.get("scrub") or {}
-    if "loss_recovered" in scrub:  # one hypothesis, stored flat
-        return scrub
+def _hypothesis(e: Expectation, x: R.ScrubbingResult) -> R.HypothesisResult:
     if e.arg is not None:
-        if e.arg not in scrub:
+        if e.arg not in x.hypotheses:
             raise ExpectationError(f"{e.where}: {e.claim}: no hypothesis {e.arg} in the results "
-                                   f"(have: {', '.join(scrub)})")
-        return scrub[e.arg]
-    if len(scrub) != 1:
-        raise ExpectationError(f"{e.where}: {e.claim}: name the hypothesis (have: {', '.join(scrub)})")
-    return next(iter(scrub.values()))
+                                   f"(have: {', '.join(x.hypotheses)})")
+        return x[e.arg]
+    if len(x) != 1:
+        raise ExpectationError(f"{e.where}: {e.claim}: name the hypothesis (have: {', '.join(x.hypotheses)})")
+    return next(iter(x))
 
 
-def _stat(e: Expectation, x: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+def _stat(e: Expectation, x: R.Experiment) -> tuple[Stat | None, str]:
     """The statistic the expectation reads, and how to say what it is."""
-    m, name = e.metric, f"{e.subject} of experiment {x['name']}"
+    m, name = e.metric, f"{e.subject} of experiment {x.name}"
+    if isinstance(x, R.ScrubbingResult):
+        h = _hypothesis(e, x)
+        return {"loss_recovered": h.loss_recovered, "scrubbed_metric": h.m_scrubbed, "m_model": h.m_model,
+                "m_random": h.m_random}[m], name
+    if isinstance(x, R.CircuitResult):
+        if m == "completeness":
+            if x.completeness is None:
+                return None, name
+            worst = ", ".join(map(str, x.completeness.worst))
+            return x.completeness.gap, f"{name} (worst gap, at K = {{{worst}}})"
+        if m == "minimality":
+            try:
+                return x[e.arg or ""].value, name
+            except KeyError:
+                raise ExpectationError(f"{e.where}: {e.claim}: {e.arg} is not a node of circuit experiment "
+                                       f"{x.name} (nodes: {', '.join(str(u.unit) for u in x.minimality[:8])} …)"
+                                       ) from None
+        return getattr(x, m), name
     if m in ("effect", "raw"):
         r = _row(e, x)
-        return (r.get("norm") if m == "effect" else r.get("raw")), name
-    if m == "clean":
-        return x.get("clean"), name
-    if m == "source":
-        return x.get("source_metric"), name
-    if m in ("loss_recovered", "scrubbed_metric", "m_model", "m_random"):
-        field = "m_scrubbed" if m == "scrubbed_metric" else m
-        return _scrub(e, x).get(field), name
-    c = x.get("circuit") or {}
-    if m == "completeness":
-        comp = c.get("completeness")
-        if comp is None:
-            return None, name
-        worst = ", ".join(comp.get("worst") or [])
-        return comp.get("gap"), f"{name} (worst gap, at K = {{{worst}}})"
-    if m == "minimality":
-        for u in c.get("minimality") or []:
-            if u["unit"] == e.arg:
-                return u["value"], name
-        raise ExpectationError(f"{e.where}: {e.claim}: {e.arg} is not a node of circuit experiment {x['name']} "
-                               f"(nodes: {', '.join(u['unit'] for u in (c.get('minimality') or [])[:8])} …)")
-    return c.get(m), name
+        return (r.normalised if m == "effect" else r.metric), name
+    return (x.m_clean if m == "clean" else x.m_source), name
 
 
-def _numeric(e: Expectation, st: dict[str, Any] | None, name: str, warnings: list[str]) -> Outcome:
-    if st is None or st.get("mean") is None or st.get("lo") is None or st.get("hi") is None:
+def _numeric(e: Expectation, st: Stat | None, name: str, warnings: list[str]) -> Outcome:
+    if st is None or any(math.isnan(v) for v in (st.mean, st.lo, st.hi)):
         why = f" ({'; '.join(warnings)})" if warnings else ""
-        return Outcome(e, False, f"{name} is undefined{why}", "an undefined value meets no expectation")
-    mean, lo, hi = float(st["mean"]), float(st["lo"]), float(st["hi"])
-    n = len(st.get("values") or [])
-    if any(math.isnan(v) for v in (mean, lo, hi)):
-        return Outcome(e, False, f"{name} is NaN", "an undefined value meets no expectation")
+        what = "NaN" if st is not None and math.isnan(st.mean) else "undefined"
+        return Outcome(e, False, f"{name} is {what}{why}", "an undefined value meets no expectation")
+    mean, lo, hi, n = st.mean, st.lo, st.hi, len(st.values)
     measured = (f"{name} = {_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}] "
                 f"(mean, 95% bootstrap interval over {n} examples)")
     passed, rule = _rule(e, lo, hi)
@@ -414,44 +402,39 @@ def _rule(e: Expectation, lo: float, hi: float) -> tuple[bool, str]:
     return passed, f"fails only when the whole interval is {_FAILS_WHEN[e.op]} {_fmt(bound)}: {end_name} = {_fmt(end)}"
 
 
-def _heads(x: dict[str, Any]) -> list[tuple[str, float, dict[str, Any]]]:
-    """Head rows ranked by |normalised effect| (|raw - clean| when not normalisable)."""
-    clean = (x.get("clean") or {}).get("mean", 0.0)
-    out = []
-    for r in x.get("rows") or []:
-        if not re.match(r"^a\d+\.h\d+$", str(list(r["key"])[0])):
-            continue
-        st = r.get("norm") or r.get("raw")
-        size = abs(st["mean"]) if r.get("norm") else abs(r["raw"]["mean"] - clean)
-        out.append((_key(r), size, st))
-    return sorted(out, key=lambda t: -t[1])
+def _heads(x: R.SweepResult | R.PathPatchResult | R.PatchResult) -> list[tuple[str, float, Stat]]:
+    """Head rows (``a9.h9``, or ``a9.h9@END`` per position) ranked by |normalised effect|
+    (|raw − clean| when not normalisable)."""
+    rows = [r for r in x.rows if r.key.node is not None and r.key.node.kind == "head"]
+    return sorted(((str(r.key), x.effect(r), r.normalised or r.metric) for r in rows), key=lambda t: -t[1])
 
 
-def _membership(e: Expectation, x: dict[str, Any]) -> Outcome:
+def _membership(e: Expectation, x: R.Experiment) -> Outcome:
     k = int(e.arg) if e.arg else TOP_K
-    ranked = _heads(x)
+    ranked = _heads(x)  # type: ignore[arg-type]  # resolved: top_heads reads sweeps, path and patch experiments
     top = ranked[:k]
     names = [n for n, _, _ in top]
-    listing = ", ".join(f"{n} {st['mean']:+.3g} [{st['lo']:.3g}, {st['hi']:.3g}]" for n, _, st in top[:5])
+    listing = ", ".join(f"{n} {st.mean:+.3g} [{st.lo:.3g}, {st.hi:.3g}]" for n, _, st in top[:5])
     more = f", … ({len(top)} in all)" if len(top) > 5 else ""
-    measured = f"top {k} heads of experiment {x['name']} by |normalised effect|: {listing}{more}"
+    measured = f"top {k} heads of experiment {x.name} by |normalised effect|: {listing}{more}"
     rank = next((i for i, (n, _, _) in enumerate(ranked) if n == e.node), None)
     if rank is None:
         measured += f"; {e.node} is not among the {len(ranked)} heads measured"
     elif rank >= k:
         st = ranked[rank][2]
-        measured += f"; {e.node} ranks {rank + 1} with {st['mean']:+.3g} [{st['lo']:.3g}, {st['hi']:.3g}]"
+        measured += f"; {e.node} ranks {rank + 1} with {st.mean:+.3g} [{st.lo:.3g}, {st.hi:.3g}]"
     inside = e.node in names
     rule = "the ranking by point estimate (intervals are shown, not used)"
     return Outcome(e, inside if e.op == "contains" else not inside, measured, rule)
 
 
-def check(e: Expectation, results: dict[str, Any]) -> Outcome:
-    """Check one expectation against results (:meth:`Results.to_dict` data); raises
-    :class:`ExpectationError` when the results lack what it names."""
+def check(e: Expectation, results: R.Results) -> Outcome:
+    """Check one expectation against typed results (fresh, or :meth:`Results.load` ed from the
+    cache); raises :class:`ExpectationError` when the results lack what it names."""
     x = _experiment(e, results)
+    if isinstance(x, R.FailedResult):
+        return Outcome(e, False, f"experiment {x.name} failed: {x.error}", "a failed experiment meets no expectation")
     if e.op in ("contains", "excludes"):
         return _membership(e, x)
     st, name = _stat(e, x)
-    warnings = list(x.get("warnings") or []) + list((x.get("circuit") or {}).get("warnings") or [])
-    return _numeric(e, st, name, warnings)
+    return _numeric(e, st, name, list(x.warnings))

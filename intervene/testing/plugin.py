@@ -136,7 +136,9 @@ class ExpectationItem(pytest.Item):
         self.test = test
         self.expectation = expectation
 
-    def _results(self) -> dict[str, Any]:
+    def _results(self) -> Any:
+        """The spec's typed results (:class:`intervene.results.Results`), computed or read from
+        the cache once per spec file."""
         from intervene.testing import spectest
 
         store = self.config.stash[RESULTS]

@@ -14,8 +14,9 @@ What it owns, for the pytest plugin (and anyone checking specs outside pytest):
 * :func:`results` — the results of a loaded spec (from the cache, or computed by
   :func:`execute` on the model loaded once per process and then stored).
 
-Results are plain JSON data (:meth:`intervene.results.Results.to_dict` after a JSON round
-trip), the form :mod:`intervene.testing.expect` reads, whether fresh or cached.
+The cache stores the results file's content (:meth:`intervene.results.Results.to_dict`);
+:func:`results` gives typed :class:`intervene.results.Results`, which
+:mod:`intervene.testing.expect` reads, read back from the same data whether fresh or cached.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import intervene
+from intervene.results import Results, ResultsFileError, write_atomic
 from intervene.spec import schema
 from intervene.spec.check import load_spec
 from intervene.testing import expect
@@ -133,38 +134,35 @@ class ResultsCache:
         return data if isinstance(data, dict) else None
 
     def put(self, key: str, data: dict[str, Any]) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        target = self.path(key)
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".{key[:12]}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f)
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return target
+        """Store results data atomically, with the usual file permissions."""
+        return write_atomic(self.path(key), json.dumps(data, allow_nan=False))
 
 
 def execute(spec: schema.Spec, device: str | None = None) -> dict[str, Any]:
-    """Run a spec (model loaded once per process) and return its results as JSON data."""
+    """Run a spec (model loaded once per process) and return its results file's content
+    (:meth:`intervene.results.Results.to_dict` as JSON data)."""
     from intervene import api
     from intervene.models.loading import resolve_device
 
     dev = str(resolve_device(device or spec.model.device))  # "auto" resolved: one cache entry per device
     res = api.run(spec, device=dev)
-    return json.loads(json.dumps(res.to_dict(), default=str))
+    return json.loads(json.dumps(res.to_dict(), allow_nan=False))
 
 
 def results(t: SpecTest, cache: ResultsCache | None = None, device: str | None = None, refresh: bool = False
-            ) -> tuple[dict[str, Any], bool]:
-    """The results of ``t`` and whether they came from the cache (``refresh``: recompute and
-    store anyway). The current module's :func:`execute` does the work, so tests may replace it."""
+            ) -> tuple[Results, bool]:
+    """The typed results of ``t`` and whether they came from the cache (``refresh``: recompute
+    and store anyway; a cached file of another format is recomputed). The current module's
+    :func:`execute` does the work, so tests may replace it."""
     if cache is not None and not refresh:
         hit = cache.get(t.key)
         if hit is not None:
-            return hit, True
+            try:
+                return Results.from_dict(hit, str(cache.path(t.key))), True
+            except ResultsFileError:
+                pass  # written by an older intervene: recompute
     data = execute(t.spec, device)
+    res = Results.from_dict(data, f"results of {t.spec.path or t.spec.name}")
     if cache is not None:
         cache.put(t.key, data)
-    return data, False
+    return res, False
