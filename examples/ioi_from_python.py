@@ -27,10 +27,10 @@ def main() -> None:
     spec = spec.model_copy(update={"datasets": {**spec.datasets, "clean": clean}})
 
     res = intervene.run(spec)
-    sweep = res.experiment("head_sweep")
+    sweep = res["head_sweep"]
     report.print_results(res, top=8)
 
-    top = [r.key[0] for r in sweep.top(5) if r.norm and r.norm.mean > 0]
+    top = [str(r.key.node) for r in sweep.top(5) if r.normalised and r.normalised.mean > 0]
     print(f"\npatching the top heads together: {top}")
     together = schema.PatchExperiment(
         name="top_heads", kind="patch", dataset="clean",
@@ -38,9 +38,9 @@ def main() -> None:
             kind="dataset", dataset="corrupted")),))
     spec2 = spec.model_copy(update={"experiments": (together,)})
     res2 = api.run(spec2)
-    row = res2.experiment("top_heads").rows[0]
-    print(f"all {len(top)} heads patched: logit diff {row.raw.mean:.3f} "
-          f"[{row.raw.lo:.3f}, {row.raw.hi:.3f}], normalised {row.norm.mean:.3f}" if row.norm else "")
+    row = res2["top_heads"].row
+    print(f"all {len(top)} heads patched: logit diff {row.metric.mean:.3f} "
+          f"[{row.metric.lo:.3f}, {row.metric.hi:.3f}], normalised {row.normalised.mean:.3f}" if row.normalised else "")
 
 
 if __name__ == "__main__":

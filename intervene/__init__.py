@@ -16,14 +16,16 @@ The pipeline, end to end::
                                      r2    a0.h0  on clean  a0.h0@* ← corrupted[i]   # specs/ioi_head_sweep.yaml:24
       │  intervene.execute         base passes cached; rows join at their first patched layer
       ▼
-    per-example metric values  ->  intervene.results (bootstrap, normalisation, JSON)
-                                   intervene.report (table, heatmap)
+    per-example metric values  ->  intervene.stats (bootstrap, normalisation, KL)
+                                   intervene.results (one typed result per experiment, JSON)
+                                   intervene.report (tables), intervene.plot (heatmaps, circuits)
 
 In Python::
 
     import intervene
     res = intervene.run("specs/ioi_head_sweep.yaml", out="out/ioi.json")
-    print(res.experiment("head_sweep").top(5))
+    print(res["head_sweep"].top(5), res["head_sweep"]["a23.h3"].normalised)
+    res == intervene.Results.load("out/ioi.json")
 
 Every exception intervene raises on purpose is an :class:`InterveneError`: a bad spec is a
 :class:`SpecError` listing every problem at ``file:line:col``, found before any forward pass.
@@ -32,6 +34,7 @@ Every exception intervene raises on purpose is an :class:`InterveneError`: a bad
 __version__ = "0.1.0"
 
 from intervene.errors import ExecutionError, InterveneError, SpecError, UsageError  # noqa: E402
+from intervene.results import Results  # noqa: E402
 from intervene.spec.check import load_spec  # noqa: E402
 
 
@@ -42,4 +45,4 @@ def run(*args, **kwargs):  # type: ignore[no-untyped-def]
     return api.run(*args, **kwargs)
 
 
-__all__ = ["load_spec", "run", "InterveneError", "SpecError", "UsageError", "ExecutionError", "__version__"]
+__all__ = ["load_spec", "run", "Results", "InterveneError", "SpecError", "UsageError", "ExecutionError", "__version__"]
