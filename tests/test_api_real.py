@@ -6,6 +6,7 @@ Marked ``real_model``: SmolLM2-135M loads once per session (tests/conftest.py).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -123,7 +124,7 @@ def test_results_file_is_written_atomically(real_model, tmp_path: Path, monkeypa
     def boom(*a, **k):  # type: ignore[no-untyped-def]
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(json, "dump", boom)
+    monkeypatch.setattr(os, "fsync", boom)  # interrupted with the temporary file half written
     with pytest.raises(KeyboardInterrupt):
         res.save(out)
     assert out.read_text() == "previous"

@@ -256,6 +256,20 @@ def test_save_then_load_gives_equal_results(res: R.Results, tmp_path: Path) -> N
     assert not list(tmp_path.glob(".*tmp")), "no temporary file left behind"
 
 
+def test_an_interrupted_save_leaves_the_old_file(res: R.Results, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "r.json"
+    out.write_text("previous")
+
+    def boom(fd: int) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", boom)  # after the temporary file is written, before the rename
+    with pytest.raises(KeyboardInterrupt):
+        res.save(out)
+    assert out.read_text() == "previous" and [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
 def test_files_are_written_with_the_usual_permissions(res: R.Results, tmp_path: Path, umask: int, mode: int) -> None:
     old = os.umask(umask)
