@@ -22,15 +22,17 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from intervene import data, ir, metrics, results, scores, stats
+from intervene import data, files, ir, metrics, results, scores, stats
 from intervene import bind
 from intervene.circuit import Circuit
-from intervene.compile import compile_spec, lower_source
+from intervene.compile import DataFacts, compile_spec, lower_source
 from intervene.errors import Diagnostic, ErrorCode, ExecutionError, SpecError
 from intervene.evaluate import CircuitEvaluator
 from intervene.execute import Executor
 from intervene.models.loading import LoadedModel, load_model
-from intervene.scrub.score import ScrubResult, scrub
+from intervene.scrub.lower import values_of as lowered_values
+from intervene.scrub.score import ScrubResult, draws_for
+from intervene.scrub.score import result as scrub_result
 from intervene.spec import schema
 from intervene.spec.check import ModelFacts, as_spec, check_against_model, load_spec  # noqa: F401  (re-export)
 
@@ -168,7 +170,9 @@ def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool) -> Prepa
         src = spec.source_map
         raise SpecError(diags, {src.file: src.text} if src is not None else None)
     positions = {n: tuple(ds.position_names) for n, ds in datasets.items()}
-    program = compile_spec(spec, lm.adapter.shape, positions) if compile_program else ir.Program(spec.name or "")
+    facts_ = DataFacts({n: len(b.lengths) for n, b in batches.items()},
+                       lambda h, ds, seed: draws_for(h, datasets[ds], batches[ds], seed))
+    program = compile_spec(spec, lm.adapter.shape, positions, facts_) if compile_program else ir.Program(spec.name or "")
     return Prepared(spec, lm, datasets, batches, program)
 
 
@@ -196,17 +200,23 @@ def resolve_vectors(p: Prepared) -> dict[str, torch.Tensor]:
 @dataclass
 class Executed:
     """What executing a prepared spec measured: per-example metric values of every run (None for
-    the runs of circuit experiments) and each circuit experiment's scores."""
+    runs that are only read by others), each circuit experiment's scores and the programs its
+    searches ran, each scrub experiment's hypotheses, and the experiments that failed (name ->
+    one line naming the op and its spec line)."""
 
     values: list[torch.Tensor | None]
     circuits: dict[str, scores.CircuitScores]
     scrubs: dict[str, list[ScrubResult]] = field(default_factory=dict)
+    programs: dict[str, list[str]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
 
 
 def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max_tokens: int = 32768,
             on_circuit: Callable[[str], None] | None = None) -> Executed:
-    """Run the prepared program fused, then score every circuit experiment (its searches stack
-    their circuits on the batch axis; the base passes are shared with the program's runs)."""
+    """Run the prepared program fused (every experiment's runs in one program, scrubbing
+    included), then run every circuit experiment's searches, seeded with the program's M, ∅ and
+    C runs (its searches stack their circuits on the batch axis; the base passes are shared).
+    An experiment whose runs fail is recorded in ``failures``; the others complete."""
     metric = metrics.from_spec(p.spec.metric)
     ex = Executor(p.model.adapter, p.batches, resolve_vectors(p), p.program.metric_position,
                   max_tokens=max_tokens, progress=progress)
@@ -214,44 +224,59 @@ def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max
     def readout(ds: str, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         b = p.batches[ds]
         ans = {k: v[idx] for k, v in b.answer_ids.items()}
-        return metric(logits, ans, ex.base(ds).logits[idx.to(logits.device)])
+        clean = ex.base(ds).logits[idx.to(logits.device)]  # type: ignore[index]
+        return torch.stack((metric(logits, ans, clean).float(), stats.kl(clean, logits)), 1)
 
-    circuit_exps = [e for e in p.spec.experiments if e.kind == "circuit"]
-    skip = {e.name for e in circuit_exps}
-    main = ir.Program(p.program.name, [r for r in p.program.runs if r.experiment not in skip],
-                      p.program.vectors, p.program.metric_position)
+    prog = p.program
+    failures: dict[str, str] = {}
     with torch.inference_mode():
-        got = iter(ex.execute(main, readout) if main.runs else [])
-    values = [None if r.experiment in skip else next(got) for r in p.program.runs]
+        try:
+            got = ex.execute(prog, readout) if prog.runs else []
+        except ExecutionError:  # run each experiment alone: the failing ones are recorded, the others complete
+            got = [None] * len(prog.runs)
+            for name in dict.fromkeys(r.experiment for r in prog.runs):
+                idx = [i for i, r in enumerate(prog.runs) if r.experiment == name]
+                sub = ir.Program(prog.name, [prog.runs[i] for i in idx], prog.vectors, prog.metric_position,
+                                 indices=prog.indices)
+                try:
+                    for i, v in zip(idx, ex.execute(sub, readout)):
+                        got[i] = v
+                except ExecutionError as e:
+                    failures[name] = str(e)
+    values = [None if v is None else v[:, 0] for v in got]
     shape = p.model.adapter.shape
     full, empty = Circuit.full(shape), Circuit(frozenset(), name="∅")
     caches: dict[tuple[str, ir.Source], dict[Any, scores.Measured]] = {}
     out: dict[str, scores.CircuitScores] = {}
+    programs: dict[str, list[str]] = {}
     for i, e in enumerate(p.spec.experiments):
-        if e.kind != "circuit":
+        if e.kind != "circuit" or e.name in failures:
             continue
         if on_circuit:
             on_circuit(e.name)
         src = lower_source(e.ablate, e.dataset)
+        cache = caches.setdefault((e.dataset, src), {})
+        measured = {r.key[0]: got[j] for j, r in enumerate(prog.runs) if r.experiment == e.name}
+        for c, key in ((full, "clean"), (empty, "source"), (prog.circuits[e.name], "circuit")):
+            v = measured[key]
+            cache[scores.circuit_key(c)] = scores.Measured(v[:, 0].double().numpy(), v[:, 1].double().numpy())
         ev = CircuitEvaluator(p.model.adapter, p.batches, e.dataset, src, metric, executor=ex,
                               origin=p.spec.where(("experiments", i, "circuit")))
-        out[e.name] = scores.score_circuit(
-            p.program.circuits[e.name], full, empty, ev, seed=p.spec.seed, random_k=e.completeness.random,
-            greedy_steps=e.completeness.greedy, minimality_samples=e.minimality.samples,
-            cache=caches.setdefault((e.dataset, src), {}))
+        try:
+            out[e.name] = scores.score_circuit(
+                prog.circuits[e.name], full, empty, ev, seed=p.spec.seed, random_k=e.completeness.random,
+                greedy_steps=e.completeness.greedy, minimality_samples=e.minimality.samples, cache=cache)
+        except ExecutionError as err:
+            failures[e.name] = str(err)
+        programs[e.name] = ev.programs
     scrubbed: dict[str, list[ScrubResult]] = {}
     for e in p.spec.experiments:
-        if e.kind != "scrub":
+        if e.kind != "scrub" or e.name in failures:
             continue
         seed = p.spec.seed if e.seed is None else e.seed
-        for h, _ in p.program.scrubs[e.name]:
-            if on_circuit:
-                on_circuit(f"{e.name}: {h.name}")
-            r = scrub(p.model.adapter, p.datasets[e.dataset], p.batches[e.dataset], h, metric, seed=seed,
-                      max_tokens=max_tokens, metric_position=p.program.metric_position)
-            scrubbed.setdefault(e.name, []).append(r)
-    return Executed(values, out, scrubbed)
-
+        scrubbed[e.name] = [scrub_result(low, *lowered_values(low, prog, values), seed=seed)
+                            for low in prog.meta["scrub"][e.name]]
+    return Executed(values, out, scrubbed, programs, failures)
 
 
 def _source_warnings(p: Prepared, srcs: list[ir.Source]) -> list[str]:
@@ -289,8 +314,8 @@ def _patching(p: Prepared, exp: Any, values: list[torch.Tensor | None]) -> resul
 def _scrubbing(exp: Any, got: list[ScrubResult]) -> results.ScrubbingResult:
     """A scrub experiment: each hypothesis's scores, settings, plan and draws."""
     hyps = {r.hypothesis: results.HypothesisResult(
-        r.hypothesis, r.m_model, r.m_random, r.m_scrubbed, r.loss_recovered, results.jsonable(r.settings),
-        list(r.warnings), str(r.plan), results.jsonable(r.draws.dump(r.plan))) for r in got}
+        r.hypothesis, r.m_model, r.m_random, r.m_scrubbed, r.loss_recovered, files.jsonable(r.settings),
+        list(r.warnings), str(r.plan), files.jsonable(r.draws.dump(r.plan))) for r in got}
     return results.ScrubbingResult(exp.name, exp.dataset, hyps, [w for r in got for w in r.warnings])
 
 
@@ -319,10 +344,10 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
         "model": {"id": lm.model_id, "revision": lm.revision, "family": lm.adapter.family,
                   "source": lm.source, "dtype": str(lm.adapter.dtype), "device": str(lm.adapter.device)},
         "seed": p.spec.seed,
-        "versions": results.environment(),
+        "versions": files.environment(),
     }
     return results.Results(p.spec.name or "spec", str(metrics.from_spec(p.spec.metric)), exps,
-                           results.jsonable(meta), str(p.program), results.jsonable(_dump_datasets(p)), seconds)
+                           files.jsonable(meta), str(p.program), files.jsonable(_dump_datasets(p)), seconds)
 
 
 def _dump_datasets(p: Prepared) -> dict[str, list[dict[str, Any]]]:

@@ -13,21 +13,29 @@ Passes, in order:
 A circuit experiment lowers to three runs (the whole model M, ∅ and the circuit C, each edge
 outside C read from the ablation source) and keeps its resolved circuit in
 ``program.circuits``: the runs of its completeness and minimality searches depend on measured
-values, so :mod:`intervene.api` generates them while scoring (:mod:`intervene.scores`).
+values, so :mod:`intervene.api` generates them while scoring (:mod:`intervene.scores`), seeded
+with the measurements of these three runs, and records every program it ran in the results.
+
+A scrub experiment lowers each hypothesis to runs (:mod:`intervene.scrub.lower`): its inputs
+are drawn here, from the data (:class:`DataFacts`), so the printed program holds every index
+it runs on; views of the unpatched pass are shared by all hypotheses of the experiment.
 
 All experiments of a spec go into one program, so the executor fuses them into shared passes.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from intervene import graph, ir
 from intervene.circuit import Circuit, Edge
 from intervene.circuit import readers as circuit_readers
 from intervene.graph import Node
 from intervene.spec import schema
-from intervene.scrub.plan import plan as scrub_plan
+from intervene.scrub.hypothesis import Hypothesis
+from intervene.scrub.lower import lower as lower_hypothesis
+from intervene.scrub.plan import Draws, Plan
 from intervene.spec.circuits import resolve_circuit
 from intervene.spec.hypotheses import resolve_hypothesis
 
@@ -64,9 +72,20 @@ def baseline_runs(exp_name: str, dataset: str, source: ir.Source | None, positio
     return runs
 
 
-def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str, tuple[str, ...]]) -> ir.Program:
+@dataclass
+class DataFacts:
+    """What lowering reads of the data: each dataset's size, and the seeded draws of a
+    hypothesis on a dataset (``draws(hypothesis, dataset, seed) -> (plan, draws)``)."""
+
+    sizes: dict[str, int]
+    draws: Callable[[Hypothesis, str, int], tuple[Plan, Draws]]
+
+
+def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str, tuple[str, ...]],
+                 data: DataFacts | None = None) -> ir.Program:
     """Lower every experiment of a (checked) spec into one program; ``positions`` lists each
-    dataset's named positions (what ``positions: all`` means for a per-position sweep)."""
+    dataset's named positions (what ``positions: all`` means for a per-position sweep), and
+    ``data`` what scrub experiments draw their inputs from."""
     prog = ir.Program(name=spec.name or "spec", metric_position=spec.metric.position)
     for i, exp in enumerate(spec.experiments):
         loc = ("experiments", i)
@@ -99,9 +118,18 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
                     label = str(group[0]) if len(group) == 1 else "senders"
                     entries = ir.EdgeEntries(src, ((es, pos),), label=f"paths from {label}", origin=origin)
                     prog.runs.append(ir.Run(label, exp.dataset, (), exp.name, (label,), edges=(entries,)))
-        elif exp.kind == "scrub":  # its own rows, run by intervene.scrub (one batched pass per hypothesis)
-            hyps = [resolve_hypothesis(spec, h, shape) for h in exp.hypotheses]
-            prog.scrubs[exp.name] = [(h, scrub_plan(h)) for h in hyps]
+        elif exp.kind == "scrub":
+            if data is None:
+                raise ValueError(f"scrub experiment {exp.name}: compiling needs the data its inputs are drawn from")
+            seed = spec.seed if exp.seed is None else exp.seed
+            views: dict[tuple[int, ...], str] = {}
+            lowered = []
+            for h in (resolve_hypothesis(spec, h, shape) for h in exp.hypotheses):
+                plan, draws = data.draws(h, exp.dataset, seed)
+                lowered.append(lower_hypothesis(h, plan, draws, prog, experiment=exp.name, dataset=exp.dataset,
+                                                n_examples=data.sizes[exp.dataset], shape=shape,
+                                                views=views))
+            prog.meta.setdefault("scrub", {})[exp.name] = lowered
         elif exp.kind == "circuit":
             src = lower_source(exp.ablate, exp.dataset)
             circuit = resolve_circuit(spec, exp.circuit, shape)

@@ -47,6 +47,7 @@ class CircuitEvaluator:
         self.all_edges = frozenset(graph.edges(model.shape))
         self.calls = 0
         self.rows = 0
+        self.programs: list[str] = []  # every program a call ran, as printed
 
     def program(self, circuits: Sequence[Circuit]) -> ir.Program:
         """The program one call runs (printable: one run per circuit)."""
@@ -57,6 +58,7 @@ class CircuitEvaluator:
 
     def __call__(self, circuits: Sequence[Circuit]) -> list[Measured]:
         program = self.program(circuits)
+        self.programs.append(str(program))
         batch = self.exe.batches[self.dataset]
 
         def readout(ds: str, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

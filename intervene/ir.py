@@ -38,7 +38,7 @@ residual at layer l (:meth:`Run.start_layer`). The module imports neither torch 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from intervene.circuit import Circuit
 from intervene.graph import Node, Receiver
@@ -131,6 +131,28 @@ class Op:
 
 
 Edge = tuple[Node, Receiver]
+
+Place = tuple[str, int]
+"""A place in a run whose values another run may read: (``z`` (a layer's heads), ``mlp`` (its
+output), ``input``, ``resid`` (entering layer l; l = L the final residual) or ``mlpin`` (the
+MLP's input), layer)."""
+
+
+def read_place(op: Op, n_layers: int) -> Place:
+    """The place a patch op reads in its source: the node's output (for an edge, its sender's),
+    or the receiver's input."""
+    if op.node is not None:
+        n = op.node
+        if n.kind == "head":
+            return ("z", n.layer)
+        if n.kind == "mlp":
+            return ("mlp", n.layer)
+        return ("input", 0) if n.kind == "input" else ("resid", n.layer)
+    r = op.receiver
+    assert r is not None
+    if r.kind == "logits":
+        return ("resid", n_layers)
+    return ("mlpin", r.layer) if r.kind == "mlp" else ("resid", r.layer)
 
 
 def _receiver_layer(r: Receiver, n_layers: int) -> int:
@@ -247,6 +269,33 @@ class Vector:
     unit: bool = False  # project_out directions are normalised
 
 
+def _grouped(ops: tuple[Op, ...]) -> list[tuple[str, str]]:
+    """Listing lines of a run's ops: consecutive node patches from one source at the same
+    positions and spec line are one line, counted by kind when there are more than four."""
+    out: list[tuple[str, str]] = []
+    i = 0
+    while i < len(ops):
+        op = ops[i]
+        j = i + 1
+        if op.action == "patch" and op.receiver is None:
+            while j < len(ops) and ops[j].action == "patch" and ops[j].receiver is None and \
+                    (ops[j].source, ops[j].positions, ops[j].origin) == (op.source, op.positions, op.origin):
+                j += 1
+        if j - i <= 4:
+            out += [(str(o), o.origin) for o in ops[i:j]]
+        else:
+            nodes = [o.node for o in ops[i:j]]
+            kinds: dict[str, int] = {}
+            for n in nodes:
+                kinds[n.kind] = kinds.get(n.kind, 0) + 1  # type: ignore[union-attr]
+            names = {"head": "heads", "mlp": "MLPs", "resid": "residuals", "input": "input"}
+            body = ", ".join(k if k == "input" else f"{c} {names[k]}" for k, c in kinds.items())
+            where = "@" + ",".join(op.positions) if op.positions else "@*"
+            out.append((f"{body} ({nodes[0]} … {nodes[-1]}){where} ← {op.source}", op.origin))
+        i = j
+    return out
+
+
 @dataclass
 class Program:
     """Runs to execute together, and the vectors their ops refer to."""
@@ -257,6 +306,7 @@ class Program:
     metric_position: str = "END"
     circuits: dict[str, Circuit] = field(default_factory=dict)  # circuit experiment -> its circuit
     indices: dict[str, Index] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # what passes learnt (scrub: lowered hypotheses)
 
     def run_named(self, name: str) -> Run:
         """The run called ``name`` (KeyError if none)."""
@@ -316,7 +366,7 @@ class Program:
             on = r.dataset if r.input is None else f"{r.dataset}[{r.input}]"
             tail = "" if r.scored else f"  (read only{f', layers < {r.stop}' if r.stop is not None else ''})"
             head = f"  r{i:<4} {r.name:<{width}}  on {on}"
-            items = [(str(op), op.origin) for op in r.ops] + [(str(e), e.origin) for e in r.edges]
+            items = _grouped(r.ops) + [(str(e), e.origin) for e in r.edges]
             if not items:
                 lines.append(head + tail)
             for j, (text, origin) in enumerate(items):

@@ -157,14 +157,16 @@ def test_standard_inputs_fit_any_vocabulary() -> None:
 
 
 def test_scrubbing_fails_when_claims_are_read_from_the_wrong_row(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A scrub that reads every claim from the group's random row instead of the claiming row."""
-    from intervene.scrub import forward as F
+    """A scrub whose plan reads every claim from the random row instead of the claiming row."""
+    from intervene.scrub import score as Sc
 
-    copy = F._copy
+    plan = Sc.plan
 
-    def from_random(t, p, dev):  # type: ignore[no-untyped-def]
-        copy(t, dataclasses.replace(p, src=p.dst - 1), dev)  # the output row s2 reads s1
+    def from_random(h):  # type: ignore[no-untyped-def]
+        p = plan(h)
+        rows = tuple(dataclasses.replace(r, patches=tuple((c, 1) for c, _ in r.patches)) for r in p.rows)
+        return dataclasses.replace(p, rows=rows)
 
-    monkeypatch.setattr(F, "_copy", from_random)
+    monkeypatch.setattr(Sc, "plan", from_random)
     with pytest.raises(I.InvariantViolation, match=r"scrubbing \(identity"):
         I.check_model(tiny("gpt2"), examples=2, only=["scrubbing"])

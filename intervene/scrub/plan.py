@@ -45,6 +45,11 @@ class Row:
     consumer: int | None = None  # the row whose interpretation input x_i agrees with
     patches: tuple[tuple[Claim, int], ...] = ()  # claim <- row
     origin: str = ""
+    key: str = ""  # what seeds the row's draws: the hypothesis's structure along its path, not names
+
+    @property
+    def seed_key(self) -> str:
+        return self.key or self.name
 
 
 @dataclass(frozen=True)
@@ -98,16 +103,24 @@ def plan(h: Hypothesis) -> Plan:
     inst = h.treeify()
     offset = 2  # instance k is row k + 2; the output instance is row 2
     rows = [Row("model", "reference"), Row("random", "random")]
+
+    def structure(path: tuple[str, ...]) -> str:
+        """The path's interpretation nodes by what they claim and their feature: renaming a
+        node does not move any draw."""
+        return "/".join("output" if n == "output" else
+                        f"{','.join(sorted(map(str, h.nodes[n].claims)))}|{h.nodes[n].feature}" for n in path)
+
     for k, t in enumerate(inst):
         kids = [j for j, u in enumerate(inst) if u.consumer == k]
         patches = tuple((c, j + offset) for j in kids for c in h.claims(inst[j].node))
         if t.node == "output":
             rows.append(Row("output", "reference" if h.others == "same" else "random", patches=patches,
-                            origin=h.origin))
+                            origin=h.origin, key="output"))
             continue
         node = h.nodes[t.node]
         base: Base = "own" if (not node.reads or node.others == "same") else "fresh"
-        rows.append(Row(t.name, base, node.feature, (t.consumer or 0) + offset, patches, node.origin))
+        rows.append(Row(t.name, base, node.feature, (t.consumer or 0) + offset, patches, node.origin,
+                        structure(t.path)))
     return Plan(h.name, tuple(rows))
 
 
@@ -161,9 +174,10 @@ def draw(p: Plan, keys: dict[str, np.ndarray], lengths: np.ndarray, seed: int,
             pools[k] = cands[keys[str(f)][cands] == key]
         return pools[k]
 
-    # One generator per row name: adding a node to a hypothesis does not move the others'
-    # draws, and every hypothesis scored with one seed shares the random row.
-    rngs = [np.random.default_rng([seed, zlib.crc32(r.name.encode())]) for r in p.rows]
+    # One generator per row, seeded by the hypothesis's structure along the row's path: adding a
+    # node does not move the others' draws, renaming one moves none, and every hypothesis scored
+    # with one seed shares the random row.
+    rngs = [np.random.default_rng([seed, zlib.crc32(r.seed_key.encode())]) for r in p.rows]
     for i, e in enumerate(ref):
         n = int(lengths[e])
         same = by_len[n]

@@ -1,7 +1,9 @@
-"""Scoring a hypothesis: draw, run one batched pass, and report loss recovered (DESIGN.md §5).
+"""Scoring a hypothesis: draw, lower to runs, execute, and report loss recovered (DESIGN.md §5).
 
-What it owns: :func:`scrub` (features evaluated on the data, seeded draws, the forward of
-:mod:`.forward`) and :class:`ScrubResult`: E[m_model], E[m_random], E[m_scrubbed] and
+What it owns: :func:`scrub` (features evaluated on the data, seeded draws, the runs of
+:mod:`.lower` executed by the main :class:`~intervene.execute.Executor`), :func:`result` (the
+numbers of one lowered hypothesis, also used when a spec's program holds many) and
+:class:`ScrubResult`: E[m_model], E[m_random], E[m_scrubbed] and
 
     loss recovered = (E[m_scrubbed] − E[m_random]) / (E[m_model] − E[m_random])
 
@@ -18,13 +20,21 @@ from typing import Any, Literal
 
 import numpy as np
 
+import torch
+from torch import Tensor
+
+from intervene import ir
 from intervene.data.batch import Batch
 from intervene.data.dataset import Dataset
+from intervene.execute import Executor
 from intervene.models.adapters import Adapter
-from intervene.stats import N_BOOT, Stat, bootstrap, normalised
-from intervene.scrub.forward import MetricFn, ScrubForward
 from intervene.scrub.hypothesis import Hypothesis
+from intervene.scrub.lower import Lowered, lower, values_of
 from intervene.scrub.plan import Draws, Plan, draw, plan
+from intervene.stats import N_BOOT, Stat, bootstrap, normalised
+
+MetricFn = Callable[[Tensor, dict[str, Tensor], Tensor], Tensor]
+"""metric(logits [n, V], answer ids {name: [n]}, clean logits [n, V]) -> [n] (:class:`intervene.metrics.Metric`)."""
 
 
 @dataclass
@@ -87,6 +97,13 @@ def feature_keys(p: Plan, dataset: Dataset, batch: Batch) -> dict[str, np.ndarra
     return {str(r.feature): r.feature.keys(dataset, batch) for r in p.rows if r.feature is not None}
 
 
+def draws_for(h: Hypothesis, dataset: Dataset, batch: Batch, seed: int,
+              mode: Literal["sample", "reference"] = "sample") -> tuple[Plan, Draws]:
+    """The plan of ``h`` and its seeded draws on ``dataset`` (features evaluated on the data)."""
+    p = plan(h)
+    return p, draw(p, feature_keys(p, dataset, batch), batch.lengths.numpy(), seed, mode=mode)
+
+
 def scrub(model: Adapter, dataset: Dataset, batch: Batch, hypothesis: Hypothesis, metric: MetricFn, *,
           seed: int = 0, n_boot: int = N_BOOT, mode: Literal["sample", "reference"] = "sample",
           max_tokens: int = 32768, progress: Callable[[int, int], None] | None = None,
@@ -96,12 +113,25 @@ def scrub(model: Adapter, dataset: Dataset, batch: Batch, hypothesis: Hypothesis
     ``mode="reference"`` feeds every row the reference itself (treeification check). The
     hypothesis must be valid on the model's shape (:meth:`Hypothesis.validate`)."""
     hypothesis.validate(model.shape)
-    p = plan(hypothesis)
-    keys = feature_keys(p, dataset, batch)
-    d = draw(p, keys, batch.lengths.numpy(), seed, mode=mode)
-    values = ScrubForward(model, batch, p, metric_position, max_tokens, progress).run(
-        d.tokens, d.x[:, 0], metric).double().numpy()
-    mm, mr, ms = values[:, 0], values[:, 1], values[:, 2]
+    p, d = draws_for(hypothesis, dataset, batch, seed, mode)
+    program = ir.Program(f"scrub {hypothesis.name}", metric_position=metric_position)
+    low = lower(hypothesis, p, d, program, experiment="scrub", dataset="data", n_examples=len(batch.lengths),
+                shape=model.shape)
+    exe = Executor(model, {"data": batch}, {}, metric_position, max_tokens=max_tokens, progress=progress)
+
+    def readout(ds: str, logits: Tensor, idx: Tensor) -> Tensor:
+        ans = {k: v[idx] for k, v in batch.answer_ids.items()}
+        return metric(logits, ans, exe.base(ds).logits[idx.to(logits.device)])  # type: ignore[index]
+
+    with torch.inference_mode():
+        values = exe.execute(program, readout)
+    return result(low, *values_of(low, program, values), seed=seed, n_boot=n_boot, mode=mode)
+
+
+def result(low: Lowered, mm: np.ndarray, mr: np.ndarray, ms: np.ndarray, *, seed: int, n_boot: int = N_BOOT,
+           mode: str = "sample") -> ScrubResult:
+    """The numbers of one lowered hypothesis from its model, random and output runs' values."""
+    hypothesis, p, d = low.hypothesis, low.plan, low.draws
     settings = {"seed": seed, "n_examples": int(len(mm)), "rows_per_example": len(p.rows), "mode": mode,
                 "n_boot": n_boot, "draws": "uniform among examples of the same token length that agree on the "
                 "feature (reference included); unclaimed inputs: an independent uniform draw per row",
