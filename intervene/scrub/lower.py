@@ -53,7 +53,11 @@ def claim_op(claim: Claim, source: ir.Source, n_layers: int, origin: str = "") -
     return ir.Op("patch", claim.node, claim.positions, source, origin=origin, receiver=r)
 
 
-def _how(plan: Plan, k: int, names: list[str]) -> str:
+def _how(plan: Plan, k: int, names: list[str], aliased: dict[int, int]) -> str:
+    if k in aliased:
+        leaf = plan.rows[aliased[k]]
+        return (f"the input of its row {leaf.name} ({_how(plan, aliased[k], names, {})}), from which it reads "
+                "every node at every position")
     r = plan.rows[k]
     if r.name == "model":
         return "the reference examples"
@@ -89,10 +93,11 @@ def lower(h: Hypothesis, plan: Plan, draws: Draws, program: ir.Program, *, exper
     N = draws.tokens.shape[0]
     inputs = [tuple(int(v) for v in draws.tokens[:, k]) for k in range(len(plan.rows))]
     patches = [row.patches for row in plan.rows]
+    aliased: dict[int, int] = {}
     for k in reversed(range(len(plan.rows))):  # deepest first: a leaf's input is known when read
         src = _whole(patches[k], shape)
         if src is not None and not patches[src]:
-            inputs[k], patches[k] = inputs[src], ()
+            inputs[k], patches[k], aliased[k] = inputs[src], (), src
     names: list[str] = []
     new: list[int] = []  # rows that get a run of their own (the others share a view)
     for k, row in enumerate(plan.rows):
@@ -117,7 +122,7 @@ def lower(h: Hypothesis, plan: Plan, draws: Draws, program: ir.Program, *, exper
                                             if ix.dataset == dataset and ix.values == inputs[k]), None)
         if not identity and index is None:
             index = name
-            program.indices[name] = ir.Index(name, dataset, inputs[k], _how(plan, k, names))
+            program.indices[name] = ir.Index(name, dataset, inputs[k], _how(plan, k, names, aliased))
         ops = tuple(claim_op(c, ir.Source("run", dataset, run=names[src]), n_layers, row.origin)
                     for c, src in patches[k])
         program.runs.append(ir.Run(name, dataset, ops, experiment, (h.name, row.name),
