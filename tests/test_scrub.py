@@ -1,9 +1,9 @@
 """Causal scrubbing on every tiny family: the invariants of DESIGN.md §6 item 6 and issue 4.
 
-The scrub's own forward (:mod:`intervene.scrub.forward`) is checked against the main executor
-(:mod:`intervene.execute`) wherever a hypothesis reduces to an ordinary intervention: a node
-claimed with a constant feature is resample ablation of that node, an edge claim is path
-patching, a receiver claim is patching every edge into the receiver.
+A scrub is lowered to runs of the main executor (:mod:`intervene.scrub.lower`); its numbers
+are checked against ordinary interventions wherever a hypothesis reduces to one: a node claimed
+with a constant feature is resample ablation of that node, an edge claim is path patching, a
+receiver claim is patching every edge into the receiver (edge entries, the other lowering).
 """
 
 from __future__ import annotations
