@@ -386,10 +386,9 @@ def run_prepared(p: Prepared, *, out: str | Path | None = None, progress: Callab
     return res
 
 
-def run(spec: schema.Spec | str | Path, *, model: LoadedModel | None = None, device: str | None = None,
-        out: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
+def run(spec: schema.Spec | Mapping[str, Any] | str | Path, *, model: LoadedModel | None = None,
+        device: str | None = None, out: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
         on_circuit: Callable[[str], None] | None = None) -> results.Results:
-    """Check, compile and execute a spec (:func:`prepare`, then :func:`run_prepared`)."""
-    if not isinstance(spec, schema.Spec):
-        spec = load_spec(spec)
+    """Check, compile and execute a spec -- a file, plain data or a spec object (:func:`prepare`,
+    then :func:`run_prepared`)."""
     return run_prepared(prepare(spec, model, device), out=out, progress=progress, on_circuit=on_circuit)

@@ -67,14 +67,15 @@ def bind(spec: schema.Spec, facts: ModelFacts, datasets: Mapping[str, data.Datas
     lengths = {n: [int(x) for x in b.lengths.tolist()] for n, b in batches.items()}
     widths = {n: int(b.input_ids.shape[1]) for n, b in batches.items()}
     positions = {n: set(b.positions) for n, b in batches.items()}
+    named = {n: tuple(ds.position_names) for n, ds in datasets.items()}
     sources = _Sources(spec, lengths, widths, positions)
     for i, exp in enumerate(spec.experiments):
-        for read in reads(spec, i, exp, facts.shape, {n: tuple(ds.position_names) for n, ds in datasets.items()}):
+        for read in reads(spec, i, exp, named):
             sources.check(read)
     out += sources.out
     out += _vectors(spec, facts.shape.d_model)
     out += _features(spec, facts.shape, datasets, batches)
-    out += expectations(spec, facts.shape, {n: tuple(ds.position_names) for n, ds in datasets.items()})
+    out += expectations(spec, facts.shape, named)
     return sorted(dedupe(out), key=lambda d: (d.file, d.line, d.col))
 
 
@@ -97,8 +98,7 @@ class Read:
     at: tuple[str, ...] | None = None
 
 
-def reads(spec: schema.Spec, i: int, exp: Any, shape: graph.ModelShape,
-          dataset_positions: Mapping[str, tuple[str, ...]]) -> list[Read]:
+def reads(spec: schema.Spec, i: int, exp: Any, dataset_positions: Mapping[str, tuple[str, ...]]) -> list[Read]:
     """How experiment ``i`` reads its sources, as the compiler lowers it (runs and baselines)."""
     here: Loc = ("experiments", i)
     metric_at = (spec.metric.position,)
@@ -136,7 +136,7 @@ class _Sources:
         self.out: list[Diagnostic] = []
 
     def _diag(self, r: Read, code: ErrorCode, message: str, hint: str | None) -> None:
-        raw = schema_source(self.spec, r.loc)
+        raw = _spec_value(self.spec, r.loc)
         named = raw is not None and getattr(raw, "dataset", None) is not None
         loc = r.loc + ("dataset",) if named else r.loc
         self.out.append(at(self.spec.source_map, loc, code, message, hint, r.source.dataset))
@@ -210,7 +210,7 @@ class _Sources:
                        f"of {r.dataset}", "per_position: false takes the mean over all positions, or name positions")
 
 
-def schema_source(spec: schema.Spec, loc: Loc) -> Any:
+def _spec_value(spec: schema.Spec, loc: Loc) -> Any:
     """The spec object at ``loc`` (attributes and indices), None when there is none."""
     cur: Any = spec
     for part in loc:

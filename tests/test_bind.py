@@ -147,7 +147,8 @@ def test_dict_spec_with_unknown_dataset_is_located_by_field_path() -> None:
     exp = {"name": "heads", "kind": "sweep", "dataset": "cleen", "targets": ["m0"],
            "source": {"kind": "dataset", "dataset": "mixed"}}
     data = python_spec(experiments=[exp])
-    for call in (lambda: api.prepare(data, device="cpu"), lambda: intervene.spec.parse_spec_data(data)):
+    for call in (lambda: api.prepare(data, device="cpu"), lambda: api.run(data, device="cpu"),
+                 lambda: intervene.spec.parse_spec_data(data)):
         with pytest.raises(SpecError) as info:
             call()
         (d,) = info.value.diagnostics
