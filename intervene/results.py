@@ -36,18 +36,14 @@ import difflib
 import html
 import json
 import math
-import os
-import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Union
 
-import numpy as np
-
+from intervene import files
 from intervene.graph import Node, PatternError, parse_pattern
 from intervene.scores import CircuitScores, Completeness, Minimality, SubsetTry
-from intervene.stats import N_BOOT, Stat, bootstrap, normalised, spread  # noqa: F401  (re-exported)
+from intervene.stats import Stat, spread
 
 if TYPE_CHECKING:
     import pandas
@@ -123,12 +119,6 @@ def _load_nodes(names: list[str]) -> tuple[Node, ...]:
             raise ValueError(f"{n!r} is not a node name")
         out.append(node)
     return tuple(out)
-
-
-def jsonable(x: Any) -> Any:
-    """``x`` as it reads back from JSON (tuples become lists, other objects their ``str``), so
-    that what is kept in memory equals what :meth:`Results.load` gives."""
-    return json.loads(json.dumps(x, default=str))
 
 
 def _fmt(s: Stat | None) -> str:
@@ -637,49 +627,5 @@ class Results:
         return cls.from_dict(data, str(path))
 
     def save(self, path: str | Path) -> Path:
-        """Write the JSON file atomically (see :func:`write_atomic`)."""
-        return write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))
-
-
-def write_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place. The file gets
-    the permissions any new file would (0644 under umask 022), not mkstemp's 0600."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def _umask() -> int:
-    """The process's umask: from /proc where Linux has it (reading it there changes nothing),
-    else by setting it and straight back."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except OSError:
-        pass
-    mask = os.umask(0o22)
-    os.umask(mask)
-    return mask
-
-
-def environment() -> dict[str, str]:
-    """Versions of everything that shapes the numbers."""
-    import torch
-    import transformers
-
-    from intervene import __version__
-
-    return {"intervene": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "numpy": np.__version__, "python": platform.python_version(), "platform": platform.platform()}
+        """Write the JSON file atomically, with the usual permissions (:func:`files.write_atomic`)."""
+        return files.write_atomic(path, json.dumps(self.to_dict(), indent=1, allow_nan=False))

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from intervene import scores
 from intervene.circuit import Circuit
 from intervene.graph import ModelShape, Node, all_nodes, edges
-from intervene.results import bootstrap, normalised
+from intervene.stats import bootstrap, normalised
 from intervene.scores import Measured, UndefinedFaithfulness, circuit_key, faithfulness_curve, score_circuit
 from intervene.testing import invariants
 from intervene.testing import strategies as S

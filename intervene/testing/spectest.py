@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import intervene
-from intervene.results import Results, ResultsFileError, write_atomic
+from intervene.files import write_atomic
+from intervene.results import Results, ResultsFileError
 from intervene.spec import schema
 from intervene.spec.check import load_spec
 from intervene.testing import expect
