@@ -195,8 +195,10 @@ def test_reprs_are_short(res: R.Results) -> None:
 def test_repr_html(res: R.Results) -> None:
     page = res._repr_html_()
     assert page.count("<table>") == len(res) and "<b>results_test</b>" in page
-    assert "m(C)" not in page and "faithfulness" in res["circuit"]._repr_html_()
-    assert "&lt;" not in page or "<script" not in page  # escaped text, never raw markup
+    circuit = res["circuit"]._repr_html_()
+    assert "<td>faithfulness</td>" in circuit and str(res["circuit"].faithfulness.mean) not in circuit  # rounded
+    odd = R.FailedResult("e", "sweep", "clean", "bad <script> & more")._repr_html_()
+    assert "bad &lt;script&gt; &amp; more" in odd and "<script>" not in odd  # text is escaped
 
 
 def test_tidy_frame(res: R.Results) -> None:
