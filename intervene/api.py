@@ -333,7 +333,7 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
         elif exp.kind == "circuit":
             src = lower_source(exp.ablate, exp.dataset)
             exps.append(results.CircuitResult.from_scores(exp.name, exp.dataset, str(src), executed.circuits[exp.name],
-                                                          _source_warnings(p, [src])))
+                                                          _source_warnings(p, [src]), executed.programs.get(exp.name)))
         else:
             exps.append(_patching(p, exp, executed.values))
     lm = p.model

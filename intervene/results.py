@@ -358,14 +358,16 @@ class CircuitResult(_Experiment):
     n_calls: int
     params: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    programs: list[str] = field(default_factory=list, repr=False)  # every program the searches ran, as printed
 
     @classmethod
     def from_scores(cls, name: str, dataset: str, ablate: str, sc: CircuitScores,
-                    warnings: tuple[str, ...] | list[str] = ()) -> CircuitResult:
-        """The scores of one circuit experiment; ``warnings`` go before the scores' own."""
+                    warnings: tuple[str, ...] | list[str] = (), programs: list[str] | None = None) -> CircuitResult:
+        """The scores of one circuit experiment; ``warnings`` go before the scores' own;
+        ``programs`` are the programs its searches ran (beyond the spec's own)."""
         return cls(name, dataset, ablate, sc.name, sc.n_edges, sc.n_units, sc.m_circuit, sc.m_full, sc.m_empty,
                    sc.faithfulness, sc.ratio, sc.kl, sc.completeness, list(sc.minimality), sc.n_evaluated,
-                   sc.n_calls, dict(sc.params), [*warnings, *sc.warnings])
+                   sc.n_calls, dict(sc.params), [*warnings, *sc.warnings], list(programs or []))
 
     def __getitem__(self, node: str | Node) -> Minimality:
         want = node if isinstance(node, Node) else parse_node(node)
@@ -405,7 +407,7 @@ class CircuitResult(_Experiment):
                 "minimality": [{"unit": str(m.unit), "value": _dump_stat(m.value), "k": [str(n) for n in m.k],
                                 "n_k": m.n_k} for m in self.minimality],
                 "n_evaluated": self.n_evaluated, "n_calls": self.n_calls, "params": dict(self.params),
-                "warnings": list(self.warnings)}
+                "warnings": list(self.warnings), "programs": list(self.programs)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CircuitResult:
@@ -420,7 +422,8 @@ class CircuitResult(_Experiment):
         st = {k: _load_stat(d[k]) for k in ("m_circuit", "m_full", "m_empty", "faithfulness", "ratio", "kl")}
         return cls(d["name"], d["dataset"], d["ablate"], d["circuit"], d["n_edges"], d["n_units"],
                    completeness=comp, minimality=mins, n_evaluated=d["n_evaluated"], n_calls=d["n_calls"],
-                   params=dict(d["params"]), warnings=list(d["warnings"]), **st)  # type: ignore[arg-type]
+                   params=dict(d["params"]), warnings=list(d["warnings"]), programs=list(d.get("programs", [])),
+                   **st)  # type: ignore[arg-type]
 
 
 # -- causal scrubbing -----------------------------------------------------------------------------

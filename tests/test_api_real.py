@@ -242,4 +242,5 @@ def test_scrubbing_on_the_real_model(real_model) -> None:  # type: ignore[no-unt
     assert e["whole"].m_model.mean > 2.0  # the model solves IOI on these prompts
     assert template.hi < 0.5 < movers.lo or template.mean < movers.mean - 0.2
     assert e["movers"].draws[0].keys() == {"model", "random", "output", "output/nm"}
-    assert "scrub movers: 4 rows per reference example" in res.program
+    # the scrub is runs of the one printed program: the output row reads the movers from its child's run
+    assert "a23.h3@END ← ⟨movers/output/nm⟩" in res.program

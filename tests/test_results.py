@@ -171,6 +171,9 @@ def test_circuit_and_scrub_fields(res: R.Results) -> None:
     assert c.m_full.mean == pytest.approx(res["sweep"].m_clean.mean)  # M is the clean run
     assert c.m_empty.mean == pytest.approx(res["sweep"].m_source.mean)  # ∅ is the corrupted run
     assert c["a1.h0"].unit == Node("head", 1, 0) and c.circuit == "additive" and c.n_units == 2
+    # the searches' programs are recorded (M, ∅ and C ran in the spec's own program, not again)
+    assert len(c.programs) == c.n_calls and all(p.startswith("program circuits:") for p in c.programs)
+    assert sum(p.count("\n  r") for p in c.programs) == c.n_evaluated
     truth, missing = res["scrub"]["truth"], res["scrub"]["missing_path"]
     assert truth.loss_recovered.mean == pytest.approx(1.0, abs=0.02)
     assert missing.loss_recovered.hi < truth.loss_recovered.lo
