@@ -30,6 +30,7 @@ from intervene.errors import Diagnostic, ErrorCode, ExecutionError, SpecError
 from intervene.evaluate import CircuitEvaluator
 from intervene.execute import Executor
 from intervene.models.loading import LoadedModel, load_model
+from intervene.scrub.features import load_functions, matching_draw, parse_features
 from intervene.scrub.lower import values_of as lowered_values
 from intervene.scrub.score import ScrubResult, draws_for
 from intervene.scrub.score import result as scrub_result
@@ -170,8 +171,13 @@ def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool) -> Prepa
         src = spec.source_map
         raise SpecError(diags, {src.file: src.text} if src is not None else None)
     positions = {n: tuple(ds.position_names) for n, ds in datasets.items()}
+    def resample(reader: str, ds: str, by: tuple[str, ...], seed: int) -> tuple[list[int], int]:
+        f = load_functions(parse_features(list(by)), spec.path.parent if spec.path else None)
+        got, alone = matching_draw(f, (datasets[reader], batches[reader]), (datasets[ds], batches[ds]), seed)
+        return got, len(alone)
+
     facts_ = DataFacts({n: len(b.lengths) for n, b in batches.items()},
-                       lambda h, ds, seed: draws_for(h, datasets[ds], batches[ds], seed))
+                       lambda h, ds, seed: draws_for(h, datasets[ds], batches[ds], seed), resample)
     program = compile_spec(spec, lm.adapter.shape, positions, facts_) if compile_program else ir.Program(spec.name or "")
     return Prepared(spec, lm, datasets, batches, program)
 
@@ -234,8 +240,10 @@ def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max
             got = ex.execute(prog, readout) if prog.runs else []
         except ExecutionError:  # run each experiment alone: the failing ones are recorded, the others complete
             got = [None] * len(prog.runs)
-            for name in dict.fromkeys(r.experiment for r in prog.runs):
+            for name in dict.fromkeys(r.experiment for r in prog.runs if r.experiment):
                 idx = [i for i, r in enumerate(prog.runs) if r.experiment == name]
+                read = set().union(*(prog.runs[i].reads() for i in idx))
+                idx = sorted(set(idx) | {i for i, r in enumerate(prog.runs) if r.name in read})
                 sub = ir.Program(prog.name, [prog.runs[i] for i in idx], prog.vectors, prog.metric_position,
                                  indices=prog.indices)
                 try:

@@ -34,7 +34,7 @@ import numpy as np
 from intervene import data, graph, ir
 from intervene.compile import lower_source
 from intervene.errors import Diagnostic, ErrorCode, SpecError
-from intervene.scrub.features import FeatureError
+from intervene.scrub.features import Feature, FeatureError, load_functions, matching_draw, parse_feature
 from intervene.spec import schema
 from intervene.spec.check import ModelFacts, check_against_model
 from intervene.spec.circuits import resolve_circuit
@@ -71,7 +71,10 @@ def bind(spec: schema.Spec, facts: ModelFacts, datasets: Mapping[str, data.Datas
     sources = _Sources(spec, lengths, widths, positions)
     for i, exp in enumerate(spec.experiments):
         for read in reads(spec, i, exp, named):
-            sources.check(read)
+            if read.source.by:
+                out += _matching(spec, read, datasets, batches)
+            else:
+                sources.check(read)
     out += sources.out
     out += _vectors(spec, facts.shape.d_model)
     out += _features(spec, facts.shape, datasets, batches)
@@ -80,6 +83,31 @@ def bind(spec: schema.Spec, facts: ModelFacts, datasets: Mapping[str, data.Datas
 
 
 # ------------------------------------------------------------------------------ sources
+
+
+def _matching(spec: schema.Spec, r: Read, datasets: Mapping[str, data.Dataset],
+              batches: Mapping[str, data.Batch]) -> list[Diagnostic]:
+    """A feature-matched resampling source (``by:``): its features parse and apply to both
+    datasets, and every example has an example of its token length that agrees on them."""
+    s, src = r.source, spec.source_map
+    loc = r.loc + ("by",)
+    feats = []
+    for k, text in enumerate(s.by):
+        try:
+            feats.append(load_functions(parse_feature(text), spec.path.parent if spec.path else None))
+        except FeatureError as e:
+            return [at(src, loc + (k,), ErrorCode.E033, e.message, e.hint, text)]
+    if r.dataset not in batches or s.dataset not in batches:
+        return []
+    f = feats[0] if len(feats) == 1 else Feature("all", parts=tuple(feats))
+    try:
+        matching_draw(f, (datasets[r.dataset], batches[r.dataset]), (datasets[s.dataset], batches[s.dataset]), 0)
+    except FeatureError as e:
+        return [at(src, loc, ErrorCode.E033, f"{e.message} (experiment {r.experiment})", e.hint, list(s.by))]
+    except ValueError as e:
+        return [at(src, loc, ErrorCode.E043, f'experiment "{r.experiment}" resamples by {", ".join(s.by)}: {e}',
+                   "use coarser features, or more examples per feature value and length", list(s.by))]
+    return []
 
 
 @dataclass(frozen=True)

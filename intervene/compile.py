@@ -40,12 +40,25 @@ from intervene.spec.circuits import resolve_circuit
 from intervene.spec.hypotheses import resolve_hypothesis
 
 
+def resample_run(reader: str, dataset: str, seed: int, by: tuple[str, ...]) -> str:
+    """The name of the view run that feature-matched resampling of ``dataset`` for the
+    examples of ``reader`` reads (one per reader, dataset, seed and features)."""
+    return f"{dataset}~{seed} by {', '.join(by)}" + ("" if reader == dataset else f" for {reader}")
+
+
 def lower_source(src: Any, default_dataset: str) -> ir.Source:
-    """A spec source block as an IR source (``dataset`` defaults to the experiment's own)."""
+    """A spec source block as an IR source (``dataset`` defaults to the experiment's own).
+    Resampling ``by`` features reads a view run of the source dataset at a drawn index (made by
+    :func:`compile_spec`, which draws it from the data)."""
     if src.kind == "dataset":
         return ir.Source("run", src.dataset, "index")
     if src.kind == "resample":
-        return ir.Source("run", src.dataset or default_dataset, "resample", seed=src.seed)
+        ds = src.dataset or default_dataset
+        if getattr(src, "by", None):
+            by = tuple(src.by)
+            return ir.Source("run", ds, "resample", seed=src.seed, run=resample_run(default_dataset, ds, src.seed, by),
+                             by=by)
+        return ir.Source("run", ds, "resample", seed=src.seed)
     if src.kind == "mean":
         pp = None if src.per_position == "auto" else bool(src.per_position)
         return ir.Source("mean", src.dataset or default_dataset, per_position=pp)
@@ -79,6 +92,10 @@ class DataFacts:
 
     sizes: dict[str, int]
     draws: Callable[[Hypothesis, str, int], tuple[Plan, Draws]]
+    resample: Callable[[str, str, tuple[str, ...], int], tuple[list[int], int]] | None = None
+    """``resample(reader, dataset, by, seed)``: for each example of ``reader``, an example of
+    ``dataset`` of its token length agreeing on the features ``by`` (another one where there is
+    one), and how many had no other."""
 
 
 def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str, tuple[str, ...]],
@@ -161,7 +178,30 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
             prog.runs += baseline_runs(exp.name, exp.dataset, uniq[0] if len(uniq) == 1 else None,
                                        spec.metric.position, shape.n_layers)
             prog.runs.append(ir.Run(exp.name, exp.dataset, tuple(ops), exp.name, ("patched",)))
+    _resample_views(prog, data)
     return prog
+
+
+def _resample_views(prog: ir.Program, data: DataFacts | None) -> None:
+    """A view run (the unpatched pass at a drawn index) for every feature-matched resampling
+    source the program reads, put before the runs that read it."""
+    have = {r.name for r in prog.runs}
+    views: list[ir.Run] = []
+    for run in list(prog.runs):
+        for s in [op.source for op in run.ops] + [e.source for e in run.edges]:
+            if s is None or not s.by or s.run in have:
+                continue
+            if data is None or data.resample is None:
+                raise ValueError(f"{s.run}: compiling feature-matched resampling needs the data it draws from")
+            values, alone = data.resample(run.dataset, s.dataset, s.by, s.seed or 0)  # type: ignore[arg-type]
+            how = (f"for each example of {run.dataset}, a uniform other example of {s.dataset} with its token length "
+                   f"agreeing on {', '.join(s.by)}, seed {s.seed or 0}")
+            if alone:
+                how += f" ({alone} had no other and read themselves)"
+            prog.indices[s.run] = ir.Index(s.run, s.dataset, tuple(values), how)  # type: ignore[index, arg-type]
+            views.append(ir.Run(s.run, s.dataset, (), "", (), input=s.run, scored=False))  # type: ignore[arg-type]
+            have.add(s.run)  # type: ignore[arg-type]
+    prog.runs[:0] = views
 
 
 def circuit_entries(circuit: Circuit, source: ir.Source, all_edges: frozenset[Edge], origin: str = ""

@@ -72,6 +72,8 @@ class Executor(Scheduler):
         for wave in program.levels():
             by_ds: dict[str, list[int]] = {}
             for i in wave:
+                if program.runs[i].is_view and not program.runs[i].scored:
+                    continue  # read from the base pass where it is read; nothing to compute
                 by_ds.setdefault(program.runs[i].dataset, []).append(i)
             waves.append([(ds, rows) for ds, idxs in by_ds.items() for rows in self._chunks(program, ds, idxs)])
         total = sum(len(w) for w in waves)

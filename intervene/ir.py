@@ -63,6 +63,7 @@ class Source:
     seed: int | None = None
     per_position: bool | None = None  # mean only; None = decide from the data (aligned or not)
     run: str | None = None  # kind run: the name of the run read (its dataset is ``dataset``)
+    by: tuple[str, ...] = ()  # resampling among examples that agree on these features (a view run)
 
     def __str__(self) -> str:
         if self.run is not None:

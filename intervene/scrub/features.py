@@ -90,6 +90,10 @@ class Feature:
         index: dict[Hashable, int] = {}
         return np.array([index.setdefault(v, len(index)) for v in values], dtype=np.int64)
 
+    def values(self, dataset: Dataset, batch: Batch) -> list[Hashable]:
+        """The feature's value for every example (comparable across datasets)."""
+        return self._values(dataset, batch)
+
     def _values(self, ds: Dataset, b: Batch) -> list[Hashable]:
         n = len(ds)
         if self.kind == "all":
@@ -207,3 +211,30 @@ def load_functions(feature: Feature, base: Path | None = None) -> Feature:
         hint = (f'did you mean "{close[0]}"? ' if close else "") + f"functions: {', '.join(sorted(have)) or 'none'}"
         raise FeatureError(f'module "{module}" has no function "{name}"', hint, len(module) + 1, len(name))
     return Feature("function", feature.arg, fn=fn)
+
+
+def matching_draw(feature: Feature, reader: tuple[Dataset, Batch], source: tuple[Dataset, Batch], seed: int
+                  ) -> tuple[list[int], list[int]]:
+    """For every example of ``reader``, a seeded uniform draw among the examples of ``source``
+    with its token length that agree with it on ``feature`` — another one than itself when the
+    two datasets are one and there is another. Returns the draws and the examples that had no
+    other (they read themselves; none is returned for an empty pool: that raises ValueError)."""
+    (rd, rb), (sd, sb) = reader, source
+    rv, sv = feature.values(rd, rb), feature.values(sd, sb)
+    rl, sl = rb.lengths.tolist(), sb.lengths.tolist()
+    same = rd is sd
+    pools: dict[tuple[Hashable, int], list[int]] = {}
+    for j, (v, n) in enumerate(zip(sv, sl)):
+        pools.setdefault((v, n), []).append(j)
+    rng = np.random.default_rng(seed)
+    out, alone = [], []
+    for i, (v, n) in enumerate(zip(rv, rl)):
+        pool = pools.get((v, n), [])
+        others = [j for j in pool if not (same and j == i)]
+        if not pool:
+            raise ValueError(f"no example of {sd.name} with {n} tokens agrees with {rd.name}[{i}] on {feature}")
+        if not others:
+            alone.append(i)
+            others = pool
+        out.append(int(others[rng.integers(len(others))]))
+    return out, alone

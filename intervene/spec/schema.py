@@ -174,11 +174,14 @@ class DatasetSource(_Model):
 
 
 class ResampleSource(_Model):
-    """Values from a random other example (seeded) of ``dataset`` (default: the experiment's)."""
+    """Values from a random other example (seeded) of ``dataset`` (default: the experiment's).
+    With ``by``, the other example agrees with the patched one on the named features
+    (``token(IO)``, ``template``, ``column(KEY)``, ... as in hypotheses) and has its token length."""
 
     kind: Literal["resample"]
     dataset: Identifier | None = None
     seed: StrictInt = 0
+    by: list[str] | None = None
 
 
 class MeanSource(_Model):
