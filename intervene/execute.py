@@ -92,6 +92,8 @@ class Executor(Scheduler):
                 if self.progress:
                     self.progress(done, total)
         for ri, parts in vals.items():
+            if not program.runs[ri].scored:
+                continue
             ex = torch.cat([p[0] for p in parts])
             out[ri] = torch.cat([p[1] for p in parts])[torch.argsort(ex)]
         self._cache = {}

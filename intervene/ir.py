@@ -40,6 +40,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import networkx as nx
+
 from intervene.circuit import Circuit
 from intervene.graph import Node, Receiver
 
@@ -318,32 +320,23 @@ class Program:
 
     def levels(self) -> list[list[int]]:
         """Run indices in waves: every run comes after the computed runs it reads (a run with
-        no ops is a view of its dataset's unpatched pass and needs no wave of its own).
-        ValueError on a cycle or a name that is not a run of the program."""
+        no ops is a view of its dataset's unpatched pass and needs no wave of its own); the
+        waves are the topological generations of the reads. ValueError on a cycle or a name
+        that is not a run of the program."""
         index = {r.name: i for i, r in enumerate(self.runs)}
-        level: dict[int, int] = {}
-
-        def depth(i: int, stack: tuple[int, ...]) -> int:
-            if i in level:
-                return level[i]
-            if i in stack:
-                raise ValueError("runs read each other in a cycle: " + " -> ".join(self.runs[j].name for j in stack))
-            d = 0
-            for name in self.runs[i].reads():
+        g = nx.DiGraph()
+        g.add_nodes_from(range(len(self.runs)))
+        for i, r in enumerate(self.runs):
+            for name in sorted(r.reads()):
                 if name not in index:
-                    raise ValueError(f"run {self.runs[i].name} reads unknown run {name}")
-                j = index[name]
-                if not self.runs[j].is_view:
-                    d = max(d, depth(j, stack + (i,)) + 1)
-            level[i] = d
-            return d
-
-        for i in range(len(self.runs)):
-            depth(i, ())
-        waves: list[list[int]] = [[] for _ in range(max(level.values(), default=-1) + 1)]
-        for i, d in level.items():
-            waves[d].append(i)
-        return [sorted(w) for w in waves]
+                    raise ValueError(f"run {r.name} reads unknown run {name}")
+                if not self.runs[index[name]].is_view:
+                    g.add_edge(index[name], i)
+        try:
+            return [sorted(w) for w in nx.topological_generations(g)]
+        except nx.NetworkXUnfeasible:
+            cycle = [self.runs[a].name for a, _ in nx.find_cycle(g)]
+            raise ValueError("runs read each other in a cycle: " + " -> ".join(cycle + cycle[:1])) from None
 
     def datasets(self) -> set[str]:
         """Every dataset whose unpatched pass the program needs (bases and sources)."""

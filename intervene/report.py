@@ -22,7 +22,7 @@ def _ci(s: Stat | None) -> str:
 
 def experiment_table(e: R.SweepResult | R.PathPatchResult | R.PatchResult, top: int = 15) -> Table:
     """Baselines, then the rows with the largest effects (all rows for a patch experiment)."""
-    t = Table(title=f"{e.name} ({e.kind} on {e.dataset}" + (f", source {e.source})" if e.source else ")"),
+    t = Table(title=f"{e.name} ({e.kind} on {e.dataset}" + (f", source {escape(e.source)})" if e.source else ")"),
               title_justify="left")
     t.add_column("run", overflow="fold")
     t.add_column("metric [95% CI]", justify="right")
@@ -41,7 +41,7 @@ def experiment_table(e: R.SweepResult | R.PathPatchResult | R.PatchResult, top: 
 
 def circuit_tables(e: R.CircuitResult, top: int = 15) -> list[Table]:
     """A circuit experiment: m(M), m(∅), m(C), the scores, and minimality per node."""
-    t = Table(title=f"{e.name} (circuit {e.circuit} on {e.dataset}, rest ablated from {e.ablate})",
+    t = Table(title=f"{e.name} (circuit {e.circuit} on {e.dataset}, rest ablated from {escape(e.ablate)})",
               title_justify="left")
     t.add_column("what", overflow="fold")
     t.add_column("value [95% CI]", justify="right")
@@ -115,5 +115,5 @@ def print_results(res: R.Results, console: Console | None = None, top: int = 15)
         for t in tables(e, top):
             c.print(t)
         for w in e.warnings:
-            c.print(f"[yellow]warning:[/yellow] {w}")
+            c.print(f"[yellow]warning:[/yellow] {escape(w)}")
     c.print(f"executed in {res.seconds:.1f} s")
