@@ -268,8 +268,10 @@ def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max
         for c, key in ((full, "clean"), (empty, "source"), (prog.circuits[e.name], "circuit")):
             v = measured[key]
             cache[scores.circuit_key(c)] = scores.Measured(v[:, 0].double().numpy(), v[:, 1].double().numpy())
+        views = [r for r in prog.runs if src.run is not None and r.name == src.run]
         ev = CircuitEvaluator(p.model.adapter, p.batches, e.dataset, src, metric, executor=ex,
-                              origin=p.spec.where(("experiments", i, "circuit")))
+                              origin=p.spec.where(("experiments", i, "circuit")), views=views,
+                              indices={r.input: prog.indices[r.input] for r in views if r.input})
         try:
             out[e.name] = scores.score_circuit(
                 prog.circuits[e.name], full, empty, ev, seed=p.spec.seed, random_k=e.completeness.random,

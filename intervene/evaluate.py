@@ -35,8 +35,11 @@ class CircuitEvaluator:
     def __init__(self, model: Adapter, batches: dict[str, BatchLike], dataset: str, source: ir.Source,
                  metric: Metric, *, metric_position: str = "END", max_tokens: int = 32768,
                  max_edge_bytes: int = 2**29, progress: Callable[[int, int], None] | None = None,
-                 executor: Executor | None = None, origin: str = "", by_rows: bool = True) -> None:
+                 executor: Executor | None = None, origin: str = "", by_rows: bool = True,
+                 views: Sequence[ir.Run] = (), indices: dict[str, ir.Index] | None = None) -> None:
         self.model = model
+        self.views = list(views)  # runs the source reads (feature-matched resampling), with their indices
+        self.indices = dict(indices or {})
         self.dataset = dataset
         self.source = source
         self.metric = metric
@@ -54,7 +57,8 @@ class CircuitEvaluator:
         shape = self.model.shape if self.by_rows else None
         runs = [circuit_run(c, self.dataset, self.source, self.all_edges, key=(str(i),), origin=self.origin,
                             shape=shape) for i, c in enumerate(circuits)]
-        return ir.Program("circuits", runs, metric_position=self.exe.metric_position)
+        return ir.Program("circuits", self.views + runs, metric_position=self.exe.metric_position,
+                          indices=self.indices)
 
     def __call__(self, circuits: Sequence[Circuit]) -> list[Measured]:
         program = self.program(circuits)
@@ -67,7 +71,7 @@ class CircuitEvaluator:
             return torch.stack((self.metric(logits, ans, clean).float(), stats.kl(clean, logits)), 1)
 
         with torch.inference_mode():
-            values = self.exe.execute(program, readout)
+            values = self.exe.execute(program, readout)[len(self.views):]
         self.calls += 1
         self.rows += len(circuits) * batch.input_ids.shape[0]
         return [Measured(v[:, 0].double().numpy(), v[:, 1].double().numpy()) for v in values]

@@ -16,7 +16,7 @@ from torch import Tensor
 
 from intervene import edgemix, ir
 from intervene.models.adapters import Adapter
-from intervene.sources import BatchLike, Rows, Sources, first_token, gather_positions, segments
+from intervene.sources import BatchLike, Rows, Sources, executing, first_token, gather_positions, segments
 
 
 class Scheduler(Sources):
@@ -88,8 +88,7 @@ class Scheduler(Sources):
         for a, b in segments(rows.run):
             run = program.runs[int(rows.run[a])]
             for op in (*run.ops, *run.edges):
-                P = min(P, int(self._first_change(ds, op, inp[a:b], slots[a:b]).min()))
-            if self._record.get(run.name):  # recorded places are read at every position
-                P = min(P, int(first_token(self.batches[ds].attention_mask[inp[a:b]]).min()))
+                with executing(op):
+                    P = min(P, int(self._first_change(ds, op, inp[a:b], slots[a:b]).min()))
         return max(P, 0)
 

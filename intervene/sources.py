@@ -17,8 +17,9 @@ What it owns (the :class:`Sources` half of the executor, :mod:`intervene.execute
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -82,6 +83,17 @@ def gather_positions(batch: BatchLike, pos: Tensor, name: str) -> Tensor:
     if name not in batch.positions:
         raise ExecutionError(f'position "{name}" is not defined (defined: {", ".join(sorted(batch.positions))})')
     return batch.positions[name][pos]
+
+
+@contextmanager
+def executing(op: ir.Op | ir.EdgeEntries | ir.Run) -> Iterator[None]:
+    """Re-raise an :class:`ExecutionError` that names no op as one naming ``op`` and its spec line."""
+    try:
+        yield
+    except ExecutionError as e:
+        if e.op is None and e.origin is None:
+            raise ExecutionError(e.message, op, getattr(op, "origin", None)) from None
+        raise
 
 
 class Sources:
@@ -290,9 +302,9 @@ class Sources:
         if not bool((rb.lengths[ex] == sb.lengths[src_ex]).all()):
             bad = int(torch.nonzero(rb.lengths[ex] != sb.lengths[src_ex])[0, 0])
             raise ExecutionError(
-                f"{op.origin}: patching all positions of {op.node or op.receiver} needs {run_ds}[{int(ex[bad])}] and "
+                f"patching all positions of {op.node or op.receiver} needs {run_ds}[{int(ex[bad])}] and "
                 f"{src_ds}[{int(src_ex[bad])}] to have the same token length "
-                f"({int(rb.lengths[ex[bad]])} vs {int(sb.lengths[src_ex[bad]])}); name positions instead")
+                f"({int(rb.lengths[ex[bad]])} vs {int(sb.lengths[src_ex[bad]])}); name positions instead", op, op.origin)
         first_r = first_token(rb.attention_mask[ex])
         first_s = first_token(sb.attention_mask[src_ex])
         ts = (t - first_r[:, None] + first_s[:, None]).clamp(0, sb.input_ids.shape[1] - 1)
@@ -302,6 +314,11 @@ class Sources:
               ) -> tuple[Tensor, Tensor]:
         """(token indices [n, k] in the reading rows, values [n, k, ...]) of place (kind, l) in
         the op's run source, for rows computing on ``inp`` in slots ``slots``."""
+        with executing(op):
+            return self._read_place(run_ds, op, kind, l, inp, slots)
+
+    def _read_place(self, run_ds: str, op: ir.Op, kind: str, l: int, inp: Tensor, slots: Tensor
+                    ) -> tuple[Tensor, Tensor]:
         src = op.source
         assert src is not None
         table, by_slot = self._site_table(src, kind, l)
@@ -313,6 +330,10 @@ class Sources:
 
     def _replacement(self, run_ds: str, op: ir.Op, inp: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
         """(token indices [n, k], values [n, k, ...]) a patch writes into the node's output."""
+        with executing(op):
+            return self._replace(run_ds, op, inp, slots)
+
+    def _replace(self, run_ds: str, op: ir.Op, inp: Tensor, slots: Tensor) -> tuple[Tensor, Tensor]:
         src = op.source
         assert src is not None and op.node is not None
         if src.kind == "run":
@@ -327,7 +348,7 @@ class Sources:
         if per_pos:
             first = first_token(self.batches[run_ds].attention_mask[inp])
             if self.batches[run_ds].input_ids.shape[1] > mean.shape[0] and op.positions is None:
-                raise ExecutionError(f"{op.origin}: per-position mean of {src.dataset} is shorter than {run_ds}")
+                raise ExecutionError(f"per-position mean of {src.dataset} is shorter than {run_ds}", op, op.origin)
             idx = (t - first[:, None]).clamp(0, mean.shape[0] - 1)
             return t, mean[idx.to(mean.device)]
         return t, mean.expand(*t.shape, mean.shape[-1])
@@ -348,9 +369,9 @@ class Sources:
                 if not src.is_view and l >= src.start_layer(self.L):
                     out.setdefault(src.name, set()).add((kind, l))
             for e in run.edges:
-                if e.source.run is not None:
-                    raise ExecutionError(f"run {run.name}: edge entries read from datasets, not from runs; "
-                                         "write reads of other runs as ops")
+                if e.source.run is not None and not self._runs[e.source.run].is_view:
+                    raise ExecutionError(f"run {run.name}: edge entries read datasets or views of them, not "
+                                         "computed runs; write reads of computed runs as ops", e, e.origin)
         return out
 
     def _start_record(self, name: str) -> None:

@@ -134,8 +134,10 @@ def test_all_position_patch_needs_equal_lengths() -> None:
     bs = batches(6)
     bs["short"] = random_batch(4, T, 9, [4, 4, 4, 4])
     op = ir.Op("patch", Node("head", 0, 0), None, ir.Source("run", "short"), origin="spec.yaml:9")
-    with pytest.raises(ExecutionError, match="spec.yaml:9: patching all positions of a0.h0 needs"):
+    with pytest.raises(ExecutionError, match="patching all positions of a0.h0 needs") as e:
         run_program(m, bs, [ir.Run("x", "clean", (op,))])
+    assert (e.value.op, e.value.origin) == ("a0.h0@* ← short[i]", "spec.yaml:9")  # names the op and its line
+    assert str(e.value).endswith("while executing a0.h0@* ← short[i] (spec.yaml:9)")
 
 
 def test_resample_draws_another_example_of_same_length() -> None:

@@ -98,3 +98,20 @@ def test_a_bad_feature_and_an_empty_pool_are_spec_errors(lm) -> None:  # type: i
         api.prepare(parse_spec(spec('{kind: resample, dataset: corrupted, by: [input]}'), "by.yaml"), lm)
     assert {d.code for d in e.value.diagnostics} == {ErrorCode.E043}
     assert "agrees with clean[0] on input" in str(e.value)
+
+
+def test_a_circuit_ablated_by_feature_matched_resampling(lm) -> None:  # type: ignore[no-untyped-def]
+    """Edge entries read the view too, and so do the circuit searches' own programs: the true
+    circuit keeps everything, and with every edge read from prompts that agree on X only, m(∅)
+    loses exactly a1.h1's half of the answer wherever the drawn Y differs."""
+    text = spec('{kind: resample, by: ["token(X)"]}').replace("experiments:", """circuits:
+  additive:
+    edges: ["input@X -> a1.h0<v>", "input@Y -> a1.h1<v>", "a1.h{0,1}@END -> logits"]
+experiments:
+  - {name: circuit, kind: circuit, dataset: clean, circuit: additive, ablate: {kind: resample, by: ["token(X)"]},
+     completeness: {random: 1, greedy: 1}, minimality: {samples: 1}}""")
+    res = api.run(parse_spec(text, "by.yaml"), model=lm)
+    c = res["circuit"]
+    assert c.faithfulness.mean == pytest.approx(1.0, abs=1e-4)
+    assert 0 < c.m_empty.mean < c.m_full.mean
+    assert c.programs and all("⟨clean~0 by token(X)⟩" in p for p in c.programs)

@@ -292,3 +292,22 @@ def test_draws_without_choice_are_counted_and_warned() -> None:
     assert r.settings["draws_without_choice"] == {"output/a": 1.0} and r.warnings == []
     r = scrub(m, ds, b, one("template"), METRIC)
     assert r.settings["draws_without_choice"] == {"output/a": 0.0} and r.warnings == []
+
+
+def test_renaming_interpretation_nodes_changes_no_number() -> None:
+    """Draws are seeded by the hypothesis's structure (claims and features along each path)."""
+    m = tiny("llama_gqa")
+    ds, b = data()
+    L = m.shape.n_layers
+
+    def chain(top: str, low: str) -> Hypothesis:
+        return Hypothesis("h", (top,), {
+            top: InterpNode(top, (Claim(Node("head", L - 1, 0), positions=("END",)),), parse_feature("token(FIRST)"),
+                            (low,)),
+            low: InterpNode(low, (Claim(Node("head", 0, 1)),), parse_feature("token(MID)"))})
+
+    a, r = scrub(m, ds, b, chain("movers", "dup"), METRIC, seed=4), scrub(m, ds, b, chain("x", "y"), METRIC, seed=4)
+    assert a.m_scrubbed.values == r.m_scrubbed.values and a.m_random.values == r.m_random.values
+    assert [list(d.values()) for d in a.draws.dump(a.plan)] == [list(d.values()) for d in r.draws.dump(r.plan)]
+    moved = scrub(m, ds, b, chain("movers", "dup"), METRIC, seed=5)
+    assert moved.m_scrubbed.values != a.m_scrubbed.values  # the seed does move the draws
