@@ -18,6 +18,7 @@ Patterns select nodes: ``a*.h*`` (every head), ``a9.*`` (every head of layer 9),
 from __future__ import annotations
 
 import difflib
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterable, Literal
@@ -319,9 +320,14 @@ def edge_error(src: Node, recv: Receiver, shape: ModelShape) -> str | None:
 
 
 def edges(shape: ModelShape) -> list[tuple[Node, Receiver]]:
-    """Every edge (src -> receiver) of the model, DESIGN.md §1."""
+    """Every edge (src -> receiver) of the model, DESIGN.md §1 (built once per shape)."""
+    return list(_edges(shape))
+
+
+@functools.lru_cache(maxsize=16)
+def _edges(shape: ModelShape) -> tuple[tuple[Node, Receiver], ...]:
     recvs = receivers(shape)
-    return [(s, r) for s in all_nodes(shape) for r in recvs if edge_error(s, r, shape) is None]
+    return tuple((s, r) for s in all_nodes(shape) for r in recvs if edge_error(s, r, shape) is None)
 
 
 _RECV_PATTERN = re.compile(r"^a(\*|\d+|\{[0-9.,\s]+\})\.(?:([hg])(\*|\d+|\{[0-9.,\s]+\})|\*)<([qkv])>$")
