@@ -91,6 +91,7 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
     """Run a spec: print a score table, write results JSON, sweep heatmaps and circuit pictures."""
     from intervene import api, report
     from intervene.errors import SpecError
+    from intervene.results import FailedResult
 
     try:
         spec = _load(spec_path)
@@ -106,6 +107,10 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
     _pictures(p, res, out_path, heatmap)
     if out_path:
         out.print(f"results: {out_path}")
+    failed = [e.name for e in res if isinstance(e, FailedResult)]
+    if failed:  # the others completed and were written; say which did not, and fail the command
+        err.print(f"{len(failed)} experiment{'s' * (len(failed) != 1)} failed: {', '.join(failed)}", style="red")
+        raise typer.Exit(1)
 
 
 def _run_with_progress(p, out_path: Optional[Path], progress: bool):  # type: ignore[no-untyped-def]
