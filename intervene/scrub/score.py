@@ -32,6 +32,7 @@ from intervene.scrub.hypothesis import Hypothesis
 from intervene.scrub.lower import Lowered, lower, values_of
 from intervene.scrub.plan import Draws, Plan, draw, plan
 from intervene.stats import N_BOOT, Stat, bootstrap, normalised
+from intervene.stats import spread as stats_spread
 
 MetricFn = Callable[[Tensor, dict[str, Tensor], Tensor], Tensor]
 """metric(logits [n, V], answer ids {name: [n]}, clean logits [n, V]) -> [n] (:class:`intervene.metrics.Metric`)."""
@@ -65,12 +66,7 @@ class ScrubResult:
             return {"mean": s.mean, "lo": s.lo, "hi": s.hi, "values": list(s.values)}
 
         lr = self.loss_recovered
-        spread = None
-        if lr is not None:
-            v = np.asarray(lr.values)
-            spread = {q: float(np.percentile(v, p)) for q, p in (("p10", 10), ("p50", 50), ("p90", 90))}
-            spread["frac_below_0"] = float((v < 0).mean())
-            spread["frac_above_1"] = float((v > 1).mean())
+        spread = None if lr is None else stats_spread(lr.values)
         return {"hypothesis": self.hypothesis, "m_model": stat(self.m_model), "m_random": stat(self.m_random),
                 "m_scrubbed": stat(self.m_scrubbed), "loss_recovered": stat(lr), "per_example_spread": spread,
                 "settings": dict(self.settings), "warnings": list(self.warnings), "plan": str(self.plan),
@@ -83,9 +79,9 @@ class ScrubResult:
         lines = [f"{self.hypothesis}: loss recovered {f(self.loss_recovered)}",
                  f"  m(model) {f(self.m_model)}   m(random) {f(self.m_random)}   m(scrubbed) {f(self.m_scrubbed)}"]
         if self.loss_recovered is not None:
-            v = np.asarray(self.loss_recovered.values)
-            lines.append(f"  per example: median {np.median(v):.2f}, 10-90% [{np.percentile(v, 10):.2f}, "
-                         f"{np.percentile(v, 90):.2f}], {(v < 0).mean():.0%} below 0")
+            sp = stats_spread(self.loss_recovered.values)
+            lines.append(f"  per example: median {sp['p50']:.2f}, 10-90% [{sp['p10']:.2f}, {sp['p90']:.2f}], "
+                         f"{sp['frac_below_0']:.0%} below 0")
         return "\n".join(lines)
 
 
