@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from additive_spec import header
+
 from intervene import api
 from intervene import results as R
 from intervene.cli import app
@@ -24,15 +26,7 @@ from intervene.groundtruth import additive
 from intervene.sources import Sources
 from intervene.spec.check import parse_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "specs" / "groundtruth" / "data"
-SPEC = f"""
-version: 1
-name: failing
-model: {{name: {ROOT / "intervene" / "groundtruth" / "models" / "additive"}, device: cpu}}
-datasets:
-  clean: {{kind: jsonl, path: {DATA / "additive_clean.jsonl"}}}
-  corrupted: {{kind: jsonl, path: {DATA / "additive_corrupted.jsonl"}}}
+SPEC = header("failing") + f"""
 metric: {{kind: logit_diff, answer: answer, wrong: wrong, position: END}}
 experiments:
   - {{name: fine, kind: sweep, dataset: clean, targets: ["a1.h0"], source: {{kind: dataset, dataset: corrupted}}}}
@@ -61,7 +55,8 @@ def test_the_other_experiments_complete_and_the_failure_names_its_op(refuse_a1_h
     res = api.run(parse_spec(SPEC, "failing.yaml"), model=lm, out=tmp_path / "r.json")
     broken = res["broken"]
     assert isinstance(broken, R.FailedResult)
-    assert broken.error == "out of memory (forced by the test)\n  while executing a1.h1@* ← corrupted[i] (failing.yaml:14)"
+    line = SPEC.splitlines().index('    targets: ["a1.h1"]') + 1  # the op's spec line: its experiment's targets
+    assert broken.error == f"out of memory (forced by the test)\n  while executing a1.h1@* ← corrupted[i] (failing.yaml:{line})"
     alone = api.run(parse_spec(SPEC.split("  - name: broken")[0], "fine.yaml"), model=lm)
     np.testing.assert_allclose(res["fine"]["a1.h0"].metric.values, alone["fine"]["a1.h0"].metric.values)
     assert isinstance(R.Results.load(tmp_path / "r.json")["broken"], R.FailedResult)

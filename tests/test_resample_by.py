@@ -15,24 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from additive_spec import DATA, header
+
 from intervene import api
 from intervene.errors import ErrorCode, SpecError
 from intervene.groundtruth import additive
 from intervene.spec.check import parse_spec
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "specs" / "groundtruth" / "data"
-
-
 def spec(source: str, targets: str = '["a1.h0", "a1.h1"]', extra: str = "") -> str:
-    return f"""
-version: 1
-name: by
-model: {{name: {ROOT / "intervene" / "groundtruth" / "models" / "additive"}, device: cpu}}
-datasets:
-  clean: {{kind: jsonl, path: {DATA / "additive_clean.jsonl"}}}
-  corrupted: {{kind: jsonl, path: {DATA / "additive_corrupted.jsonl"}}}
-{extra}
+    return header("by", extra) + f"""
 metric: {{kind: logit_diff, answer: answer, wrong: wrong, position: END}}
 experiments:
   - name: sweep

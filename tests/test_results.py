@@ -19,6 +19,8 @@ import torch
 from rich.console import Console
 from typer.testing import CliRunner
 
+from additive_spec import header
+
 from intervene import api, plot, report, stats
 from intervene import results as R
 from intervene.graph import Node
@@ -26,43 +28,34 @@ from intervene.groundtruth import additive
 from intervene.spec.check import parse_spec
 from intervene.testing.spectest import ResultsCache
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT / "specs" / "groundtruth" / "data"
-SPEC = f"""
-version: 1
-name: results_test
-seed: 0
-model: {{name: {ROOT / "intervene" / "groundtruth" / "models" / "additive"}, device: cpu}}
-datasets:
-  clean: {{kind: jsonl, path: {DATA / "additive_clean.jsonl"}}}
-  corrupted: {{kind: jsonl, path: {DATA / "additive_corrupted.jsonl"}}}
-metric: {{kind: logit_diff, answer: answer, wrong: wrong, position: END}}
+SPEC = header("results_test") + """seed: 0
+metric: {kind: logit_diff, answer: answer, wrong: wrong, position: END}
 circuits:
   additive:
-    edges: ["input@X -> a1.h0<v>", "input@Y -> a1.h1<v>", "a1.h{{0,1}}@END -> logits"]
+    edges: ["input@X -> a1.h0<v>", "input@Y -> a1.h1<v>", "a1.h{0,1}@END -> logits"]
 hypotheses:
   truth:
-    output: {{reads: [first, second]}}
+    output: {reads: [first, second]}
     nodes:
-      first: {{model: [a1.h0@END], feature: token(X)}}
-      second: {{model: [a1.h1@END], feature: token(Y)}}
+      first: {model: [a1.h0@END], feature: token(X)}
+      second: {model: [a1.h1@END], feature: token(Y)}
   missing_path:
-    output: {{reads: [first]}}
+    output: {reads: [first]}
     nodes:
-      first: {{model: [a1.h0@END], feature: token(X)}}
+      first: {model: [a1.h0@END], feature: token(X)}
 experiments:
-  - {{name: sweep, kind: sweep, dataset: clean, targets: ["a*.h*", "m*"], source: {{kind: dataset, dataset: corrupted}}}}
-  - {{name: by_position, kind: sweep, dataset: clean, targets: ["a1.h*"], positions: [Y, END], per_position: true,
-     source: {{kind: mean}}}}
-  - {{name: paths, kind: path_patch, dataset: clean, senders: ["a1.h*"], receivers: [logits],
-     source: {{kind: dataset, dataset: corrupted}}}}
+  - {name: sweep, kind: sweep, dataset: clean, targets: ["a*.h*", "m*"], source: {kind: dataset, dataset: corrupted}}
+  - {name: by_position, kind: sweep, dataset: clean, targets: ["a1.h*"], positions: [Y, END], per_position: true,
+     source: {kind: mean}}
+  - {name: paths, kind: path_patch, dataset: clean, senders: ["a1.h*"], receivers: [logits],
+     source: {kind: dataset, dataset: corrupted}}
   - name: heads_only
     kind: patch
     dataset: clean
-    interventions: [{{kind: patch, nodes: ["a0.h*", "m*"], source: {{kind: dataset, dataset: corrupted}}}}]
-  - {{name: circuit, kind: circuit, dataset: clean, circuit: additive, ablate: {{kind: dataset, dataset: corrupted}},
-     completeness: {{random: 1, greedy: 1}}, minimality: {{samples: 1}}}}
-  - {{name: scrub, kind: scrub, dataset: clean, hypotheses: [truth, missing_path]}}
+    interventions: [{kind: patch, nodes: ["a0.h*", "m*"], source: {kind: dataset, dataset: corrupted}}]
+  - {name: circuit, kind: circuit, dataset: clean, circuit: additive, ablate: {kind: dataset, dataset: corrupted},
+     completeness: {random: 1, greedy: 1}, minimality: {samples: 1}}
+  - {name: scrub, kind: scrub, dataset: clean, hypotheses: [truth, missing_path]}
 """
 
 
