@@ -26,15 +26,15 @@ from intervene.groundtruth import additive
 from intervene.sources import Sources
 from intervene.spec.check import parse_spec
 
-SPEC = header("failing") + f"""
-metric: {{kind: logit_diff, answer: answer, wrong: wrong, position: END}}
+SPEC = header("failing") + """
+metric: {kind: logit_diff, answer: answer, wrong: wrong, position: END}
 experiments:
-  - {{name: fine, kind: sweep, dataset: clean, targets: ["a1.h0"], source: {{kind: dataset, dataset: corrupted}}}}
+  - {name: fine, kind: sweep, dataset: clean, targets: ["a1.h0"], source: {kind: dataset, dataset: corrupted}}
   - name: broken
     kind: sweep
     dataset: clean
     targets: ["a1.h1"]
-    source: {{kind: dataset, dataset: corrupted}}
+    source: {kind: dataset, dataset: corrupted}
 """
 
 
