@@ -115,3 +115,32 @@ def test_receiver_inputs_are_sums_of_upstream_outputs(family: str, seed: int, sh
                 torch.testing.assert_close(mlp_in, x_before + attn_total, atol=1e-5, rtol=1e-5)
             total = total + attn_total + seen["mlp"]
         torch.testing.assert_close(x, total, atol=1e-4, rtol=1e-4)  # the logits' receiver
+
+
+def test_qwen3_query_and_key_norms_are_applied_with_their_weights() -> None:
+    """Qwen3 normalises every head's query and key (weights drawn away from 1, so a norm that
+    dropped its weight, or no norm, would not match HF), with head_dim 16 != d_model / heads;
+    the receivers' recomputed queries and keys go through the same norm."""
+    from intervene.models.adapters import Qwen3Adapter
+    from intervene.testing.tiny import CONFIGS, from_config
+
+    m = from_config(CONFIGS["qwen3"](), seed=3)
+    assert isinstance(m, Qwen3Adapter) and m.d_head == 16 != m.shape.d_model // m.shape.n_heads
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for l in range(m.shape.n_layers):
+            a = m.attn_module(l)
+            for norm in (a.q_norm, a.k_norm):
+                norm.weight.copy_(1 + 0.5 * torch.randn(norm.weight.shape, generator=g))
+    batch = random_batch(3, 9, 2, [9, 6, 4], "left")
+    invariants.identity(m, batch)
+    x = torch.randn(2, 5, m.shape.d_model, generator=g)
+    plain = m.qkv(1, x, None)
+    G = m.shape.n_kv_heads
+    each = m.receiver_qkv(1, x[:, None].expand(2, m.shape.n_heads, 5, -1), x[:, None].expand(2, G, 5, -1),
+                          x[:, None].expand(2, G, 5, -1), None)
+    for a, b in ((plain.q, each.q), (plain.k, each.k), (plain.v, each.v)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(invariants.InvariantViolation):  # the same model without its q/k norms is not Qwen3
+        m.qk_norm = lambda l, q, k: (q, k)  # type: ignore[method-assign]
+        invariants.identity(m, batch)

@@ -268,7 +268,7 @@ class LlamaAdapter(Adapter):
     def refusals(cls, hf: Any) -> list[Refusal]:
         out = super().refusals(hf)
         c = hf.config
-        if c.model_type == "qwen2":
+        if c.model_type in ("qwen2", "qwen3"):
             types = _qwen2_layer_types(c)
             for i, t in enumerate(types):
                 if t not in cls.LAYER_TYPES:
@@ -283,7 +283,7 @@ class LlamaAdapter(Adapter):
         w = getattr(c, "sliding_window", None)
         if c.model_type == "mistral":  # every layer when set (MistralModel ignores layer_types)
             return [w] * L
-        if c.model_type == "qwen2":
+        if c.model_type in ("qwen2", "qwen3"):
             return [w if t == "sliding_attention" else None for t in _qwen2_layer_types(c)]
         return [None] * L  # Llama: no window
 
@@ -397,11 +397,24 @@ class GPTNeoXAdapter(Adapter):
         return self.hf.get_output_embeddings()(self.hf.gpt_neox.final_layer_norm(x))
 
 
+class Qwen3Adapter(LlamaAdapter):
+    """Qwen3: Qwen2's layout (explicit ``head_dim``, optional sliding layers) with an RMSNorm of
+    every head's query and key over the head dimension, before rotary, in the shared
+    :meth:`Adapter.finish_qkv` (so receivers' recomputed queries and keys are normalised too)."""
+
+    family = "qwen3"
+
+    def qk_norm(self, l: int, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.attn_module(l)
+        return rms_norm(a.q_norm, q), rms_norm(a.k_norm, k)
+
+
 FAMILIES: dict[str, type[Adapter]] = {
     "gpt2": GPT2Adapter,
     "llama": LlamaAdapter,
     "mistral": LlamaAdapter,
     "qwen2": LlamaAdapter,
+    "qwen3": Qwen3Adapter,
     "gpt_neox": GPTNeoXAdapter,
 }
 
