@@ -409,12 +409,46 @@ class Qwen3Adapter(LlamaAdapter):
         return rms_norm(a.q_norm, q), rms_norm(a.k_norm, k)
 
 
+class Phi3Adapter(LlamaAdapter):
+    """Phi-3: Llama's block with one fused q/k/v projection (queries, then keys, then values)
+    and one fused gate/up projection, an explicit ``head_dim``, optional partial rotary, and
+    (when ``sliding_window`` is set) a sliding window on every layer."""
+
+    family = "phi3"
+
+    def _attn_windows(self) -> list[int | None]:
+        return [getattr(self.config, "sliding_window", None)] * self.shape.n_layers
+
+    def mlp(self, l: int, x: Tensor) -> Tensor:
+        mod = self.layer(l).mlp
+        gate, up = mod.gate_up_proj(x).chunk(2, dim=-1)
+        return mod.down_proj(up * mod.activation_fn(gate))
+
+    def _qkv_sizes(self) -> list[int]:
+        s, dh = self.shape, self.d_head
+        return [s.n_heads * dh, s.n_kv_heads * dh, s.n_kv_heads * dh]
+
+    def project_qkv(self, l: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, _ = x.shape
+        q, k, v = self.attn_module(l).qkv_proj(x).split(self._qkv_sizes(), dim=-1)
+        f = lambda t: t.reshape(B, T, -1, self.d_head).transpose(1, 2)  # noqa: E731
+        return f(q), f(k), f(v)
+
+    def qkv_weights(self, l: int) -> tuple[tuple[Tensor, Tensor | None], ...]:
+        lin, dh = self.attn_module(l).qkv_proj, self.d_head  # weight [(H + 2G) * dh, d]
+        ws = lin.weight.split(self._qkv_sizes(), dim=0)
+        bs = lin.bias.split(self._qkv_sizes()) if lin.bias is not None else (None, None, None)
+        return tuple((w.view(-1, dh, w.shape[1]).transpose(1, 2), None if b is None else b.view(-1, dh))
+                     for w, b in zip(ws, bs))
+
+
 FAMILIES: dict[str, type[Adapter]] = {
     "gpt2": GPT2Adapter,
     "llama": LlamaAdapter,
     "mistral": LlamaAdapter,
     "qwen2": LlamaAdapter,
     "qwen3": Qwen3Adapter,
+    "phi3": Phi3Adapter,
     "gpt_neox": GPTNeoXAdapter,
 }
 

@@ -3,8 +3,8 @@
 What it owns: the model factory used by the project's own tests and offered to users by the
 pytest plugin (the ``tiny_model`` fixture). Each family is a 3-layer, 4-head, d_model-32 model
 with a 64-token vocabulary, seeded, with weights larger than the default init so that heads
-matter; ``tiny(family)`` is cached per process. :data:`WINDOWED` adds Mistral, Qwen2 and Qwen3
-models with sliding-window layers. ``random_batch`` builds a
+matter; ``tiny(family)`` is cached per process. :data:`WINDOWED` adds Mistral, Qwen2, Qwen3 and
+Phi-3 models with sliding-window layers. ``random_batch`` builds a
 :class:`~intervene.data.batch.Batch` of random tokens with named positions (``END``, ``FIRST``
 and any given), left or right padded, for any vocabulary size.
 """
@@ -15,8 +15,8 @@ import functools
 from typing import Any, Callable
 
 import torch
-from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Qwen2Config,
-                          Qwen3Config)
+from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Phi3Config,
+                          Qwen2Config, Qwen3Config)
 
 from intervene.data.batch import Batch
 from intervene.models.adapters import Adapter, adapt
@@ -36,6 +36,10 @@ CONFIGS: dict[str, Callable[[], Any]] = {
     # per-head q/k norms, and head_dim 16 != d_model / heads (8), as Qwen3 (and Phi-3) allow
     "qwen3": lambda: Qwen3Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                                  hidden_size=32, intermediate_size=48, vocab_size=VOCAB, head_dim=16),
+    # fused q/k/v and gate/up projections, head_dim 16, rotary on half of each head
+    "phi3": lambda: Phi3Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                               intermediate_size=48, vocab_size=VOCAB, head_dim=16, partial_rotary_factor=0.5,
+                               pad_token_id=0, bos_token_id=1, eos_token_id=2),
 }
 FAMILIES = sorted(CONFIGS)
 
@@ -52,6 +56,11 @@ WINDOWED: dict[str, Callable[[], Any]] = {
     "qwen3_window": lambda: Qwen3Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
                                         hidden_size=32, intermediate_size=48, vocab_size=VOCAB, head_dim=16,
                                         use_sliding_window=True, sliding_window=3, max_window_layers=1),
+    # Phi-3 with a window of 4 on every layer
+    "phi3_window": lambda: Phi3Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                                      hidden_size=32, intermediate_size=48, vocab_size=VOCAB, head_dim=16,
+                                      partial_rotary_factor=0.5, sliding_window=4, pad_token_id=0, bos_token_id=1,
+                                      eos_token_id=2),
 }
 """Tiny models with sliding-window layers (not in :data:`FAMILIES`: code that writes its own
 attention with a full mask, like a test's reference implementation, cannot run them)."""
