@@ -19,6 +19,7 @@ read. So a hypothesis costs its computed rows, each from the first layer its cla
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,8 +143,7 @@ def _set_stops(program: ir.Program, names: set[str], n_layers: int) -> None:
     for i, r in enumerate(program.runs):
         if r.name in names and not r.scored and r.ops and r.name in last:
             stop = last[r.name] + 1
-            program.runs[i] = ir.Run(r.name, r.dataset, r.ops, r.experiment, r.key, r.edges, r.input, False,
-                                     None if stop > n_layers else stop)
+            program.runs[i] = dataclasses.replace(r, stop=None if stop > n_layers else stop)
 
 
 def values_of(lowered: Lowered, program: ir.Program, values: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
