@@ -8,12 +8,12 @@ switched off. Then specs built in Python, the CLI, and the exception root.
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
+from expectations import expected
 from typer.testing import CliRunner
 
 import intervene
@@ -27,17 +27,6 @@ HERE = Path(__file__).parent / "invalid" / "bind"
 FILES = sorted(HERE.glob("*.yaml"))
 INDUCTION = Path(intervene.__file__).parent / "groundtruth" / "models" / "induction"
 BIND_CODES = {"E041", "E042", "E043", "E044", "E045", "E046"}
-
-
-def expected(path: Path) -> Counter[tuple[str, int, int]]:
-    first = path.read_text().splitlines()[0]
-    m = re.fullmatch(r"#\s*expect:\s*(.*)", first)
-    assert m, f"{path.name}: first line must be '# expect: CODE@line:col, ...'"
-    out: Counter[tuple[str, int, int]] = Counter()
-    for item in filter(None, (x.strip() for x in m.group(1).split(","))):
-        code, line, col = re.fullmatch(r"(E\d{3})@(\d+):(\d+)", item).groups()  # type: ignore[union-attr]
-        out[(code, int(line), int(col))] += 1
-    return out
 
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)

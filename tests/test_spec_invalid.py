@@ -8,11 +8,11 @@ diagnostics come from ``load_spec``; when the file loads, model-aware ones come 
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from expectations import expected
 
 from intervene import graph, spec
 from intervene.errors import Diagnostic, SpecError
@@ -39,17 +39,6 @@ def diagnose(path: Path) -> list[Diagnostic]:
     except SpecError as e:
         return e.diagnostics
     return spec.check_against_model(s, facts_for(s))
-
-
-def expected(path: Path) -> Counter[tuple[str, int, int]]:
-    first = path.read_text().splitlines()[0]
-    m = re.fullmatch(r"#\s*expect:\s*(.*)", first)
-    assert m, f"{path.name}: first line must be '# expect: CODE@line:col, ...'"
-    out: Counter[tuple[str, int, int]] = Counter()
-    for item in filter(None, (x.strip() for x in m.group(1).split(","))):
-        code, line, col = re.fullmatch(r"(E\d{3})@(\d+):(\d+)", item).groups()  # type: ignore[union-attr]
-        out[(code, int(line), int(col))] += 1
-    return out
 
 
 def test_there_are_enough_cases() -> None:
