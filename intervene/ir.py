@@ -354,12 +354,12 @@ class Program:
         lines += [f"  {ix}" for ix in self.indices.values()]
         waves = self.levels() if any(r.reads() for r in self.runs) else []
         if len(waves) > 1:
-            lines.append("  waves: " + "; ".join(f"{k}: " + ", ".join(f"r{i}" for i in w) for k, w in enumerate(waves)))
+            lines.append("  waves: " + "; ".join(f"{k}: " + ", ".join(f"#{i}" for i in w) for k, w in enumerate(waves)))
         width = max((len(r.name) for r in self.runs), default=0)
         for i, r in enumerate(self.runs):
             on = r.dataset if r.input is None else f"{r.dataset}[{r.input}]"
             tail = "" if r.scored else f"  (read only{f', layers < {r.stop}' if r.stop is not None else ''})"
-            head = f"  r{i:<4} {r.name:<{width}}  on {on}"
+            head = f"  #{i:<4} {r.name:<{width}}  on {on}"  # '#': run ids cannot be read as node names (r2)
             items = _grouped(r.ops) + [(str(e), e.origin) for e in r.edges]
             if not items:
                 lines.append(head + tail)

@@ -99,7 +99,7 @@ def test_waves_put_a_run_after_the_computed_runs_it_reads_and_refuse_cycles() ->
     p = ir.Program("p", [ir.Run("a", "d", (op("b"),)), ir.Run("b", "d", (op("c"),)), ir.Run("c", "d"),
                          ir.Run("e", "d", (op("a"), op("c")))])
     assert p.levels() == [[1, 2], [0], [3]]  # c is a view: reading it needs no wave
-    assert "waves: 0: r1, r2; 1: r0; 2: r3" in str(p)
+    assert "waves: 0: #1, #2; 1: #0; 2: #3" in str(p)
     with pytest.raises(ValueError, match="cycle: a -> b -> a"):
         ir.Program("p", [ir.Run("a", "d", (op("b"),)), ir.Run("b", "d", (op("a"),))]).levels()
     with pytest.raises(ValueError, match="reads unknown run z"):
