@@ -11,6 +11,13 @@ where ``w`` is 1 where the edge (s -> j) at position t reads the source. The dif
 [rows, senders, tokens, d] (:class:`Mixer`), so the cost of a circuit evaluation does not grow
 with the number of edges it ablates: per layer it is one batched matmul over the sender axis.
 
+In blocks that normalise their attention write (Gemma 2/3, OLMo 2; DESIGN.md §1) heads are not
+additive: their differences are mixed per receiver inside the block's norm instead,
+
+    input_r(j) += post_norm(own_attn + Σ_h w[j, h, t] · (y_σ(h) − y_r(h))) − post_norm(own_attn),
+
+with ``own_attn`` the row's own attention output before the norm (:attr:`Mixer.own_attn`).
+
 Senders are indexed in forward order (``graph.all_nodes``: input, then per layer its heads and
 its MLP); receivers in ``graph.receivers`` order (per layer: q of every head, k and v of every
 key/value group, the MLP; then the logits).
@@ -19,6 +26,7 @@ key/value group, the MLP; then the logits).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -115,16 +123,28 @@ def table(entries: ir.EdgeEntries, layout: Layout) -> Table:
     return Table(base, parts, nodes)
 
 
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The type edge corrections are summed in: float32 for a half-precision model (DESIGN.md
+    §6 invariant 10), else the model's own."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
 class Mixer:
     """The per-chunk state of edge entries for the rows that have them.
 
     ``diff`` [e, S, T, d] holds out_σ(s) − out_r(s) for every sender of each edge row, filled
-    layer by layer; ``base`` [e, R, S] and the positional ``slots`` hold each row's weights."""
+    layer by layer; ``base`` [e, R, S] and the positional ``slots`` hold each row's weights.
+    In a half-precision model these are held in float32 (:func:`accumulation_dtype`): a
+    receiver's correction sums hundreds of senders, and is rounded to the model's type once."""
 
     def __init__(self, layout: Layout, tables: list[Table], row_pos: list[list[Tensor]], n_tokens: int,
-                 d: int, dtype: torch.dtype, device: torch.device) -> None:
+                 d: int, dtype: torch.dtype, device: torch.device,
+                 post_norm: Callable[[int, Tensor], Tensor] | None = None) -> None:
         e = len(tables)
         self.layout = layout
+        self.post_norm = post_norm
+        self.dtype = dtype
+        dtype = accumulation_dtype(dtype)
         self.nodes = torch.from_numpy(np.stack([t.nodes for t in tables])).to(device)  # [e, S] bool
         self.has_edges = any(t.has_edges for t in tables)
         if not self.has_edges:  # node rows only: outputs are replaced, no receiver reads differently
@@ -143,26 +163,61 @@ class Mixer:
                     tm[i, idx.to(device)] = 1.0
             self.slots.append((torch.from_numpy(m).to(device, dtype), tm))
         self.diff = torch.zeros(e, layout.n_send, n_tokens, d, dtype=dtype, device=device)
+        self.lin = torch.ones(layout.n_send, dtype=dtype, device=device)  # senders summed linearly
+        if post_norm is not None:  # heads of normalised blocks are mixed inside their block's norm
+            for l in range(layout.shape.n_layers):
+                self.lin[layout.head_cols(l)] = 0
+            # each edge row's own attention output (before the post-norm) per layer
+            self.own_attn = torch.zeros(e, layout.shape.n_layers, n_tokens, d, dtype=dtype, device=device)
+
+    def _weights(self, e: int, rows: slice | list[int], cols: slice, flat: Tensor, E: int, T: int, d: int
+                 ) -> Tensor:
+        """Σ_s w[j, s, t] · flat[s] over the sender columns ``cols`` for receiver rows ``rows``."""
+        out = torch.bmm(self.base[:e][:, rows, cols], flat).view(E, -1, T, d)
+        for m, tm in self.slots:
+            out += torch.bmm(m[:e][:, rows, cols], flat).view(E, -1, T, d) * tm[:e, None, :, None]
+        return out
 
     def delta(self, rows: slice | list[int], n_senders: int, e: int) -> Tensor:
         """Corrections [e, len(rows), T, d] to the inputs of receiver rows, for the first e
         edge rows, from the first n_senders senders."""
         D = self.diff[:e, :n_senders]
         E, S, T, d = D.shape
-        flat = D.reshape(E, S, T * d)
-        out = torch.bmm(self.base[:e][:, rows, :n_senders], flat).view(E, -1, T, d)
-        for m, tm in self.slots:
-            part = torch.bmm(m[:e][:, rows, :n_senders], flat).view(E, -1, T, d)
-            out += part * tm[:e, None, :, None]
-        return out
+        if self.post_norm is None:
+            return self._weights(e, rows, slice(0, n_senders), D.reshape(E, S, T * d), E, T, d).to(self.dtype)
+        out = self._weights(e, rows, slice(0, n_senders), (D * self.lin[:n_senders, None, None]).reshape(E, S, T * d),
+                            E, T, d)
+        lay = self.layout
+        for l in range(lay.shape.n_layers):
+            cols = lay.head_cols(l)
+            if cols.stop > n_senders:
+                break
+            w = self.base[:e][:, rows, cols].any() or any(m[:e][:, rows, cols].any() for m, _ in self.slots)
+            if not w:
+                continue
+            mixed = self._weights(e, rows, cols, self.diff[:e, cols].reshape(E, -1, T * d), E, T, d)
+            own = self.own_attn[:e, l][:, None]  # [E, 1, T, d]
+            out += self.post_norm(l, own + mixed) - self.post_norm(l, own)
+        return out.to(self.dtype)
 
     def logits_delta(self, end: Tensor) -> Tensor:
         """Correction [e, d] to the final residual at each edge row's token ``end`` (window-local)."""
         e = self.diff.shape[0]
         ar = torch.arange(e, device=self.diff.device)
         D = self.diff[ar, :, end]  # [e, S, d]
-        out = torch.bmm(self.base[:, -1:, :], D)[:, 0]
-        for m, tm in self.slots:
-            out += torch.bmm(m[:, -1:, :], D)[:, 0] * tm[ar, end][:, None]
-        return out
+
+        def weighted(cols: slice, values: Tensor) -> Tensor:
+            out = torch.bmm(self.base[:, -1:, cols], values)[:, 0]
+            for m, tm in self.slots:
+                out += torch.bmm(m[:, -1:, cols], values)[:, 0] * tm[ar, end][:, None]
+            return out
+
+        if self.post_norm is None:
+            return weighted(slice(None), D).to(self.dtype)
+        out = weighted(slice(None), D * self.lin[:, None])
+        for l in range(self.layout.shape.n_layers):
+            cols = self.layout.head_cols(l)
+            own = self.own_attn[ar, l, end]  # [e, d]
+            out += self.post_norm(l, own + weighted(cols, D[:, cols])) - self.post_norm(l, own)
+        return out.to(self.dtype)
 

@@ -79,6 +79,29 @@ class ErrorCode(str, Enum):
     E044 = "E044"  # unaligned-mean
     E045 = "E045"  # bad-vector
     E046 = "E046"  # unknown-row
+    # Command-line changes to a spec (intervene.spec.overrides).
+    E050 = "E050"  # bad-override
+    E051 = "E051"  # unknown-experiment
+    # Hostile and careless input (the readers, intervene.outputs, intervene.guards).
+    E060 = "E060"  # too-large
+    E061 = "E061"  # not-text
+    E062 = "E062"  # yaml-tag
+    E063 = "E063"  # bad-output-path
+    E064 = "E064"  # output-is-input
+    E065 = "E065"  # path-outside-spec
+    E066 = "E066"  # user-code-failed
+    E067 = "E067"  # non-finite-metric
+    E068 = "E068"  # example-too-long
+    # Discovery (intervene.spec.discovery, intervene.discover).
+    E080 = "E080"  # setting-not-for-method
+    E081 = "E081"  # missing-setting
+    E082 = "E082"  # not-differentiable
+    E083 = "E083"  # source-not-for-method
+    # Devices, memory and workers (intervene.devices, intervene.memory, intervene.distributed).
+    E090 = "E090"  # bad-device
+    E091 = "E091"  # bad-device-map
+    E092 = "E092"  # bad-memory-cap
+    E093 = "E093"  # ray-unavailable
 
     @property
     def slug(self) -> str:
@@ -141,7 +164,30 @@ _SLUGS: dict[ErrorCode, str] = {
     ErrorCode.E044: "unaligned-mean",
     ErrorCode.E045: "bad-vector",
     ErrorCode.E046: "unknown-row",
+    ErrorCode.E050: "bad-override",
+    ErrorCode.E051: "unknown-experiment",
+    ErrorCode.E060: "too-large",
+    ErrorCode.E061: "not-text",
+    ErrorCode.E062: "yaml-tag",
+    ErrorCode.E063: "bad-output-path",
+    ErrorCode.E064: "output-is-input",
+    ErrorCode.E065: "path-outside-spec",
+    ErrorCode.E066: "user-code-failed",
+    ErrorCode.E067: "non-finite-metric",
+    ErrorCode.E068: "example-too-long",
+    ErrorCode.E080: "setting-not-for-method",
+    ErrorCode.E081: "missing-setting",
+    ErrorCode.E082: "not-differentiable",
+    ErrorCode.E083: "source-not-for-method",
+    ErrorCode.E090: "bad-device",
+    ErrorCode.E091: "bad-device-map",
+    ErrorCode.E092: "bad-memory-cap",
+    ErrorCode.E093: "ray-unavailable",
 }
+
+
+EXCERPT = 100
+"""At most this many characters of a source line are printed under a diagnostic."""
 
 
 @dataclass(frozen=True)
@@ -180,8 +226,12 @@ class Diagnostic:
             text = lines[self.line - 1].rstrip()
             width = self._caret_width(text)
             indent = min(len(text) - len(text.lstrip()), self.col - 1)  # print the line dedented
-            out.append("    " + text[indent:])
-            out.append("    " + " " * (self.col - 1 - indent) + "^" * width)
+            start = indent if len(text) - indent <= EXCERPT else max(indent, self.col - 1 - EXCERPT // 3)
+            shown = "".join(c if c.isprintable() else "?" for c in text[start:start + EXCERPT])  # never a whole
+            lead = "…" if start > indent else ""  # long line (a data file's secrets), never terminal controls
+            out.append("    " + lead + shown + ("…" if start + EXCERPT < len(text) else ""))
+            width = max(1, min(width, start + EXCERPT - (self.col - 1)))
+            out.append("    " + " " * (self.col - 1 - start + len(lead)) + "^" * width)
         if self.hint:
             out.append(f"  hint: {self.hint}")
         return "\n".join(out)

