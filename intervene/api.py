@@ -12,6 +12,7 @@ one program, execute it fused, and assemble the numbers.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from intervene import data, files, ir, metrics, results, scores, stats
+from intervene import progress as progress_
 from intervene import bind
 from intervene.circuit import Circuit
 from intervene.compile import DataFacts, compile_spec, lower_source
@@ -215,17 +217,28 @@ class Executed:
     scrubs: dict[str, list[ScrubResult]] = field(default_factory=dict)
     programs: dict[str, list[str]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    discoveries: dict[str, Any] = field(default_factory=dict)  # name -> intervene.discover.result.DiscoveryResult
 
 
-def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max_tokens: int = 32768,
+def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: int = 32768,
             on_circuit: Callable[[str], None] | None = None) -> Executed:
     """Run the prepared program fused (every experiment's runs in one program, scrubbing
     included), then run every circuit experiment's searches, seeded with the program's M, ∅ and
     C runs (its searches stack their circuits on the batch axis; the base passes are shared).
-    An experiment whose runs fail is recorded in ``failures``; the others complete."""
+    An experiment whose runs fail is recorded in ``failures``; the others complete.
+    ``progress`` gets a :class:`intervene.progress.Tick` (rows done of the whole spec's total,
+    searches included) per chunk and when a phase starts."""
     metric = metrics.from_spec(p.spec.metric)
+    tally = progress_.Tally(progress) if progress else None
+    n_rows = {ds: len(b.lengths) for ds, b in p.batches.items()}
+    bounds = {e.name: n_rows[e.dataset] * progress_.circuit_bound(
+        len(p.program.circuits[e.name].units), e.completeness.random, e.completeness.greedy, e.minimality.samples)
+        for e in p.spec.experiments if e.kind == "circuit"}
+    if tally:
+        tally.plan(sum(bounds.values()))
+        tally.phase("fused program: " + ", ".join(e.name for e in p.spec.experiments))
     ex = Executor(p.model.adapter, p.batches, resolve_vectors(p), p.program.metric_position,
-                  max_tokens=max_tokens, progress=progress)
+                  max_tokens=max_tokens, progress=tally.program if tally else None)
 
     def readout(ds: str, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         b = p.batches[ds]
@@ -262,6 +275,8 @@ def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max
             continue
         if on_circuit:
             on_circuit(e.name)
+        if tally:
+            tally.phase(f"circuit searches of {e.name}", bounds[e.name])
         src = lower_source(e.ablate, e.dataset)
         cache = caches.setdefault((e.dataset, src), {})
         measured = {r.key[0]: got[j] for j, r in enumerate(prog.runs) if r.experiment == e.name}
@@ -279,6 +294,8 @@ def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max
         except ExecutionError as err:
             failures[e.name] = str(err)
         programs[e.name] = ev.programs
+        if tally:
+            tally.finish()
     scrubbed: dict[str, list[ScrubResult]] = {}
     for e in p.spec.experiments:
         if e.kind != "scrub" or e.name in failures:
@@ -286,7 +303,17 @@ def execute(p: Prepared, progress: Callable[[int, int], None] | None = None, max
         seed = p.spec.seed if e.seed is None else e.seed
         scrubbed[e.name] = [scrub_result(low, *lowered_values(low, prog, values), seed=seed)
                             for low in prog.meta["scrub"][e.name]]
-    return Executed(values, out, scrubbed, programs, failures)
+    found: dict[str, Any] = {}
+    for i, e in enumerate(p.spec.experiments):
+        if e.kind != "discover" or e.name in failures:
+            continue
+        from intervene.discover.run import discover
+
+        try:
+            found[e.name] = discover(p, i, values, ex)
+        except ExecutionError as err:
+            failures[e.name] = str(err)
+    return Executed(values, out, scrubbed, programs, failures, found)
 
 
 def _source_warnings(p: Prepared, srcs: list[ir.Source]) -> list[str]:
@@ -340,6 +367,8 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
             exps.append(results.FailedResult(exp.name, exp.kind, exp.dataset, failures[exp.name]))
         elif exp.kind == "scrub":
             exps.append(_scrubbing(exp, executed.scrubs[exp.name]))
+        elif exp.kind == "discover":
+            exps.append(executed.discoveries[exp.name])
         elif exp.kind == "circuit":
             src = lower_source(exp.ablate, exp.dataset)
             exps.append(results.CircuitResult.from_scores(exp.name, exp.dataset, str(src), executed.circuits[exp.name],
@@ -352,7 +381,8 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
         "spec": p.spec.model_dump(mode="json"),
         "spec_text": p.spec.source_map.text if p.spec.source_map is not None else None,
         "model": {"id": lm.model_id, "revision": lm.revision, "family": lm.adapter.family,
-                  "source": lm.source, "dtype": str(lm.adapter.dtype), "device": str(lm.adapter.device)},
+                  "source": lm.source, "dtype": str(lm.adapter.dtype), "device": str(lm.adapter.device),
+                  "shape": dataclasses.asdict(lm.adapter.shape)},
         "seed": p.spec.seed,
         "versions": files.environment(),
     }
@@ -383,11 +413,12 @@ def _dump_datasets(p: Prepared) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def run_prepared(p: Prepared, *, out: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
+def run_prepared(p: Prepared, *, out: str | Path | None = None, progress: progress_.Report | None = None,
                  on_circuit: Callable[[str], None] | None = None) -> results.Results:
     """Execute a prepared spec and assemble its results; write the results file atomically if
-    ``out`` is given. ``progress(done, total)`` is called per chunk, ``on_circuit(name)`` before
-    each circuit or hypothesis is scored (the CLI's progress bar)."""
+    ``out`` is given. ``progress(tick)`` is called per chunk with rows done of the spec's total
+    (:class:`intervene.progress.Tick`), ``on_circuit(name)`` before each circuit experiment's
+    searches."""
     t0 = time.perf_counter()
     executed = execute(p, progress=progress, on_circuit=on_circuit)
     res = assemble(p, executed, time.perf_counter() - t0)
@@ -397,7 +428,7 @@ def run_prepared(p: Prepared, *, out: str | Path | None = None, progress: Callab
 
 
 def run(spec: schema.Spec | Mapping[str, Any] | str | Path, *, model: LoadedModel | None = None,
-        device: str | None = None, out: str | Path | None = None, progress: Callable[[int, int], None] | None = None,
+        device: str | None = None, out: str | Path | None = None, progress: progress_.Report | None = None,
         on_circuit: Callable[[str], None] | None = None) -> results.Results:
     """Check, compile and execute a spec -- a file, plain data or a spec object (:func:`prepare`,
     then :func:`run_prepared`)."""

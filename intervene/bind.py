@@ -144,6 +144,10 @@ def reads(spec: schema.Spec, i: int, exp: Any, dataset_positions: Mapping[str, t
                 Read(exp.name, loc, exp.dataset, src, False, True, metric_at)]  # the baseline run
     if exp.kind == "circuit":
         return [Read(exp.name, here + ("ablate",), exp.dataset, lower_source(exp.ablate, exp.dataset), True, False)]
+    if exp.kind == "discover":  # edges (or node patches) read whole sequences; a baseline reads the metric position
+        src = lower_source(exp.source, exp.dataset)
+        return [Read(exp.name, here + ("source",), exp.dataset, src, True, exp.level == "nodes"),
+                Read(exp.name, here + ("source",), exp.dataset, src, False, True, metric_at)]
     out: list[Read] = []
     for k, iv in enumerate(getattr(exp, "interventions", ())):
         if iv.kind == "patch":

@@ -33,6 +33,7 @@ from intervene.circuit import Circuit, Edge
 from intervene.circuit import readers as circuit_readers
 from intervene.graph import Node
 from intervene.spec import schema
+from intervene.discover.lower import lower as lower_discovery
 from intervene.scrub.hypothesis import Hypothesis
 from intervene.scrub.lower import lower as lower_hypothesis
 from intervene.scrub.plan import Draws, Plan
@@ -147,6 +148,10 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
                                                 n_examples=data.sizes[exp.dataset], shape=shape,
                                                 views=views))
             prog.meta.setdefault("scrub", {})[exp.name] = lowered
+        elif exp.kind == "discover":
+            src = lower_source(exp.source, exp.dataset)
+            base = baseline_runs(exp.name, exp.dataset, src, spec.metric.position, shape.n_layers)
+            prog.runs += lower_discovery(exp, src, shape, base, spec.where(loc + ("source",)))
         elif exp.kind == "circuit":
             src = lower_source(exp.ablate, exp.dataset)
             circuit = resolve_circuit(spec, exp.circuit, shape)

@@ -608,6 +608,9 @@ class Results:
             found = "no format field: written by an older intervene" if fmt is None else f"format {fmt!r}"
             raise ResultsFileError(f"{origin}: not an intervene results file of format {FORMAT!r} ({found}); "
                                    "run the spec again to write one")
+        from intervene.discover.result import DiscoveryResult  # registered here: it builds on this module
+
+        KINDS.setdefault(DiscoveryResult.kind, DiscoveryResult)
         try:
             exps = []
             for e in data["experiments"]:

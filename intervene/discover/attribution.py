@@ -295,6 +295,6 @@ def _override(m: Adapter, layout: Layout, own: Outputs, other: Outputs, alpha: f
         if kind == "z":  # the attention output: the heads' writes summed, plus the output bias
             b = m.o_bias(layer)
             mixed = mixed.sum(1) + (0 if b is None else b)
-        return mixed
+        return mixed.clone()  # a plain tensor, whatever mode the base passes were computed in
 
     return get

@@ -34,7 +34,7 @@ from pydantic.fields import FieldInfo
 
 from intervene import graph
 from intervene.errors import Diagnostic, ErrorCode, SpecError
-from intervene.spec import circuits, hypotheses, schema
+from intervene.spec import circuits, discovery, guards, hypotheses, schema
 from intervene.spec.diagnostics import at as _at
 from intervene.spec.diagnostics import dedupe as _dedupe
 from intervene.spec.diagnostics import did_you_mean as _did_you_mean
@@ -55,9 +55,13 @@ __all__ = ["ModelFacts", "ExpressionError", "load_spec", "parse_spec", "parse_sp
 # ------------------------------------------------------------------------------ loading
 
 
-def load_spec(path: str | Path) -> schema.Spec:
-    """Load and statically check a spec file; raise :class:`SpecError` listing every problem."""
-    return _finish(load_file(path), Path(path))
+def load_spec(path: str | Path, sets: Iterable[str] = (), only: Iterable[str] = ()) -> schema.Spec:
+    """Load and statically check a spec file; raise :class:`SpecError` listing every problem.
+    ``sets`` (``"datasets.clean.n=16"``) and ``only`` (experiment names) change the file's data
+    before it is checked (:mod:`intervene.spec.overrides`: the command line's ``--set``/``--only``)."""
+    from intervene.spec import overrides
+
+    return _finish(overrides.apply(load_file(path), sets, only), Path(path))
 
 
 def parse_spec(text: str, file: str = "<string>", fmt: str = "yaml", base_dir: str | Path | None = None
@@ -301,7 +305,9 @@ def _static_checks(data: dict[str, Any], src: SourceMap | None, base: Path) -> l
     checker.datasets()
     checker.metric()
     checker.experiments()
-    return checker.out + circuits.check_static(data, src) + hypotheses.check_static(data, src)
+    return (checker.out + guards.check(data, src, base) + circuits.check_static(data, src)
+            + hypotheses.check_static(data, src)
+            + discovery.check_static(data, src))
 
 
 @dataclass
@@ -325,7 +331,7 @@ class _Static:
 
     def file_exists(self, loc: Loc, what: str) -> None:
         rel = _get(self.data, loc)
-        if isinstance(rel, str) and rel and not (self.base / rel).is_file():
+        if isinstance(rel, str) and rel and not guards.outside(rel, self.base) and not (self.base / rel).is_file():
             self.out.append(_at(self.src, loc, ErrorCode.E020, f'{what} "{rel}" does not exist (looked in '
                                 f"{self.base / rel})", "paths are relative to the spec file", rel))
 
@@ -454,7 +460,7 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
             if exp.positions != "all":
                 positions(here + ("positions",), exp.positions, [exp.dataset, _source_dataset(exp.source)])
             continue
-        if isinstance(exp, (schema.CircuitExperiment, schema.ScrubExperiment)):
+        if isinstance(exp, (schema.CircuitExperiment, schema.ScrubExperiment, schema.DiscoverExperiment)):
             continue  # circuits and hypotheses are checked below, positions against their datasets
         if isinstance(exp, schema.SweepExperiment):
             nodes(here + ("targets",), exp.targets)
