@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from intervene.circuit import Edge
-from intervene.discover.circuits import edge_label, parse_edge
+from intervene.circuit import Circuit, Edge
+from intervene.discover.circuits import edge_label, parse_edge, size_of, top_circuit
 from intervene.graph import ModelShape, Receiver, edges
 
 FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
@@ -91,6 +91,27 @@ def curve(n_top: Sequence[int], n_kept: Sequence[int], m_circuit: Sequence[float
     f = [faithfulness(m, m_full, m_empty) for m in m_circuit]
     a = cmd(fractions, f) if absolute else cpr(fractions, f)
     return Curve(list(fractions), list(n_top), list(n_kept), [float(m) for m in m_circuit], f, a)
+
+
+def measure(labels: Sequence[str], scores: Sequence[float], shape: ModelShape,
+            evaluate: Callable[[list[Circuit]], list[float]], m_full: float,
+            fractions: Sequence[float] = FRACTIONS) -> dict[str, Curve]:
+    """CPR's and CMD's curves: ``evaluate`` gets every circuit (the signed ranking's at each
+    fraction, then the |score| ranking's, then ∅) in one call and returns their dataset means."""
+    n = len(labels)
+    plan: list[tuple[str, int, Circuit]] = []
+    for kind, signed in (("cpr", True), ("cmd", False)):
+        for k in fractions:
+            top = size_of(k, n)
+            plan.append((kind, top, top_circuit(labels, scores, top, shape, signed, f"{kind}@{k}")))
+    means = evaluate([c for _, _, c in plan] + [Circuit(frozenset(), name="∅")])
+    m_empty = float(means[-1])
+    out = {}
+    for kind in ("cpr", "cmd"):
+        rows = [(top, len(c), float(m)) for (k, top, c), m in zip(plan, means) if k == kind]
+        out[kind] = curve([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], m_full, m_empty,
+                          absolute=kind == "cmd", fractions=fractions)
+    return out
 
 
 # -- graph files ------------------------------------------------------------------------------------
@@ -220,5 +241,5 @@ def labels_to_edges(labels: set[str]) -> frozenset[Edge]:
     return frozenset(parse_edge(x) for x in labels)
 
 
-__all__ = ["FRACTIONS", "Curve", "area", "cpr", "cmd", "curve", "faithfulness", "to_mib", "from_mib", "save_json",
+__all__ = ["FRACTIONS", "Curve", "area", "measure", "cpr", "cmd", "curve", "faithfulness", "to_mib", "from_mib", "save_json",
            "load_json", "save_pt", "load_pt", "cfg", "labels_to_edges"]

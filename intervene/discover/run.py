@@ -28,7 +28,6 @@ import torch
 import yaml
 
 from intervene import graph, ir, metrics, stats
-from intervene.circuit import Circuit
 from intervene.compile import lower_source
 from intervene.discover import circuits as circ
 from intervene.discover import mib
@@ -133,25 +132,12 @@ def _settings(exp: Any, seed: int, n: int) -> dict[str, Any]:
 
 def curves(p: Any, exp: Any, src: ir.Source, metric: metrics.Metric, executor: Executor, labels: list[str],
            scores: list[float], m_full: float) -> dict[str, mib.Curve]:
-    """MIB's CPR and CMD curves: 2 × 10 circuits and ∅, one fused program."""
-    shape = p.model.adapter.shape
+    """MIB's CPR and CMD curves: 2 × 10 circuits and ∅ as one fused program."""
     views = [r for r in p.program.runs if src.run is not None and r.name == src.run]
     ev = CircuitEvaluator(p.model.adapter, p.batches, exp.dataset, src, metric, executor=executor, views=views,
                           indices={r.input: p.program.indices[r.input] for r in views if r.input})
-    n = len(labels)
-    plan: list[tuple[str, int, Circuit]] = []
-    for kind, signed in (("cpr", True), ("cmd", False)):
-        for k in mib.FRACTIONS:
-            top = circ.size_of(k, n)
-            plan.append((kind, top, circ.top_circuit(labels, scores, top, shape, signed, f"{kind}@{k}")))
-    measured = ev([c for _, _, c in plan] + [Circuit(frozenset(), name="∅")])
-    m_empty = float(measured[-1].metric.mean())
-    out = {}
-    for kind in ("cpr", "cmd"):
-        rows = [(top, len(c), float(m.metric.mean())) for (k, top, c), m in zip(plan, measured) if k == kind]
-        out[kind] = mib.curve([r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows], m_full, m_empty,
-                              absolute=kind == "cmd")
-    return out
+    return mib.measure(labels, scores, p.model.adapter.shape,
+                       lambda cs: [float(m.metric.mean()) for m in ev(cs)], m_full)
 
 
 def spec_header(spec: Any, path: Path) -> str:

@@ -48,9 +48,10 @@ def check_static(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic
             out.append(at(src, here + ("level",), ErrorCode.E080, "atp_star scores nodes (heads and MLPs), not edges",
                           "write level: nodes, or use eap / eap_ig for edges", "edges"))
         if method == "acdc" and "threshold" not in exp:
-            out.append(at(src, here, ErrorCode.E081, "method acdc needs a threshold τ (an edge is removed when "
-                          "removing it raises the divergence by less than τ)", "add e.g. threshold: 0.01",
-                          None, key=True, fld=here + ("threshold",)))
+            at_method = here + ("method",)
+            out.append(at(src, at_method, ErrorCode.E081, "method acdc needs a threshold τ (an edge is removed "
+                          "when removing it raises the divergence by less than τ)", "add e.g. threshold: 0.01",
+                          method, fld=here + ("threshold",)))
         if method in GRADIENT and metric_kind == "accuracy":
             out.append(at(src, ("metric", "kind"), ErrorCode.E082, f"method {method} of experiment "
                           f'"{exp.get("name")}" takes gradients of the metric, and accuracy has none',
