@@ -169,7 +169,7 @@ def dot_source(circuit: Circuit, scores: CircuitScores | CircuitResult | None = 
             " (by the smaller minimality of their ends)" if minimality else " (by the edges they stand for)")
     g = graphviz.Digraph("circuit", graph_attr={
         "rankdir": "BT", "newrank": "true", "nodesep": "0.18", "ranksep": "0.32", "fontname": "DejaVu Sans",
-        "fontsize": "12", "label": f"{head}\n{sub}", "labelloc": "t", "size": MAX_INCHES, "dpi": "100",
+        "fontsize": "12", "label": f"{head}\n{sub}", "labelloc": "t", "size": MAX_INCHES,
         "bgcolor": "white", "pad": "0.15"},
         node_attr={"shape": "box", "style": "rounded,filled", "fontname": "DejaVu Sans", "fontsize": "10",
                    "margin": "0.07,0.03", "height": "0.3", "color": "#333333", "fillcolor": "#eeeeee"},
@@ -228,11 +228,11 @@ def draw_circuit(circuit: Circuit, path: str | Path, scores: CircuitScores | Cir
     path = Path(path)
     stem = path.with_suffix("") if path.suffix.lower() in (".png", ".svg") else path
     png = stem.with_name(stem.name + ".png")
-    src = graphviz.Source(dot_source(circuit, scores, title, shape, max_arrows))
+    text = dot_source(circuit, scores, title, shape, max_arrows)
     png.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        png.write_bytes(src.pipe(format="png"))
-        stem.with_name(stem.name + ".svg").write_bytes(src.pipe(format="svg"))
+    try:  # dpi only for the PNG: an SVG drawn at another dpi than 72 is cut by its own viewBox
+        png.write_bytes(graphviz.Source(text.replace("{", "{\n\tgraph [dpi=100]", 1)).pipe(format="png"))
+        stem.with_name(stem.name + ".svg").write_bytes(graphviz.Source(text).pipe(format="svg"))
     except graphviz.ExecutableNotFound as e:
         raise GraphvizMissing("circuit pictures need the graphviz `dot` program: apt-get install graphviz "
                               "(or brew install graphviz)") from e

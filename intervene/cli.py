@@ -1,15 +1,18 @@
-"""The ``intervene`` command: check, compile, run specs; print the JSON Schema.
+"""The ``intervene`` command: check, compile and run specs, report results, print the JSON Schema.
 
-    intervene check specs/*.yaml          every problem of every file, as file:line:col
-    intervene compile specs/x.yaml        the compiled program, one line per run and op
-    intervene run specs/x.yaml --out r.json [--heatmap h.png] [--device auto]
+    intervene check specs/*.yaml               every problem of every file, as file:line:col
+    intervene compile specs/x.yaml             the compiled program, one line per run and op
+    intervene run specs/x.yaml [-o r.json] [--report] [--only NAME] [--set datasets.clean.n=16]
+    intervene report r.json [-o r.html]        one self-contained HTML file of every result
     intervene schema > spec.schema.json
+    intervene --version
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -18,14 +21,48 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Declarative, fused interventions on "
                   "transformer language models.")
-err = Console(stderr=True, soft_wrap=True)
-out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True, emoji=False)  # text from a spec is never markup or emoji
+out = Console(soft_wrap=True, emoji=False)
+
+ONLY_HELP = "run only this experiment (repeat for several); the spec's expect: block is dropped"
+SET_HELP = ("change one value of the spec before it is checked, as path=value (YAML): "
+            "datasets.clean.n=16, experiments.head_sweep.targets='[a23.h3]' (repeatable)")
+DEFAULT_OUT = Path("out")
 
 
-def _load(path: Path):  # type: ignore[no-untyped-def]
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            v = version("intervene-lm")
+        except PackageNotFoundError:  # a source checkout that was never installed
+            v = "unknown (not installed)"
+        out.print(f"intervene {v}", markup=False, highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                              help="print the version and exit")) -> None:
+    """Declarative, fused interventions on transformer language models."""
+
+
+def _load(path: Path, sets: list[str] | None = None, only: list[str] | None = None):  # type: ignore[no-untyped-def]
     from intervene.spec.check import load_spec
 
-    return load_spec(path)
+    return load_spec(path, sets or (), only or ())
+
+
+def _fail(e: Exception, spec_path: Path) -> typer.Exit:
+    """Print a spec's errors (every one, with file:line:col) or a plain one-line failure."""
+    from intervene.errors import SpecError
+
+    if isinstance(e, SpecError):
+        err.print(str(e), markup=False, highlight=False)
+    else:
+        err.print(f"{spec_path}: {type(e).__name__}: {e}", style="red", markup=False)
+    return typer.Exit(1)
 
 
 @app.command()
@@ -47,7 +84,7 @@ def check(specs: list[Path] = typer.Argument(..., help="spec files"),
             continue
         if diags:
             bad += 1
-            sources = {d.file: Path(d.file).read_text() for d in diags if Path(d.file).is_file()}
+            sources = {d.file: Path(d.file).read_text(errors="replace") for d in diags if Path(d.file).is_file()}
             err.print(str(SpecError(diags, sources)), markup=False, highlight=False)
             err.print(f"{path}: {len(diags)} error{'s' * (len(diags) != 1)}", style="red")
         else:
@@ -57,98 +94,149 @@ def check(specs: list[Path] = typer.Argument(..., help="spec files"),
 
 @app.command()
 def schema() -> None:
-    """Print the JSON Schema of spec files (for editor completion)."""
+    """Print the JSON Schema of spec files (for editor completion and field descriptions)."""
     from intervene.spec.schema import json_schema
 
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
 
 
 @app.command(name="compile")
-def compile_(spec_path: Path = typer.Argument(..., help="spec file")) -> None:
-    """Print the compiled program: one line per run and per op, with the spec line it came from."""
+def compile_(spec_path: Path = typer.Argument(..., help="spec file"),
+             only: Optional[list[str]] = typer.Option(None, "--only", help=ONLY_HELP),
+             sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP)) -> None:
+    """Print the compiled program: one line per run (#0, #1, …) and per op, with its spec line."""
     from intervene import api
-    from intervene.errors import InterveneError, SpecError
+    from intervene.errors import InterveneError
 
     try:
-        p = api.prepare(_load(spec_path))
-    except SpecError as e:
-        err.print(str(e), markup=False, highlight=False)
-        raise typer.Exit(1)
-    except InterveneError as e:  # the model could not be loaded: say so plainly
-        err.print(f"{spec_path}: {type(e).__name__}: {e}", style="red", markup=False)
-        raise typer.Exit(1)
+        p = api.prepare(_load(spec_path, sets, only))
+    except InterveneError as e:  # a spec error, or the model could not be loaded
+        raise _fail(e, spec_path)
     out.print(str(p.program), markup=False, highlight=False)
+
+
+@dataclass
+class Outputs:
+    """Every file ``run`` writes, decided before anything is computed."""
+
+    results: Path
+    figures: Path | None  # the stem of figure files (<stem>-<experiment>-heads.png, …); None: none
+    report: Path | None
+
+    @classmethod
+    def of(cls, spec_path: Path, spec_name: str | None, out_path: Path | None, report: bool,
+           report_path: Path | None, figures: bool) -> Outputs:
+        results = out_path or DEFAULT_OUT / f"{spec_name or spec_path.stem}.json"
+        html = report_path or (results.with_suffix(".html") if report else None)
+        return cls(results, results.with_suffix("") if figures else None, html)
 
 
 @app.command()
 def run(spec_path: Path = typer.Argument(..., help="spec file"),
-        out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="results JSON (written atomically)"),
-        heatmap: Optional[Path] = typer.Option(None, "--heatmap", help="heatmap PNG for head sweeps "
-                                               "(default: beside --out)"),
+        out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="results JSON, written atomically "
+                                                f"(default: {DEFAULT_OUT}/<spec name>.json)"),
+        only: Optional[list[str]] = typer.Option(None, "--only", help=ONLY_HELP),
+        sets: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+        report: bool = typer.Option(False, "--report", help="also write the HTML report beside the results "
+                                    "(<results>.html)"),
+        report_path: Optional[Path] = typer.Option(None, "--report-to", help="write the HTML report here"),
+        figures: bool = typer.Option(True, "--figures/--no-figures", help="write each experiment's figures "
+                                     "(PNG and SVG) beside the results"),
         device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (default: the spec's)"),
-        top: int = typer.Option(15, "--top", help="rows shown per sweep"),
-        progress: bool = typer.Option(True, "--progress/--no-progress")) -> None:
-    """Run a spec: print a score table, write results JSON, sweep heatmaps and circuit pictures."""
-    from intervene import api, report
-    from intervene.errors import SpecError
+        top: int = typer.Option(15, "--top", help="rows shown per sweep table (0: every row)"),
+        fmt: str = typer.Option("rich", "--format", help="tables as rich (a terminal), plain, markdown or json"),
+        progress: bool = typer.Option(True, "--progress/--no-progress",
+                                      help="show progress in rows (one run on one example) with rate and time "
+                                      "left: a bar on a terminal, one line per phase otherwise")) -> None:
+    """Run a spec: print score tables; write the results JSON, figures and (--report) the HTML report."""
+    from intervene import api, report as report_
+    from intervene.errors import InterveneError
     from intervene.results import FailedResult
 
+    if fmt not in report_.FORMATS:
+        err.print(f"--format {fmt}: use one of {', '.join(report_.FORMATS)}", style="red", markup=False)
+        raise typer.Exit(2)
     try:
-        spec = _load(spec_path)
-        err.print(f"loading model {spec.model.name} …")
+        spec = _load(spec_path, sets, only)
+        outputs = Outputs.of(spec_path, spec.name, out_path, report, report_path, figures)
+        err.print(f"loading model {spec.model.name} …", markup=False, highlight=False)
         p = api.prepare(spec, device=device)
-    except SpecError as e:
-        err.print(str(e), markup=False, highlight=False)
-        raise typer.Exit(1)
+    except InterveneError as e:  # a spec error, or the model could not be loaded
+        raise _fail(e, spec_path)
     err.print(f"{len(p.program.runs)} runs × {', '.join(f'{k}: {len(v)}' for k, v in p.datasets.items())} examples "
-              f"on {p.model.adapter.device}")
-    res = _run_with_progress(p, out_path, progress)
-    report.print_results(res, out, top=top)
-    _pictures(p, res, out_path, heatmap)
-    if out_path:
-        out.print(f"results: {out_path}")
+              f"on {p.model.adapter.device}", markup=False, highlight=False)
+    res = _run_with_progress(p, outputs.results, progress)
+    report_.print_results(res, out, top=top or None, fmt=fmt)  # type: ignore[arg-type]
+    out.print(f"results: {outputs.results}", markup=False, highlight=False)
+    _write_figures(p, res, outputs)
+    if outputs.report is not None:
+        report_.write_report(res, outputs.report, dict(p.program.circuits))
+        out.print(f"report: {outputs.report}", markup=False, highlight=False)
     failed = [e.name for e in res if isinstance(e, FailedResult)]
     if failed:  # the others completed and were written; say which did not, and fail the command
         err.print(f"{len(failed)} experiment{'s' * (len(failed) != 1)} failed: {', '.join(failed)}", style="red")
         raise typer.Exit(1)
 
 
-def _run_with_progress(p, out_path: Optional[Path], progress: bool):  # type: ignore[no-untyped-def]
-    """:func:`intervene.api.run_prepared` with a progress bar on a terminal, lines otherwise."""
+@app.command(name="report")
+def report_cmd(results: Path = typer.Argument(..., help="a results JSON written by intervene run"),
+               out_path: Optional[Path] = typer.Option(None, "--out", "-o", help="the HTML file "
+                                                       "(default: the results file with .html)")) -> None:
+    """Write one self-contained HTML report (tables, figures, spec, model, warnings) of a results file."""
+    from intervene import report as report_
+    from intervene.results import Results, ResultsFileError
+
+    try:
+        res = Results.load(results)
+    except (OSError, ResultsFileError) as e:
+        err.print(f"{results}: {e}", style="red", markup=False)
+        raise typer.Exit(1)
+    path = report_.write_report(res, out_path or results.with_suffix(".html"))
+    out.print(f"report: {path}", markup=False, highlight=False)
+
+
+def _run_with_progress(p, out_path: Path, progress: bool):  # type: ignore[no-untyped-def]
+    """:func:`intervene.api.run_prepared` with progress in rows: a bar on a terminal, one line
+    per phase otherwise (CI logs), nothing with ``--no-progress``."""
     from intervene import api
+    from intervene import progress as progress_
 
-    if progress and sys.stderr.isatty():
-        from rich.progress import BarColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+    if not progress:
+        return api.run_prepared(p, out=out_path)
+    if not sys.stderr.isatty():
+        res = api.run_prepared(p, out=out_path, progress=progress_.lines(sys.stderr))
+        err.print(f"done in {res.seconds:.1f} s", markup=False, highlight=False)
+        return res
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+        TimeRemainingColumn
 
-        with Progress("[progress.description]{task.description}", BarColumn(), "{task.completed}/{task.total} chunks",
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=err) as bar:
-            task = bar.add_task("executing", total=None)
-            return api.run_prepared(p, out=out_path, progress=lambda d, t: bar.update(task, completed=d, total=t),
-                                    on_circuit=lambda name: bar.update(task, description=f"scoring {name}"))
-    if progress:
-        return api.run_prepared(p, out=out_path, progress=lambda d, t: err.print(f"chunk {d}/{t}"),
-                                on_circuit=lambda name: err.print(f"scoring {name}"))
-    return api.run_prepared(p, out=out_path)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("rows"),
+                  TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                  console=err, transient=False) as bar:
+        task = bar.add_task("starting", total=None, rate="")
+
+        def show(t: progress_.Tick) -> None:
+            bar.update(task, completed=t.done, total=t.total or None, description=t.phase,
+                       rate=f"{t.rate:,.0f}/s" if t.rate else "")
+
+        return api.run_prepared(p, out=out_path, progress=show)
 
 
-def _pictures(p, res, out_path: Optional[Path], heatmap: Optional[Path]) -> None:  # type: ignore[no-untyped-def]
-    """Heatmaps of head sweeps (at ``--heatmap``, else beside ``--out``) and, beside ``--out``,
-    a picture of each circuit experiment's circuit."""
-    from intervene import plot
-    from intervene.results import CircuitResult, PathPatchResult, SweepResult
+def _write_figures(p, res, outputs: Outputs) -> None:  # type: ignore[no-untyped-def]
+    """Each experiment's figures beside the results: <stem>-<experiment>-<what>.png and .svg."""
+    from intervene import plot, report
 
-    shape = p.model.adapter.shape
-    sweeps = [e for e in res if isinstance(e, (SweepResult, PathPatchResult))]
-    base = heatmap or (out_path.with_suffix(".png") if out_path else None)
-    for e in sweeps if base else []:
-        png = base if len(sweeps) == 1 else base.with_name(f"{base.stem}-{e.name}.png")
-        if plot.heatmap(e, png, shape.n_layers, shape.n_heads):
-            out.print(f"heatmap: {png}")
-    for e in res if out_path else []:
-        if isinstance(e, CircuitResult):
-            png = out_path.with_name(f"{out_path.stem}-{e.name}-circuit.png")  # type: ignore[union-attr]
-            plot.draw_circuit(p.program.circuits[e.name], png, e, title=e.name, shape=shape)
-            out.print(f"circuit picture: {png}")
+    if outputs.figures is None:
+        return
+    stem = outputs.figures
+    for e in res:
+        try:
+            made = report.figures(res, e, stem.with_name(f"{stem.name}-{e.name}"), p.program.circuits.get(e.name))
+        except plot.GraphvizMissing as x:
+            err.print(f"{e.name}: no circuit graph: {x}", style="yellow", markup=False)
+            continue
+        for png in made:
+            out.print(f"figure: {png} (and .svg)", markup=False, highlight=False)
 
 
 def main() -> None:  # pragma: no cover

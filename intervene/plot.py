@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from intervene.circuit_plot import draw_circuit  # noqa: F401  (re-export)
+from intervene.circuit_plot import GraphvizMissing, draw_circuit  # noqa: F401  (re-exports)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -196,7 +196,7 @@ def residual_map(e: SweepResult | PathPatchResult, path: str | Path, about: Abou
     step = max(1, (hi - lo + 1) // 16)
     ax.set_yticks(range(0, hi - lo + 1, step), [f"r{lo + i}" for i in range(0, hi - lo + 1, step)], fontsize=7)
     ax.set_xlabel("position")
-    ax.set_ylabel("residual stream entering layer")
+    ax.set_ylabel("residual stream")
     fig.colorbar(im, ax=ax, label=label, shrink=0.9)
     title(fig, f"{e.name}: residual stream {_direction(e).split(' ', 2)[2]}", about.line())
     return save(fig, path)

@@ -71,4 +71,4 @@ def test_run_prints_table_and_writes_files(real_model, tmp_path: Path) -> None: 
     r = runner.invoke(app, ["run", str(f), "--out", str(out), "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "clean (unpatched)" in r.output and "a29.h" in r.output
-    assert out.exists() and (tmp_path / "res.png").exists()
+    assert out.exists() and (tmp_path / "res-sweep-heads.png").exists() and (tmp_path / "res-sweep-heads.svg").exists()
