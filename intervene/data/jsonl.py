@@ -10,15 +10,20 @@ This module owns `load_jsonl`. Each non-blank line is one JSON object::
 * `text` (required): a non-empty string.
 * `answers`: answer name -> non-empty string (one token under the model's tokenizer).
 * `positions`: position name -> a character span `[start, end]` (half open, inside the
-  text; its token is the last one overlapping the span) or an integer token index over the
-  text's own tokens (no BOS; negative counts from the end).
+  text; its token is the last one overlapping the span, and the span must not end inside a
+  token), an integer token index over the text's own tokens (no BOS; negative counts from the
+  end), or a substring to find: `{"find": " John", "occurrence": 2}` is the span of the second
+  occurrence of " John" (`occurrence` defaults to 1; negative counts from the end).
 * `meta`: any JSON object, kept as is.
 
 Every line must name the same answers and positions as the first one. Without a tokenizer,
 token indices are kept as `TokenIndex` and resolved by `intervene.data.batch.tokenize`; with
 one, they are turned into character spans here, and answers and positions are checked against
-it, so that mistakes point at their line. All problems are collected; the first is raised as a
-`DatasetError` whose `.errors` lists them all.
+it, so that mistakes point at their line. `n` and `seed` pick `n` of the file's examples
+(seeded, kept in file order: files of the same length give the same picks, so paired files
+stay paired). All problems are collected, each at its line and column (the key at fault); the
+first is raised as a `DatasetError` whose `.errors` lists them all. A line nested deeper than
+:data:`MAX_DEPTH` is refused (`E060`), a file that is not UTF-8 text too (`E061`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +40,8 @@ from intervene.data.batch import answer_token_id, encode, resolve_position, toke
 from intervene.data.dataset import Dataset, DatasetError, Example, Position, TokenIndex
 
 FIELDS: tuple[str, ...] = ("text", "answers", "positions", "meta")
+MAX_DEPTH = 64
+"""The deepest a line's JSON may nest (objects and arrays)."""
 
 
 class _Object(dict):
@@ -67,18 +75,37 @@ def _show(value: Any) -> str:
 
 
 class _Line:
-    """Collects the errors of one line of one file."""
+    """Collects the errors of one line of one file, each at the column of the key at fault."""
 
-    def __init__(self, path: str, number: int, errors: list[DatasetError]) -> None:
-        self.path, self.number, self.errors = path, number, errors
+    def __init__(self, path: str, number: int, errors: list[DatasetError], raw: str = "") -> None:
+        self.path, self.number, self.errors, self.raw = path, number, errors, raw
 
-    def error(self, field: str | None, message: str) -> None:
-        self.errors.append(DatasetError(self.path, self.number, field, message))
+    def error(self, field: str | None, message: str, col: int | None = None, code: str | None = None) -> None:
+        col = col if col is not None else self.column(field)
+        self.errors.append(DatasetError(self.path, self.number, field, message, col, code))
+
+    def column(self, field: str | None, occurrence: int = 1) -> int:
+        """1-based column of the key ``field`` (dotted: each part searched after the one before;
+        the ``occurrence``-th of the last part); that of its nearest parent found (1 at worst)
+        when it is not there (a missing key)."""
+        if not field:
+            return 1
+        at = 0
+        parts = field.split(".")
+        for i, part in enumerate(parts):
+            needle = json.dumps(part, ensure_ascii=False)
+            for _ in range(occurrence if i == len(parts) - 1 else 1):
+                found = self.raw.find(needle, at)
+                if found < 0:
+                    return max(at, 1)
+                at = found + 1
+        return at
 
     def duplicates(self, value: Any, prefix: str) -> None:
         if isinstance(value, _Object):
             for key in value.duplicates:
-                self.error(f"{prefix}{key}", f'duplicate key "{key}" (JSON keeps only the last)')
+                self.error(f"{prefix}{key}", f'duplicate key "{key}" (JSON keeps only the last)',
+                           self.column(f"{prefix}{key}", occurrence=2))
             for key, child in value.items():
                 self.duplicates(child, f"{prefix}{key}.")
         elif isinstance(value, list):
@@ -90,9 +117,33 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _find(line: _Line, field: str, value: dict[str, Any], text: str) -> Position | None:
+    """``{"find": " John", "occurrence": 2}``: the span of that occurrence of the substring."""
+    extra = [k for k in value if k not in ("find", "occurrence")]
+    needle, nth = value.get("find"), value.get("occurrence", 1)
+    if extra:
+        line.error(field, f'unknown key "{extra[0]}" in a find position (keys: find, occurrence)')
+        return None
+    if not isinstance(needle, str) or not needle:
+        line.error(field, f"find must be a non-empty string, got {_show(needle)}")
+        return None
+    if not _is_int(nth) or nth == 0:
+        line.error(field, f"occurrence must be a non-zero integer (1: the first, -1: the last), got {_show(nth)}")
+        return None
+    starts = [i for i in range(len(text)) if text.startswith(needle, i)]
+    if not -len(starts) <= (nth - 1 if nth > 0 else nth) < len(starts):
+        found = f"occurs {len(starts)} time{'s' * (len(starts) != 1)}" if starts else "does not occur"
+        line.error(field, f"{_show(needle)} {found} in the text; occurrence {nth} asked for")
+        return None
+    start = starts[nth - 1 if nth > 0 else nth]
+    return (start, start + len(needle))
+
+
 def _parse_position(line: _Line, field: str, value: Any, text: str) -> Position | None:
     if _is_int(value):
         return TokenIndex(value)
+    if isinstance(value, dict) and "find" in value:
+        return _find(line, field, value, text)
     if isinstance(value, list) and len(value) == 2 and all(_is_int(v) for v in value):
         start, end = value
         if not 0 <= start < end <= len(text):
@@ -103,7 +154,7 @@ def _parse_position(line: _Line, field: str, value: Any, text: str) -> Position 
             )
             return None
         return (start, end)
-    msg = f"expected a [start, end] span or an integer token index, got {_show(value)}"
+    msg = f'expected a [start, end] span, an integer token index or {{"find": ...}}, got {_show(value)}'
     line.error(field, msg)
     return None
 
@@ -117,10 +168,17 @@ def _mapping(line: _Line, obj: Mapping[str, Any], key: str, what: str) -> Mappin
 
 
 def _parse_line(line: _Line, raw: str) -> Example | None:
+    too_deep = _depth(raw)
+    if too_deep:
+        line.error(None, f"the line nests objects and arrays more than {MAX_DEPTH} deep", too_deep, "E060")
+        return None
     try:
         obj = json.loads(raw, object_pairs_hook=_object_hook)
     except json.JSONDecodeError as exc:
-        line.error(None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+        line.error(None, f"invalid JSON: {exc.msg}", exc.colno)
+        return None
+    except RecursionError:  # deeper than the depth scan saw (it skips strings): still refused
+        line.error(None, f"the line nests objects and arrays more than {MAX_DEPTH} deep", 1, "E060")
         return None
     if not isinstance(obj, dict):
         line.error(None, f"expected a JSON object, got {_show(obj)}")
@@ -156,6 +214,24 @@ def _parse_line(line: _Line, raw: str) -> Example | None:
     return Example(text, answers, positions, meta, origin=(line.path, line.number))
 
 
+def _depth(raw: str) -> int:
+    """Column of the first bracket opening more than :data:`MAX_DEPTH` levels (outside
+    strings), else 0."""
+    depth, quoted, escaped = 0, False, False
+    for i, ch in enumerate(raw):
+        if quoted:
+            escaped, quoted = (not escaped and ch == "\\"), quoted and (escaped or ch != '"')
+        elif ch == '"':
+            quoted = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return i + 1
+        elif ch in "]}":
+            depth -= 1
+    return 0
+
+
 def _check_names(line: _Line, kind: str, names: Mapping[str, Any], first: list[str]) -> None:
     expected = ", ".join(first) or "none"
     for key in first:
@@ -167,15 +243,23 @@ def _check_names(line: _Line, kind: str, names: Mapping[str, Any], first: list[s
             line.error(f"{kind}.{key}", f"not named on the first line (its {kind}: {expected})")
 
 
+def _cut_token(enc: Any, span: tuple[int, int]) -> tuple[int, int] | None:
+    """The offsets of the token a span ends inside (its end falls before the token's end), or
+    None when the span ends at a token boundary."""
+    start, end = span
+    hits = [(a, b) for a, b in enc.offsets if a < b and a < end and b > start]
+    return hits[-1] if hits and hits[-1][1] > end else None
+
+
 def _check_tokens(
-    tokenizer: Any, examples: list[Example], errors: list[DatasetError]
+    tokenizer: Any, examples: list[Example], errors: list[DatasetError], raws: dict[int, str] | None = None
 ) -> list[Example]:
     """Check answers and positions against `tokenizer`; turn token indices into spans."""
     out = []
     encodings = encode(tokenizer, [e.text for e in examples], add_bos=False)
     for ex, enc in zip(examples, encodings, strict=True):
         assert ex.origin is not None
-        line = _Line(ex.origin[0], ex.origin[1], errors)
+        line = _Line(ex.origin[0], ex.origin[1], errors, (raws or {}).get(ex.origin[1], ""))
         for key, answer in ex.answers.items():
             got = answer_token_id(tokenizer, answer)
             if isinstance(got, str):
@@ -185,32 +269,59 @@ def _check_tokens(
             tok = resolve_position(enc, pos)
             if isinstance(tok, str):
                 line.error(f"positions.{key}", tok)
+            elif not isinstance(pos, TokenIndex) and (cut := _cut_token(enc, pos)) is not None:
+                line.error(f"positions.{key}", f"span [{pos[0]}, {pos[1]}] ({_show(ex.text[pos[0]:pos[1]])}) ends "
+                           f"inside the token {_show(ex.text[cut[0]:cut[1]])} at [{cut[0]}, {cut[1]}]; a span "
+                           f"must end where a token ends (write [{pos[0]}, {cut[1]}], or use a find position)")
             elif isinstance(pos, TokenIndex):
                 positions[key] = token_index_to_span(enc, pos) or pos
         out.append(Example(ex.text, ex.answers, positions, ex.meta, origin=ex.origin))
     return out
 
 
-def load_jsonl(
-    path: str | os.PathLike[str], name: str | None = None, tokenizer: Any = None
-) -> Dataset:
-    """Read a JSONL dataset (see the module docstring); `name` defaults to the file's stem."""
+def _read_lines(path: str | os.PathLike[str]) -> list[str]:
+    """The file's lines; `DatasetError` (E061 at the byte's line) when it is not UTF-8 text."""
     where = str(path)
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        raw = Path(path).read_bytes()
     except OSError as exc:
         msg = f"cannot read the file: {exc.strerror or exc}"
         raise DatasetError(where, None, None, msg) from exc
+    try:
+        return raw.decode("utf-8").split("\n")
     except UnicodeDecodeError as exc:
-        msg = f"not UTF-8 text: {exc.reason} at byte {exc.start}"
-        raise DatasetError(where, None, None, msg) from exc
+        before = raw[: exc.start].decode("utf-8")
+        line, col = before.count("\n") + 1, exc.start - (before.rfind("\n") + 1) + 1
+        msg = f"not UTF-8 text: byte 0x{raw[exc.start]:02x} ({exc.reason}); save the file as UTF-8"
+        raise DatasetError(where, line, None, msg, col, "E061") from exc
+
+
+def subsample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
+    """`n` of `examples` drawn with `seed`, in their original order (all of them if `n` is
+    None). The draw depends only on the count, `n` and `seed`."""
+    if n is None or n >= len(examples):
+        return examples
+    picked = sorted(random.Random(seed).sample(range(len(examples)), n))
+    return [examples[i] for i in picked]
+
+
+def load_jsonl(
+    path: str | os.PathLike[str], name: str | None = None, tokenizer: Any = None,
+    n: int | None = None, seed: int = 0,
+) -> Dataset:
+    """Read a JSONL dataset (see the module docstring); `name` defaults to the file's stem;
+    `n` and `seed` pick `n` of its examples (`subsample`)."""
+    where = str(path)
+    lines = [line.rstrip("\r") for line in _read_lines(path)]
+    raws: dict[int, str] = {}
     errors: list[DatasetError] = []
     examples: list[Example] = []
     first: tuple[list[str], list[str]] | None = None
     for number, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
-        line = _Line(where, number, errors)
+        raws[number] = raw
+        line = _Line(where, number, errors, raw)
         ex = _parse_line(line, raw)
         if ex is None:
             continue
@@ -224,8 +335,11 @@ def load_jsonl(
     if not examples and not errors:
         msg = "no examples (the file has no non-blank lines)"
         errors.append(DatasetError(where, None, None, msg))
+    if n is not None and not errors and n > len(examples):
+        errors.append(DatasetError(None, None, "n", f"n: {n} examples asked for, but {where} has {len(examples)}"))
+    examples = subsample(examples, n, seed)
     if tokenizer is not None and examples:
-        examples = _check_tokens(tokenizer, examples, errors)
+        examples = _check_tokens(tokenizer, examples, errors, raws)
     if errors:
         raise DatasetError.collect(sorted(errors, key=lambda e: e.line or 0))
     return Dataset(Path(where).stem if name is None else name, tuple(examples))

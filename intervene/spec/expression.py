@@ -5,11 +5,18 @@ answer names), the :class:`ExpressionError` it raises, the allowed functions
 (:data:`EXPRESSION_FUNCTIONS`), and the diagnostics pointing into an expression string. Text is
 vetted with :mod:`ast` before sympy sees it, and is never ``eval``'d. The names stay importable
 from :mod:`intervene.spec.check` and :mod:`intervene.spec`.
+
+Vetting bounds the work sympy will do: an expression longer than :data:`MAX_CHARS` or with
+more than :data:`MAX_OPS` operations is refused (``E060``), and every constant part is folded
+in floating point first, so a tower such as ``9**9**9`` (which sympy would evaluate as an exact
+integer of hundreds of millions of digits) is refused as too large (``E060``) and ``1/0`` or
+``log(0)`` as undefined (``E017``) before sympy sees it.
 """
 
 from __future__ import annotations
 
 import ast
+import math
 from typing import Any
 
 from intervene.errors import Diagnostic, ErrorCode
@@ -19,56 +26,92 @@ from intervene.spec.source_map import Loc, SourceMap
 __all__ = ["EXPRESSION_FUNCTIONS", "ExpressionError", "parse_expression", "expression_diagnostic", "name_offset"]
 
 EXPRESSION_FUNCTIONS = ("exp", "log", "abs", "max", "min")
+MAX_CHARS = 1000
+"""The longest expression accepted (characters)."""
+MAX_OPS = 300
+"""The most operations (operators, calls, names and numbers) an expression may hold."""
+_LARGEST = 1e300  # a constant part beyond this is refused: float arithmetic on it overflows
 
 
 class ExpressionError(ValueError):
     """An expression metric that does not parse or uses something not allowed.
 
-    ``offset`` is the 0-based character offset of the problem in the expression, if known."""
+    ``offset`` is the 0-based character offset of the problem in the expression, if known;
+    ``code`` is ``E017`` (bad expression) or ``E060`` (too large to evaluate safely)."""
 
-    def __init__(self, message: str, offset: int | None = None, hint: str | None = None) -> None:
+    def __init__(self, message: str, offset: int | None = None, hint: str | None = None,
+                 code: ErrorCode = ErrorCode.E017) -> None:
         super().__init__(message)
-        self.message, self.offset, self.hint = message, offset, hint
+        self.message, self.offset, self.hint, self.code = message, offset, hint, code
 
 
 _OPS = (ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Pow, ast.UAdd, ast.USub)
 
 
 def _vet(tree: ast.AST) -> list[str]:
-    """Reject any syntax but numbers, names, + - * / **, unary signs and allowed calls.
-    Returns the answer names used."""
+    """Reject any syntax but numbers, names, + - * / **, unary signs and allowed calls, and
+    constant parts that overflow or are undefined. Returns the answer names used."""
     names: list[str] = []
+    size = sum(1 for _ in ast.walk(tree))
+    if size > MAX_OPS:
+        raise ExpressionError(f"the expression has {size} operations (at most {MAX_OPS})", 0,
+                              "split it, or use a built-in metric", ErrorCode.E060)
 
-    def bad(node: ast.AST, what: str, hint: str | None = None) -> ExpressionError:
-        return ExpressionError(what, getattr(node, "col_offset", None), hint)
+    def bad(node: ast.AST, what: str, hint: str | None = None, code: ErrorCode = ErrorCode.E017) -> ExpressionError:
+        return ExpressionError(what, getattr(node, "col_offset", None), hint, code)
 
-    def visit(node: ast.AST) -> None:
+    def folded(node: ast.AST, compute: Any) -> float:
+        """A constant part's value in floating point; refused when it overflows or is undefined."""
+        try:
+            value = float(compute())
+        except OverflowError:
+            value = math.inf
+        except (ZeroDivisionError, ValueError) as e:
+            raise bad(node, f'"{ast.unparse(node)}" is undefined ({e})') from None
+        if not math.isfinite(value) or abs(value) > _LARGEST:
+            raise bad(node, f'the constant "{ast.unparse(node)[:40]}" is too large to evaluate',
+                      "use a smaller number", ErrorCode.E060)
+        return value
+
+    def visit(node: ast.AST) -> float | None:
+        """The node's value when it is a constant, else None."""
         if isinstance(node, ast.Expression):
-            visit(node.body)
-        elif isinstance(node, ast.BinOp):
+            return visit(node.body)
+        if isinstance(node, ast.BinOp):
             if not isinstance(node.op, _OPS):
                 hint = "use ** for powers" if isinstance(node.op, ast.BitXor) else None
                 raise bad(node, f"operator {type(node.op).__name__} is not allowed", hint)
-            visit(node.left)
-            visit(node.right)
-        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, _OPS):
-            visit(node.operand)
-        elif isinstance(node, ast.Constant) and type(node.value) in (int, float):
-            pass
-        elif isinstance(node, ast.Name):
+            left, right = visit(node.left), visit(node.right)
+            if left is None or right is None:
+                return None
+            ops = {ast.Add: lambda: left + right, ast.Sub: lambda: left - right, ast.Mult: lambda: left * right,
+                   ast.Div: lambda: left / right, ast.Pow: lambda: math.pow(left, right)}
+            return folded(node, ops[type(node.op)])
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, _OPS):
+            inner = visit(node.operand)
+            return None if inner is None else (-inner if isinstance(node.op, ast.USub) else inner)
+        if isinstance(node, ast.Constant) and type(node.value) in (int, float):
+            return folded(node, lambda: node.value)
+        if isinstance(node, ast.Name):
             if node.id in EXPRESSION_FUNCTIONS or node.id.startswith("_"):
                 raise bad(node, f'"{node.id}" is not an answer name', f"call it: {node.id}(...)")
             names.append(node.id)
-        elif isinstance(node, ast.Call):
+            return None
+        if isinstance(node, ast.Call):
             func = node.func.id if isinstance(node.func, ast.Name) else None
             if func not in EXPRESSION_FUNCTIONS or node.keywords or not node.args:
                 raise bad(node, f'call of "{ast.unparse(node.func)}" is not allowed',
                           f"functions: {', '.join(EXPRESSION_FUNCTIONS)}")
-            for a in node.args:
-                visit(a)
-        else:
-            raise bad(node, f'"{ast.unparse(node)}" is not allowed in an expression',
-                      "use answer names, numbers, + - * / **, and " + ", ".join(EXPRESSION_FUNCTIONS))
+            args = [visit(a) for a in node.args]
+            if any(a is None for a in args):
+                return None
+            fns = {"exp": lambda: math.exp(args[0]), "log": lambda: math.log(args[0]), "abs": lambda: abs(args[0]),
+                   "max": lambda: max(args), "min": lambda: min(args)}  # type: ignore[type-var]
+            if func in ("exp", "log", "abs") and len(args) != 1:
+                return None  # sympy reports the wrong number of arguments
+            return folded(node, fns[func])
+        raise bad(node, f'"{ast.unparse(node)}" is not allowed in an expression',
+                  "use answer names, numbers, + - * / **, and " + ", ".join(EXPRESSION_FUNCTIONS))
 
     visit(tree)
     return names
@@ -81,10 +124,15 @@ def parse_expression(text: str) -> Any:
     :data:`EXPRESSION_FUNCTIONS` only), then handed to sympy's ``parse_expr`` with a global
     namespace holding nothing but sympy's number/symbol constructors and those functions, and
     every name bound to a ``Symbol``. Raises :class:`ExpressionError`."""
+    if len(text.strip()) > MAX_CHARS:
+        raise ExpressionError(f"the expression is {len(text.strip())} characters long (at most {MAX_CHARS})", 0,
+                              "split it, or use a built-in metric", ErrorCode.E060)
     try:
         tree = ast.parse(text.strip(), mode="eval")
     except SyntaxError as e:
         raise ExpressionError(f"cannot parse expression: {e.msg}", (e.offset or 1) - 1) from None
+    except (RecursionError, MemoryError):
+        raise ExpressionError("the expression nests too deeply", 0, None, ErrorCode.E060) from None
     names = _vet(tree)
     import sympy
     from sympy.parsing.sympy_parser import parse_expr, standard_transformations
@@ -108,7 +156,8 @@ def parse_expression(text: str) -> Any:
 def expression_diagnostic(src: SourceMap | None, loc: Loc, text: str, e: ExpressionError) -> Diagnostic:
     """``E017`` for the expression ``text`` at ``loc``, the caret at the problem when known."""
     offset, width = offset_in(src, loc, text, e.offset, 1)
-    return at(src, loc, ErrorCode.E017, f'bad expression "{text}": {e.message}', e.hint, text,
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    return at(src, loc, e.code, f'bad expression "{shown}": {e.message}', e.hint, text,
               offset=offset, width=width)
 
 

@@ -16,6 +16,13 @@ starts). pydantic knows no lines; later stages look a pydantic ``loc`` up here.
   that was not found falls back to its nearest located ancestor. Syntax errors take the
   line/column from tomllib's message (``E008 toml-syntax``).
 
+Hostile input is refused here, each problem at its line and column, in bounded time and
+memory (:data:`LIMITS`): a file that is not UTF-8 text (a folder, binary bytes, NUL or other
+control characters: ``E061 not-text``), any YAML tag but the plain ones (``!!python/object``,
+``!foo``, ``!!set``: ``E062 yaml-tag``, wherever it appears), and ``E060 too-large`` for a
+file over the size limit, nesting deeper than the depth limit, aliases that expand to more
+values than the value limit ("billion laughs") or that contain themselves.
+
 Nothing here knows the spec schema.
 """
 
@@ -34,6 +41,22 @@ from intervene.errors import Diagnostic, ErrorCode
 
 Loc = tuple[str | int, ...]
 Span = tuple[int, int, int, int]  # line, col, end_line, end_col (1-based; end exclusive)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What a spec file may hold: ``bytes`` of text, ``depth`` of nested mappings and lists,
+    ``values`` in all (aliases counted each time they are used)."""
+
+    bytes: int = 4_000_000
+    depth: int = 64
+    values: int = 200_000
+
+
+LIMITS = Limits()
+# the tags the YAML core schema resolves plain scalars and collections to; no other is read
+_PLAIN_TAGS = {f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "map", "seq", "merge",
+                                                   "timestamp")}
 
 
 @dataclass
@@ -79,10 +102,15 @@ def load_file(path: str | Path) -> Loaded:
     returned as diagnostics. A missing file is ``E020``, another suffix ``E009``."""
     p = Path(path)
     name = str(path)
+    if p.is_dir():
+        return Loaded(None, SourceMap(name, ""), [_diag(name, 1, 1, ErrorCode.E061, "", str(path),
+                      f'"{path}" is a folder, not a spec file', "give the path of a .yaml or .toml file")])
     if not p.is_file():
         return Loaded(None, SourceMap(name, ""), [_diag(name, 1, 1, ErrorCode.E020, "", str(path),
                       f'spec file "{path}" does not exist', "check the path (relative to the current folder)")])
-    text = p.read_text(encoding="utf-8")
+    text, problem = read_text(p)
+    if problem is not None:
+        return Loaded(None, SourceMap(name, ""), [problem])
     suffix = p.suffix.lower()
     if suffix in (".yaml", ".yml"):
         return load_yaml(text, name)
@@ -97,12 +125,85 @@ def _diag(file: str, line: int, col: int, code: ErrorCode, fld: str, value: obje
     return Diagnostic(file, line, col, code, fld, value, message, hint)
 
 
+def read_text(path: Path, limits: Limits = LIMITS) -> tuple[str, Diagnostic | None]:
+    """The UTF-8 text of ``path`` (at most ``limits.bytes`` of it), or a diagnostic saying why
+    it is not text: too large (``E060``), not UTF-8 or holding NUL/control characters (``E061``,
+    at the first offending byte's line and column)."""
+    name = str(path)
+    try:
+        with path.open("rb") as f:
+            raw = f.read(limits.bytes + 1)
+    except OSError as e:
+        return "", _diag(name, 1, 1, ErrorCode.E061, "", None, f'cannot read "{path}": {e.strerror or e}', None)
+    if len(raw) > limits.bytes:
+        return "", _diag(name, 1, 1, ErrorCode.E060, "", None, f"the file is larger than {limits.bytes:,} bytes",
+                         "a spec is a short text file; keep data in dataset files")
+    nul = raw.find(b"\x00")
+    if nul >= 0:  # binary: say so at the first NUL, before any decoding error
+        line, col = _line_col(raw[:nul].decode("utf-8", "replace"), len(raw[:nul].decode("utf-8", "replace")))
+        return "", _diag(name, line, col, ErrorCode.E061, "", None, "a binary file: it holds a NUL byte",
+                         "give the path of a .yaml or .toml text file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        good = raw[: e.start].decode("utf-8")  # decoding failed first at e.start: all before it is text
+        line, col = _line_col(good, len(good))
+        return "", _diag(name, line, col, ErrorCode.E061, "", None,
+                         f"not UTF-8 text: byte 0x{raw[e.start]:02x} cannot be decoded as UTF-8", "save the file as UTF-8 text")
+    problem = text_problem(text, name)
+    return ("", problem) if problem is not None else (text, None)
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x84\x86-\x9f\ud800-\udfff\ufffe\uffff]")
+
+
+def text_problem(text: str, file: str) -> Diagnostic | None:
+    """``E061`` at the first NUL or other control character of ``text`` (tab, newline and
+    carriage return are fine), else None."""
+    m = _CONTROL.search(text)
+    if m is None:
+        return None
+    line, col = _line_col(text, m.start())
+    what = "a NUL byte (is this a binary file?)" if m.group() == "\x00" else f"the control character {m.group()!r}"
+    return _diag(file, line, col, ErrorCode.E061, "", None, f"the file holds {what}",
+                 "a spec is plain UTF-8 text; remove the character")
+
+
+def _line_col(text: str, offset: int) -> tuple[int, int]:
+    """1-based line and column of character ``offset`` of ``text``."""
+    before = text[:offset]
+    return before.count("\n") + 1, offset - (before.rfind("\n") + 1) + 1
+
+
 # ---------------------------------------------------------------------------------- YAML
+
+
+class _Refused(yaml.MarkedYAMLError):
+    """A YAML input refused before it is read further: a limit (``E060``) or a tag (``E062``)."""
+
+    def __init__(self, code: ErrorCode, problem: str, mark: Any, hint: str | None = None) -> None:
+        super().__init__(None, None, problem, mark)
+        self.code, self.hint = code, hint
 
 
 class _Loader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 booleans: only true/false are booleans, so ``name: off`` or
-    ``positions: [NO]`` stay strings (YAML 1.1 would read them as False)."""
+    ``positions: [NO]`` stay strings (YAML 1.1 would read them as False). Composing stops at
+    :data:`LIMITS` ``.depth`` levels of nesting (the composer recurses once per level)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self.depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self.depth += 1
+        try:
+            if self.depth > LIMITS.depth:
+                raise _Refused(ErrorCode.E060, f"the file nests mappings and lists more than {LIMITS.depth} deep",
+                               self.peek_event().start_mark, "a spec is a few levels deep; flatten the structure")
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -116,13 +217,20 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|Tr
 def load_yaml(text: str, file: str = "<string>") -> Loaded:
     """Parse YAML text, recording the span of every key and value."""
     source = SourceMap(file, text)
+    refused = _text_refused(text, file)
+    if refused is not None:
+        return Loaded(None, SourceMap(file, ""), [refused])
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return Loaded(None, source, [])
         diags: list[Diagnostic] = []
-        data = _walk_yaml(loader, node, (), source, diags)
+        data = _Walk(loader, source, diags).value(node, ())
+    except _Refused as e:
+        mark = e.problem_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        return Loaded(None, source, [_diag(file, line, col, e.code, "", None, str(e.problem), e.hint)])
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -140,24 +248,63 @@ def _span(node: yaml.Node) -> Span:
     return (s.line + 1, s.column + 1, e.line + 1, e.column + 1)
 
 
-def _walk_yaml(loader: _Loader, node: yaml.Node, loc: Loc, source: SourceMap,
-               diags: list[Diagnostic]) -> Any:
-    source.values[loc] = _span(node)
-    if isinstance(node, yaml.MappingNode):
+class _Walk:
+    """Plain data from composed YAML nodes, recording every span, within :data:`LIMITS`: each
+    node is checked for its tag (``E062``), counted (aliases each time they are used) and
+    refused when it contains itself (a recursive alias) -- both ``E060``."""
+
+    def __init__(self, loader: _Loader, source: SourceMap, diags: list[Diagnostic]) -> None:
+        self.loader, self.source, self.diags = loader, source, diags
+        self.count = 0
+        self.open: set[int] = set()  # the nodes being walked (ancestors of the current one)
+
+    def check(self, node: yaml.Node) -> None:
+        if node.tag not in _PLAIN_TAGS:
+            tag = node.tag.replace("tag:yaml.org,2002:", "!!")
+            raise _Refused(ErrorCode.E062, f'the YAML tag "{tag}" is not allowed', node.start_mark,
+                           "specs hold plain values: remove the tag (python/... tags never construct objects here)")
+        self.count += 1
+        if self.count > LIMITS.values:
+            raise _Refused(ErrorCode.E060, f"the file expands to more than {LIMITS.values:,} values "
+                           "(an alias used many times?)", node.start_mark, "write the values out, or use fewer aliases")
+
+    def value(self, node: yaml.Node, loc: Loc) -> Any:
+        self.check(node)
+        if id(node) in self.open:
+            raise _Refused(ErrorCode.E060, "a YAML alias refers to a value that contains it (a recursive alias)",
+                           node.start_mark, "an alias must name a value defined before it, outside it")
+        self.source.values[loc] = _span(node)
+        if isinstance(node, yaml.MappingNode):
+            self.open.add(id(node))
+            try:
+                return self.mapping(node, loc)
+            finally:
+                self.open.discard(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            self.open.add(id(node))
+            try:
+                return [self.value(item, loc + (i,)) for i, item in enumerate(node.value)]
+            finally:
+                self.open.discard(id(node))
+        return self.loader.construct_object(node, deep=True)
+
+    def mapping(self, node: yaml.MappingNode, loc: Loc) -> dict[Any, Any]:
+        source, loader = self.source, self.loader
         merged = _flatten(loader, node)
         out: dict[Any, Any] = {}
         explicit: set[Any] = set()  # merged keys come first; explicit ones may override them
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if isinstance(key, (list, dict)):
+            self.check(key_node)
+            if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.constructor.ConstructorError(
                     None, None, "a mapping key must be a plain value", key_node.start_mark)
+            key = loader.construct_object(key_node, deep=True)
             line, col, end_line, end = _span(key_node)
             if key in explicit:
                 first = source.keys[loc + (key,)][0]
-                diags.append(Diagnostic(source.file, line, col, ErrorCode.E007, _dotted(loc + (key,)), key,
-                             f'key "{key}" appears twice (first on line {first})',
-                             "remove one of them", end if line == end_line else None))
+                self.diags.append(Diagnostic(source.file, line, col, ErrorCode.E007, _dotted(loc + (key,)), key,
+                                  f'key "{key}" appears twice (first on line {first})',
+                                  "remove one of them", end if line == end_line else None))
                 continue
             if key in out:  # overriding a merged key: forget the merged value's positions
                 n = len(loc) + 1
@@ -166,16 +313,37 @@ def _walk_yaml(loader: _Loader, node: yaml.Node, loc: Loc, source: SourceMap,
             if id(key_node) not in merged:
                 explicit.add(key)
             source.keys[loc + (key,)] = (line, col, end_line, end)
-            out[key] = _walk_yaml(loader, value_node, loc + (key,), source, diags)
+            out[key] = self.value(value_node, loc + (key,))
         return out
-    if isinstance(node, yaml.SequenceNode):
-        return [_walk_yaml(loader, item, loc + (i,), source, diags) for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+
+
+def _merged_size(node: yaml.Node, seen: dict[int, int], depth: int = 0) -> int:
+    """How many key/value pairs resolving the ``<<`` merge keys under ``node`` would make (at
+    most a little over the value limit: counting stops there)."""
+    if id(node) in seen:
+        return seen[id(node)]
+    seen[id(node)] = LIMITS.values + 1  # a merge that reaches itself counts as too many
+    total = 0
+    if isinstance(node, yaml.MappingNode) and depth <= LIMITS.depth:
+        for key_node, value_node in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                sources = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+                total += sum(_merged_size(s, seen, depth + 1) for s in sources)
+            else:
+                total += 1
+            if total > LIMITS.values:
+                break
+    seen[id(node)] = total
+    return total
 
 
 def _flatten(loader: _Loader, node: yaml.MappingNode) -> set[int]:
-    """Resolve ``<<`` merge keys (as SafeLoader does); return the ids of the merged-in key nodes."""
+    """Resolve ``<<`` merge keys (as SafeLoader does); return the ids of the merged-in key nodes.
+    Merges that would copy more pairs than the value limit are refused (``E060``)."""
     if not hasattr(node, "_merged"):
+        if _merged_size(node, {}) > LIMITS.values:
+            raise _Refused(ErrorCode.E060, f"merge keys (<<) expand this mapping to more than {LIMITS.values:,} "
+                           "entries", node.start_mark, "write the entries out, or merge fewer mappings")
         before = {id(k) for k, _ in node.value}
         loader.flatten_mapping(node)
         node._merged = {id(k) for k, _ in node.value} - before  # type: ignore[attr-defined]
@@ -204,15 +372,62 @@ _KEYVAL = re.compile(r"^\s*((?:[A-Za-z0-9_-]+|\"[^\"]*\"|'[^']*')(?:\s*\.\s*(?:[
 def load_toml(text: str, file: str = "<string>") -> Loaded:
     """Parse TOML text; positions are found best effort (see the module docstring)."""
     source = SourceMap(file, text)
+    refused = _text_refused(text, file) or _toml_too_deep(text, file)
+    if refused is not None:
+        return Loaded(None, SourceMap(file, ""), [refused])
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = _TOML_ERR.match(str(e))
         line, col, msg = (int(m["line"]), int(m["col"]), m["msg"]) if m else (1, 1, str(e))
         return Loaded(None, source, [_diag(file, line, col, ErrorCode.E008, "", None, msg, None)])
+    except RecursionError:  # nesting hidden from the bracket count (dotted keys, ...)
+        return Loaded(None, SourceMap(file, ""), [_diag(file, 1, 1, ErrorCode.E060, "", None,
+                      f"the file nests tables and arrays more than {LIMITS.depth} deep", None)])
+    if _depth(data) > LIMITS.depth:
+        return Loaded(None, source, [_diag(file, 1, 1, ErrorCode.E060, "", None,
+                      f"the file nests tables and arrays more than {LIMITS.depth} deep", None)])
     source.values[()] = (1, 1, 1, 2)
     _locate_toml(text, data, source)
     return Loaded(data, source, [])
+
+
+def _text_refused(text: str, file: str) -> Diagnostic | None:
+    """``E060`` for text over the size limit, ``E061`` for NUL and control characters."""
+    if len(text) > LIMITS.bytes:
+        return _diag(file, 1, 1, ErrorCode.E060, "", None, f"the spec is longer than {LIMITS.bytes:,} characters",
+                     "a spec is a short text file; keep data in dataset files")
+    return text_problem(text, file)
+
+
+def _toml_too_deep(text: str, file: str) -> Diagnostic | None:
+    """``E060`` at the first bracket that opens more than :data:`LIMITS` ``.depth`` levels of
+    arrays and inline tables (tomllib recurses once per level). Brackets inside strings count
+    too: a string that deep is refused as well, which no spec needs."""
+    depth = 0
+    for n, line in enumerate(text.splitlines(), start=1):
+        for col, ch in enumerate(line, start=1):
+            if ch in "[{":
+                depth += 1
+                if depth > LIMITS.depth:
+                    return _diag(file, n, col, ErrorCode.E060, "", None, f"the file nests tables and arrays more than "
+                                 f"{LIMITS.depth} deep", "a spec is a few levels deep; flatten the structure")
+            elif ch in "]}":
+                depth = max(depth - 1, 0)
+            elif ch == "#":
+                break
+    return None
+
+
+def _depth(data: Any) -> int:
+    """How deep mappings and lists nest in ``data`` (iteratively: no recursion limit)."""
+    deepest, stack = 0, [(data, 1)]
+    while stack:
+        value, d = stack.pop()
+        if isinstance(value, (dict, list)):
+            deepest = max(deepest, d)
+            stack.extend((v, d + 1) for v in (value.values() if isinstance(value, dict) else value))
+    return deepest
 
 
 def _split_key(key: str) -> list[str]:
