@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import time
 from dataclasses import dataclass, field
 from collections.abc import Mapping
@@ -31,7 +32,12 @@ from intervene.compile import DataFacts, compile_spec, lower_source
 from intervene.errors import Diagnostic, ErrorCode, ExecutionError, SpecError
 from intervene.evaluate import CircuitEvaluator
 from intervene.execute import Executor
+from intervene.data.checks import too_long
 from intervene.models.loading import LoadedModel, load_model
+from intervene.models.support import ModelLoadError
+from intervene.spec import guards
+from intervene.spec.diagnostics import at
+from intervene.spec.source_map import dotted
 from intervene.scrub.features import load_functions, matching_draw, parse_features
 from intervene.scrub.lower import values_of as lowered_values
 from intervene.scrub.score import ScrubResult, draws_for
@@ -65,19 +71,22 @@ class Prepared:
 
 
 def _dataset_diag(spec: schema.Spec, name: str, e: data.DatasetError) -> list[Diagnostic]:
-    """A dataset problem as diagnostics: at the data file's line when it has one, else the spec."""
+    """A dataset problem as diagnostics: at the data file's line and column when it has one,
+    else at the spec's field it names (``templates[2]``, ``n``) or the dataset's entry."""
     out = []
     for err in getattr(e, "errors", None) or [e]:
         path, line, fld = getattr(err, "path", None), getattr(err, "line", None), getattr(err, "field", None)
         msg = getattr(err, "message", str(err))
+        code = ErrorCode(getattr(err, "code", None) or ErrorCode.E021)
         if path and line:
-            out.append(Diagnostic(str(path), int(line), 1, ErrorCode.E021, f"datasets.{name}" + (f".{fld}" if fld else ""),
-                                  None, msg, None))
+            out.append(Diagnostic(str(path), int(line), int(getattr(err, "col", None) or 1), code,
+                                  f"datasets.{name}" + (f".{fld}" if fld else ""), None, msg, None))
         else:
             src = spec.source_map
-            line_, col = src.value_span(("datasets", name))[:2] if src is not None else (1, 1)
-            out.append(Diagnostic(src.file if src else "<spec>", line_, col, ErrorCode.E021, f"datasets.{name}",
-                                  None, msg, None))
+            loc = ("datasets", name) + tuple(int(p[1:-1]) if p.startswith("[") else p
+                                             for p in re.findall(r"\[\d+\]|[^.\[\]]+", fld or ""))
+            line_, col = src.value_span(loc)[:2] if src is not None else (0, 0)
+            out.append(Diagnostic(src.file if src else "<spec>", line_, col, code, dotted(loc), None, msg, None))
     return out
 
 
@@ -106,8 +115,8 @@ def _build_datasets(spec: schema.Spec, tokenizer: Any, skip: frozenset[str] = fr
                 if d.of not in out:  # reported by the static checks, or where d.of is defined
                     continue
                 out[name] = data.ioi_abc(out[d.of], d.seed, tokenizer, name=name)
-            else:
-                out[name] = data.load_jsonl(spec.resolve(d.path), name, tokenizer)
+            elif not guards.outside(d.path, spec.resolve(".")):  # outside: E065, never opened
+                out[name] = data.load_jsonl(spec.resolve(d.path), name, tokenizer, n=d.n, seed=d.seed)
         except data.DatasetError as e:
             diags += _dataset_diag(spec, name, e)
         except ValueError as e:
@@ -130,8 +139,9 @@ def check(spec: schema.Spec | Mapping[str, Any] | str | Path, with_model: bool =
         spec, diags = e.partial, e.diagnostics  # type: ignore[assignment]
     assert isinstance(spec, schema.Spec)
     if with_model:
-        try:
-            _prepare(spec, model_for(spec, device), compile_program=not diags)
+        broken = frozenset(d.field.split(".")[1] for d in diags if d.field.startswith("datasets."))
+        try:  # datasets with problems of their own are not built (a billion examples, a file outside)
+            _prepare(spec, _model(spec, device), compile_program=not diags, skip=broken)
         except SpecError as e:
             diags = diags + e.diagnostics
     else:
@@ -146,14 +156,29 @@ def prepare(spec: schema.Spec | Mapping[str, Any] | str | Path, model: LoadedMod
     spec object. A spec that running would refuse raises one SpecError listing every problem
     (static, then :func:`intervene.bind.bind`); only a spec with none is compiled."""
     spec = as_spec(spec)
-    return _prepare(spec, model or model_for(spec, device), compile_program)
+    return _prepare(spec, model or _model(spec, device), compile_program)
 
 
-def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool) -> Prepared:
+def _model(spec: schema.Spec, device: str | None) -> LoadedModel:
+    """:func:`model_for`, a model that cannot be loaded raised as a SpecError at the spec's
+    ``model`` line (its code: E019 when none is more precise)."""
+    try:
+        return model_for(spec, device)
+    except ModelLoadError as e:
+        code = e.code or ErrorCode.E019
+        fld = e.field if e.field in ("device", "device_map") else "name"
+        msg = str(e).removeprefix(f"{code.value} {code.slug}: ")
+        src = spec.source_map
+        d = at(src, ("model", fld), code, msg, None, getattr(spec.model, fld, None))
+        raise SpecError([d], {src.file: src.text} if src is not None else None) from e
+
+
+def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool, skip: frozenset[str] = frozenset()
+             ) -> Prepared:
     tok = lm.tokenizer
     single = lambda text: len(tok(text, add_special_tokens=False)["input_ids"]) == 1  # noqa: E731
     diags = bind.names(spec, single)
-    unusable = frozenset(d.field.split(".")[1] for d in diags)  # the generator cannot use those names
+    unusable = skip | frozenset(d.field.split(".")[1] for d in diags)  # the generator cannot use those names
     datasets, more = _build_datasets(spec, tok, unusable)
     diags += more
     batches: dict[str, data.Batch] = {}
@@ -162,6 +187,10 @@ def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool) -> Prepa
             batches[name] = data.tokenize(ds, tok, padding_side="right")
         except data.DatasetError as e:
             diags += _dataset_diag(spec, name, e)
+    for name in batches:  # an example longer than the model's context (E068)
+        long = too_long(datasets[name], batches[name], lm.adapter.hf.config)
+        if long is not None:
+            diags += _dataset_diag(spec, name, long)
     facts = ModelFacts(
         shape=lm.adapter.shape,
         is_single_token=single,

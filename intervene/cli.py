@@ -93,8 +93,14 @@ def check(specs: list[Path] = typer.Argument(..., help="spec files"),
 
 
 @app.command()
-def schema() -> None:
+def schema(reference: bool = typer.Option(False, "--reference", help="print the spec reference as Markdown "
+                                          "(docs/spec-reference.md) instead")) -> None:
     """Print the JSON Schema of spec files (for editor completion and field descriptions)."""
+    if reference:
+        from intervene.spec.reference import markdown
+
+        sys.stdout.write(markdown())
+        return
     from intervene.spec.schema import json_schema
 
     sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")

@@ -111,6 +111,10 @@ class Pattern:
         return self.text
 
 
+MAX_INDICES = 10_000
+"""The most indices one ``{...}`` selector of a pattern may list or span."""
+
+
 def _parse_index(part: str, text: str) -> tuple[int, ...] | None:
     if part == "*":
         return None
@@ -126,6 +130,9 @@ def _parse_index(part: str, text: str) -> tuple[int, ...] | None:
             lo, hi = int(lo_s), int(hi_s)
             if hi < lo:
                 raise PatternError(f'empty range "{item}" in "{text}"', f"did you mean {{{hi}..{lo}}}?")
+            if hi - lo + len(out) >= MAX_INDICES:  # refused before it is expanded (no model is this large)
+                raise PatternError(f'range "{item}" in "{text}" has more than {MAX_INDICES:,} indices',
+                                   "no model has that many layers or heads: use * for all")
             out.extend(range(lo, hi + 1))
         elif item.isdigit():
             out.append(int(item))
@@ -148,10 +155,44 @@ def parse_pattern(text: str) -> Pattern:
                 heads = _parse_index(m.group(2), t)
             return Pattern(t, kind, layers, heads)  # type: ignore[arg-type]
     close = difflib.get_close_matches(t, ["input", "logits", "a0.h0", "m0", "r0", "a*.h*", "m*"], n=1)
+    ours = from_transformer_lens(t)
     hint = "nodes are input, a{layer}.h{head}, m{layer}, r{layer}, logits; wildcards a*.h*, m{0..5}"
-    if close:
+    if ours:
+        hint = f'did you mean "{ours}"? (that is a TransformerLens name) ' + hint
+    elif close:
         hint = f'did you mean "{close[0]}"? ' + hint
     raise PatternError(f'unknown node "{text}"', hint)
+
+
+_TL = [  # TransformerLens hook and component names -> ours ({l}: the layer, {h}: the head)
+    (r"(?:blocks\.)?(\d+)\.attn\.hook_(?:z|result|pattern|attn_scores)\[?(\d+)?\]?", "a{l}.h{h}"),
+    (r"(?:blocks\.)?(\d+)\.(?:attn|hook_attn_out)", "a{l}.h*"),
+    (r"(?:attn|a|l)(\d+)[._]?h(?:ead)?[._]?(\d+)", "a{l}.h{h}"),
+    (r"attn[._]?(\d+)", "a{l}.h*"),
+    (r"(?:blocks\.)?(\d+)\.(?:mlp|hook_mlp_out|mlp\.hook_post|mlp\.hook_pre)", "m{l}"),
+    (r"mlp[._]?(\d+)", "m{l}"),
+    (r"(?:blocks\.)?(\d+)\.hook_resid_pre", "r{l}"),
+    (r"(?:blocks\.)?(\d+)\.hook_resid_(?:mid|post)", "r{l+1}"),
+    (r"resid[._]?(\d+)", "r{l}"),
+    (r"(?:hook_)?(?:embed|pos_embed|tokens)", "input"),
+    (r"(?:unembed|ln_final(?:\.hook_normalized)?)", "logits"),
+]
+
+
+def from_transformer_lens(text: str) -> str | None:
+    """Our name for a TransformerLens-style name (``mlp3`` -> ``m3``, ``blocks.3.attn.hook_z``
+    -> ``a3.h*``, ``L3H5`` -> ``a3.h5``, ``blocks.3.hook_resid_post`` -> ``r4``); None when
+    ``text`` is not one."""
+    for rx, ours in _TL:
+        m = re.fullmatch(rx, text.strip(), flags=re.IGNORECASE)
+        if m:
+            groups = [g for g in m.groups()]
+            layer = int(groups[0]) if groups and groups[0] is not None else None
+            head = groups[1] if len(groups) > 1 and groups[1] is not None else "*"
+            if layer is None:
+                return ours
+            return ours.replace("{l+1}", str(layer + 1)).replace("{l}", str(layer)).replace("{h}", str(head))
+    return None
 
 
 def _check_range(values: tuple[int, ...], limit: int, what: str, text: str, code: str,

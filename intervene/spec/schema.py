@@ -63,7 +63,8 @@ PerPosition = Annotated[Union[Literal["auto"], bool], BeforeValidator(_check_per
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # a string under a field is its description (JSON Schema, docs/spec-reference.md)
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 # ------------------------------------------------------------------------------ model
@@ -73,13 +74,18 @@ class ModelSpec(_Model):
     """Which model to load: the embedded default, a Hugging Face id or a local path."""
 
     name: NonEmptyStr = "smollm2-135m"
+    """The model: `smollm2-135m` (embedded default), another embedded alias, a Hugging Face id (`gpt2`) or a local folder (relative to the spec file)."""
     revision: StrictStr | None = None
+    """A Hugging Face revision (branch, tag or commit) to pin the weights."""
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Weights and activations: float32 (exact), float16 or bfloat16."""
     device: Annotated[str, StringConstraints(strict=True, pattern=r"^(auto|cpu|mps|cuda|cuda:\d+)$")] = "auto"
+    """Where to run: auto (a GPU if there is one), cpu, mps, cuda or cuda:N. `--device` overrides it."""
     # a model split over devices by accelerate (replaces ``device``): a strategy, or module -> device
     device_map: Union[Literal["auto", "balanced", "balanced_low_0", "sequential"],
                       dict[StrictStr, Union[StrictInt, Annotated[str, StringConstraints(
                           strict=True, pattern=r"^(cpu|mps|cuda|cuda:\d+)$")]]], None] = None
+    """Split the model over devices (accelerate): a strategy (`auto`, `balanced`, ...) or module -> device; replaces `device`."""
 
 
 # ------------------------------------------------------------------------------ datasets
@@ -89,25 +95,39 @@ class IoiDataset(_Model):
     """The built-in indirect-object-identification generator."""
 
     kind: Literal["ioi"]
+    """`ioi`: prompts such as "When Mary and John went to the store, John gave a drink to" (answer ` Mary`); positions IO, S1, S1+1, S2, END; answers IO and S."""
     n: StrictInt = Field(ge=1)
+    """Number of prompts (>= 1)."""
     seed: StrictInt = 0
+    """Seed of the generator (names, templates, order)."""
     templates: tuple[StrictInt, ...] | None = None
+    """Indices of the built-in templates to use (default: all)."""
     names: tuple[NonEmptyStr, ...] | None = Field(default=None, min_length=3)
+    """The single-token names to draw from (at least 3; default: the built-in list)."""
 
 
 class IoiAbcDataset(_Model):
     """The ABC corruption of an ``ioi`` dataset: same templates, three fresh names."""
 
     kind: Literal["ioi_abc"]
+    """`ioi_abc`: the ABC corruption of an `ioi` dataset: the same templates with three fresh names, example i paired with example i."""
     of: Identifier
+    """The `ioi` dataset it corrupts."""
     seed: StrictInt = 0
+    """Seed of the fresh names."""
 
 
 class JsonlDataset(_Model):
     """Examples read from a JSON-lines file (``path`` is relative to the spec file)."""
 
     kind: Literal["jsonl"]
+    """`jsonl`: one JSON object per line: `{"text": ..., "answers": {"IO": " Mary"}, "positions": {"END": -1, "S2": [34, 39]}, "meta": {...}}`. A position is a token index (negative from the end), a character span [start, end) or a substring `{"find": " John", "occurrence": 2}` (docs/datasets.md)."""
     path: NonEmptyStr
+    """The file, relative to the spec file (it must lie below the spec's folder or a folder allowed with `--allow-path`)."""
+    n: StrictInt | None = Field(default=None, ge=1)
+    """Use `n` of the file's examples, drawn with `seed` and kept in file order (files with as many lines give the same picks, so paired files stay paired). Default: all."""
+    seed: StrictInt = 0
+    """The seed of the `n` draw."""
 
 
 Dataset = Annotated[Union[IoiDataset, IoiAbcDataset, JsonlDataset], Field(discriminator="kind")]
@@ -118,49 +138,63 @@ Dataset = Annotated[Union[IoiDataset, IoiAbcDataset, JsonlDataset], Field(discri
 
 class _AtPosition(_Model):
     position: NonEmptyStr = "END"
+    """The named position whose next-token logits the metric reads."""
 
 
 class LogitDiffMetric(_AtPosition):
     """logit(answer) - logit(wrong) at ``position``."""
 
     kind: Literal["logit_diff"]
+    """`logit_diff`: logit(answer) - logit(wrong)."""
     answer: NonEmptyStr
+    """The dataset's answer name of the correct token (`IO` for ioi)."""
     wrong: NonEmptyStr
+    """The answer name of the wrong token (`S` for ioi)."""
 
 
 class ProbDiffMetric(_AtPosition):
     """p(answer) - p(wrong) at ``position``."""
 
     kind: Literal["prob_diff"]
+    """`prob_diff`: p(answer) - p(wrong)."""
     answer: NonEmptyStr
+    """The answer name of the correct token."""
     wrong: NonEmptyStr
+    """The answer name of the wrong token."""
 
 
 class LogprobMetric(_AtPosition):
     """log p(answer) at ``position``."""
 
     kind: Literal["logprob"]
+    """`logprob`: log p(answer)."""
     answer: NonEmptyStr
+    """The answer name whose log-probability is read."""
 
 
 class KlToCleanMetric(_AtPosition):
     """KL(clean run || this run) of the next-token distributions at ``position``."""
 
     kind: Literal["kl_to_clean"]
+    """`kl_to_clean`: KL(clean ‖ this run) of the next-token distributions, in nats."""
 
 
 class AccuracyMetric(_AtPosition):
     """1 where ``answer`` is the top token at ``position``, else 0."""
 
     kind: Literal["accuracy"]
+    """`accuracy`: 1 where the answer is the top token, else 0."""
     answer: NonEmptyStr
+    """The answer name that must be the top token."""
 
 
 class ExpressionMetric(_AtPosition):
     """A sympy expression over answer-token logits (``IO - S``); functions exp, log, abs, max, min."""
 
     kind: Literal["expression"]
+    """`expression`: any formula over answer logits."""
     expr: NonEmptyStr
+    """A formula over answer names (their logits), parsed with sympy, never evaluated as Python: `IO - S`, `log(exp(IO) + exp(S))`; functions exp, log, abs, max, min."""
 
 
 Metric = Annotated[Union[LogitDiffMetric, ProbDiffMetric, LogprobMetric, KlToCleanMetric, AccuracyMetric,
@@ -174,7 +208,9 @@ class DatasetSource(_Model):
     """Values from the same-index example of another dataset."""
 
     kind: Literal["dataset"]
+    """`dataset`: values from the same-index example of another dataset (the usual corrupted run)."""
     dataset: Identifier
+    """The dataset read from (example i of it for example i)."""
 
 
 class ResampleSource(_Model):
@@ -183,23 +219,31 @@ class ResampleSource(_Model):
     (``token(IO)``, ``template``, ``column(KEY)``, ... as in hypotheses) and has its token length."""
 
     kind: Literal["resample"]
+    """`resample`: values from a random other example, drawn with `seed` (resample ablation)."""
     dataset: Identifier | None = None
+    """The dataset drawn from (default: the experiment's own)."""
     seed: StrictInt = 0
+    """Seed of the draw."""
     by: list[str] | None = None
+    """Features the drawn example must share with the patched one: `token(IO)`, `position(S1)`, `template`, `column(KEY)` of meta, `module:function` (as in hypotheses)."""
 
 
 class MeanSource(_Model):
     """The mean over ``dataset`` (default: the experiment's); per position when aligned."""
 
     kind: Literal["mean"]
+    """`mean`: the mean over the examples of `dataset` (mean ablation)."""
     dataset: Identifier | None = None
+    """The dataset averaged over (default: the experiment's own)."""
     per_position: PerPosition = "auto"
+    """`true`: one mean per token position (examples must be aligned); `false`: one mean over all positions; `auto`: per position when every example has the same length."""
 
 
 class ZeroSource(_Model):
     """Zero ablation (off-distribution: reports warn)."""
 
     kind: Literal["zero"]
+    """`zero`: zero ablation (off-distribution; results carry a warning)."""
 
 
 Source = Annotated[Union[DatasetSource, ResampleSource, MeanSource, ZeroSource], Field(discriminator="kind")]
@@ -210,8 +254,11 @@ class Vector(_Model):
     unit-norm unembedding direction. Exactly one of the three."""
 
     values: Annotated[tuple[StrictFloat, ...], Field(min_length=1)] | None = None
+    """The vector's entries (d_model of them)."""
     file: NonEmptyStr | None = None
+    """A `.npy` file with d_model entries, relative to the spec file."""
     token: NonEmptyStr | None = None
+    """A single token whose unembedding direction (unit norm) is the vector."""
 
     @model_validator(mode="after")
     def _exactly_one(self) -> Vector:
@@ -229,28 +276,41 @@ class PatchIntervention(_Model):
     """Replace the nodes' outputs with values from ``source``."""
 
     kind: Literal["patch"]
+    """`patch`: replace the nodes' outputs with the source's."""
     nodes: NodePatterns
+    """Node names or patterns: `a9.h9`, `a*.h*`, `m{0..5}`, `a{3,5}.h*`, `r4` (residual stream entering layer 4), `input`."""
     positions: Positions = "all"
+    """`all`, or a list of the dataset's named positions."""
     source: Source
+    """Where the patched values come from."""
 
 
 class AddIntervention(_Model):
     """Steering: add ``scale * vector`` to the nodes' outputs."""
 
     kind: Literal["add"]
+    """`add`: add `scale` times `vector` to the nodes' outputs (steering)."""
     nodes: NodePatterns
+    """Node names or patterns (as for patch)."""
     positions: Positions = "all"
+    """`all`, or a list of named positions."""
     vector: Vector
+    """The vector added."""
     scale: StrictFloat = 1.0
+    """Its multiplier."""
 
 
 class ProjectOutIntervention(_Model):
     """Remove the component of the nodes' outputs along ``direction``."""
 
     kind: Literal["project_out"]
+    """`project_out`: remove the component of the nodes' outputs along `direction`."""
     nodes: NodePatterns
+    """Node names or patterns (as for patch)."""
     positions: Positions = "all"
+    """`all`, or a list of named positions."""
     direction: Vector
+    """The direction removed (normalised first)."""
 
 
 Intervention = Annotated[Union[PatchIntervention, AddIntervention, ProjectOutIntervention],
@@ -264,21 +324,32 @@ class SweepExperiment(_Model):
     """Patch each target on its own: one run per target (and per position if ``per_position``)."""
 
     name: Identifier
+    """The experiment's name (results are looked up by it)."""
     kind: Literal["sweep"]
+    """`sweep`: one run per target node (activation patching)."""
     dataset: Identifier
+    """The dataset the runs are on (the clean run)."""
     targets: NodePatterns
+    """Node patterns; each node they name is patched in a run of its own: `a*.h*` (every head), `m*`, `r*`, `a{20..29}.h*`."""
     positions: Positions = "all"
+    """`all`, or the named positions patched."""
     per_position: StrictBool = False
+    """One run per target and per named position (`r*` with `positions: [S2, END]` gives a layer × position map)."""
     source: Source
+    """Where patched values come from."""
 
 
 class PatchExperiment(_Model):
     """One run with all ``interventions`` applied together."""
 
     name: Identifier
+    """The experiment's name."""
     kind: Literal["patch"]
+    """`patch`: one run with every intervention applied together."""
     dataset: Identifier
+    """The dataset the run is on."""
     interventions: Annotated[tuple[Intervention, ...], Field(min_length=1)]
+    """The interventions (patch, add, project_out), applied together."""
 
 
 class PathPatchExperiment(_Model):
@@ -288,52 +359,75 @@ class PathPatchExperiment(_Model):
     nothing else; with ``per_sender`` (default) one run per sender, else one for all."""
 
     name: Identifier
+    """The experiment's name."""
     kind: Literal["path_patch"]
+    """`path_patch`: the effect of senders on receivers through direct paths only."""
     dataset: Identifier
+    """The dataset the runs are on."""
     senders: NodePatterns
+    """Node patterns of the senders (`a{16..29}.h*`)."""
     receivers: NodePatterns
+    """Receivers: `logits`, `m{20..29}`, `a23.h3<q>`, `a23.*<k>`, key/value groups `a23.g1<v>` under grouped-query attention."""
     positions: Positions = "all"
+    """`all`, or the named positions whose edges are patched."""
     per_sender: StrictBool = True
+    """One run per sender (default), else one run for all senders together (label `senders`)."""
     source: Source
+    """Where the edges read from."""
 
 
 class Completeness(_Model):
-    """The search for the subsets K of a circuit that score worst (DESIGN.md §4): ``random``
+    """The search for the subsets K of a circuit that score worst (docs/concepts.md §4): ``random``
     random subsets and ``greedy`` greedily grown ones."""
 
     random: StrictInt = Field(default=8, ge=0)
+    """Random subsets K searched."""
     greedy: StrictInt = Field(default=3, ge=0)
+    """Greedy steps (each adds the unit that widens the gap most)."""
 
 
 class Minimality(_Model):
     """Per node v of the circuit, ``samples`` subsets K searched for the largest effect of v."""
 
     samples: StrictInt = Field(default=4, ge=0)
+    """Random subsets K per node, besides K = ∅."""
 
 
 class CircuitExperiment(_Model):
     """Score the circuit named ``circuit`` (a key of ``circuits``): every edge outside it is read
-    from ``ablate``; faithfulness, completeness and minimality (DESIGN.md §4)."""
+    from ``ablate``; faithfulness, completeness and minimality (docs/concepts.md §4)."""
 
     name: Identifier
+    """The experiment's name."""
     kind: Literal["circuit"]
+    """`circuit`: score a circuit: faithfulness, m(C)/m(M), KL, completeness and minimality."""
     dataset: Identifier
+    """The dataset the circuit is scored on."""
     circuit: Identifier
+    """A key of `circuits`."""
     ablate: Source
+    """Where every edge outside the circuit reads from."""
     completeness: Completeness = Completeness()
+    """The completeness search's budget."""
     minimality: Minimality = Minimality()
+    """The minimality search's budget."""
 
 
 class ScrubExperiment(_Model):
-    """Causal scrubbing (DESIGN.md §5): score each of ``hypotheses`` (keys of ``hypotheses``)
+    """Causal scrubbing (docs/concepts.md §5): score each of ``hypotheses`` (keys of ``hypotheses``)
     on ``dataset``: loss recovered with a bootstrap interval and per-example values. Draws are
     seeded by ``seed`` (default: the spec's seed)."""
 
     name: Identifier
+    """The experiment's name."""
     kind: Literal["scrub"]
+    """`scrub`: causal scrubbing of each hypothesis (loss recovered)."""
     dataset: Identifier
+    """The reference examples (and the pool draws come from)."""
     hypotheses: Annotated[tuple[Identifier, ...], Field(min_length=1)]
+    """Keys of `hypotheses`."""
     seed: StrictInt | None = None
+    """Seed of the draws (default: the spec's `seed`)."""
 
 
 def _check_sizes(value: Any) -> Any:
@@ -349,7 +443,7 @@ def _check_sizes(value: Any) -> Any:
 
 class DiscoverExperiment(_Model):
     """Score every edge (``level: edges``) or node (``nodes``) of the model by how much the
-    metric depends on it when it reads ``source`` (DESIGN.md §4 "Discovery", docs/discovery.md).
+    metric depends on it when it reads ``source`` (docs/concepts.md §4 "Discovery", docs/discovery.md).
     ``method``: ``exact`` (each patched on its own), ``eap``, ``eap_ig`` (``steps``, ``ig``),
     ``atp_star`` (nodes) or ``acdc`` (``threshold``, ``divergence``). ``sizes`` are the circuits
     to build from the ranking (edge counts, or fractions of all edges), ranked by ``rank``;
@@ -357,19 +451,33 @@ class DiscoverExperiment(_Model):
     to write (relative to this spec)."""
 
     name: Identifier
+    """The experiment's name."""
     kind: Literal["discover"]
+    """`discover`: rank edges or nodes by attribution and build circuits from the ranking."""
     dataset: Identifier
+    """The dataset attributions are computed on."""
     source: Source
+    """Where the patched (corrupted) values come from."""
     method: Literal["exact", "eap", "eap_ig", "atp_star", "acdc"] = "eap_ig"
+    """`exact` (each edge or node patched on its own), `eap`, `eap_ig`, `atp_star` (nodes) or `acdc`."""
     level: Literal["edges", "nodes"] = "edges"
+    """`edges` or `nodes`."""
     steps: StrictInt = Field(default=5, ge=1, le=1000)
+    """Integration steps of `eap_ig`."""
     ig: Literal["inputs", "activations"] = "inputs"
+    """What `eap_ig` integrates over: `inputs` (embeddings) or `activations`."""
     threshold: Annotated[Union[StrictFloat, StrictInt], Field(ge=0)] | None = None
+    """`acdc`'s threshold on the change of `divergence`."""
     divergence: Literal["kl", "metric"] = "kl"
+    """What `acdc` measures: `kl` or `metric`."""
     sizes: Annotated[tuple[Union[StrictInt, StrictFloat], ...], BeforeValidator(_check_sizes)] = ()
+    """Circuits to build from the ranking: edge counts (integers >= 1) or fractions of all edges (0 < f <= 1)."""
     rank: Literal["signed", "absolute"] = "absolute"
+    """Rank by `absolute` or `signed` score."""
     mib: StrictBool = False
+    """Also measure MIB's faithfulness curve, CPR and CMD."""
     write: NonEmptyStr | None = None
+    """A circuit spec file to write (relative to this spec)."""
 
 
 Experiment = Annotated[Union[SweepExperiment, PatchExperiment, PathPatchExperiment, CircuitExperiment,
@@ -388,8 +496,11 @@ class CircuitDef(_Model):
     ``edges`` must be non-empty (checked by the spec checks, ``E028``)."""
 
     groups: dict[Identifier, Annotated[tuple[NonEmptyStr, ...], Field(min_length=1)]] = {}
+    """Named lists of node expressions (`name_movers: [a9.h9, a10.h0]`); a group may name other groups."""
     nodes: tuple[NonEmptyStr, ...] = ()
+    """Node expressions: every edge among these nodes (and from input, to logits) is kept."""
     edges: tuple[NonEmptyStr, ...] = ()
+    """Edge statements: `a9.h9 -> logits`, `s_inhibition@END -> name_movers<q>`, `complement(...)`."""
 
 
 # ------------------------------------------------------------------------------ hypotheses
@@ -404,16 +515,22 @@ class InterpretationNode(_Model):
     come from (``resample``: a fresh random draw; ``same``: its own input)."""
 
     model: Annotated[tuple[NonEmptyStr, ...], Field(min_length=1)]
+    """The model places it claims: node expressions (`a23.h3@END`), receivers (`a23.h3<v>`) or edges (`input -> a1.h0<v>`)."""
     feature: Features
+    """The feature of the input it computes: `token(IO)`, `position(S1)`, `template`, `column(KEY)`, `input` (the whole input), `module:function`, or a list of these."""
     reads: tuple[Identifier, ...] = ()
+    """The interpretation nodes it reads."""
     others: Others = "resample"
+    """Its unclaimed inputs: `resample` (a fresh random draw) or `same` (its own input)."""
 
 
 class OutputNode(_Model):
     """The root of the interpretation graph: the logits, on the reference input."""
 
     reads: tuple[Identifier, ...] = ()
+    """The interpretation nodes the output reads."""
     others: Others = "resample"
+    """The output's unclaimed inputs: `resample` or `same`."""
 
 
 class HypothesisDef(_Model):
@@ -421,8 +538,11 @@ class HypothesisDef(_Model):
     interpretation ``nodes`` by name."""
 
     groups: dict[Identifier, Annotated[tuple[NonEmptyStr, ...], Field(min_length=1)]] = {}
+    """Named lists of node expressions, as in circuits."""
     output: OutputNode = OutputNode()
+    """The root: the logits on the reference input."""
     nodes: dict[Identifier, InterpretationNode] = {}
+    """The interpretation nodes, by name."""
 
 
 # ------------------------------------------------------------------------------ the spec
@@ -432,16 +552,28 @@ class Spec(_Model):
     """A whole spec file (format version 1)."""
 
     version: Annotated[Literal[1], BeforeValidator(_check_version)]
+    """The format version: 1."""
     name: NonEmptyStr | None = None
+    """The spec's name (default: the file name without suffix)."""
     seed: StrictInt = 0
+    """Seed of every bootstrap interval, resampling and search."""
     model: ModelSpec = ModelSpec()
+    """The model."""
     datasets: Annotated[dict[Identifier, Dataset], Field(min_length=1)]
+    """Datasets by name."""
     metric: Metric
+    """The metric every run is scored with."""
     circuits: dict[Identifier, CircuitDef] = {}
+    """Circuits by name (for `circuit` experiments)."""
     hypotheses: dict[Identifier, HypothesisDef] = {}
+    """Causal-scrubbing hypotheses by name (for `scrub` experiments)."""
     experiments: Annotated[tuple[Experiment, ...], Field(min_length=1)]
+    """The experiments, compiled together into one program."""
     # expectations checked by the pytest plugin (syntax: intervene.testing.expect, docs/testing.md)
     expect: tuple[NonEmptyStr, ...] = ()
+    """Claims checked as tests by the pytest plugin: `effect(a23.h3) in [0.3, 1.0]`, `faithfulness >= 0.8`."""
+    allow_nonfinite: StrictBool = False
+    """Accept metric values that are NaN or infinite (E067): they are reported, and means are taken over the finite ones. Default: `intervene run` fails on them."""
 
     _path: Path | None = PrivateAttr(default=None)
     _source_map: SourceMap | None = PrivateAttr(default=None)
