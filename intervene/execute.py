@@ -56,39 +56,20 @@ class Executor(Scheduler):
         """Per-example readout values of every scored run (None for runs that are only read):
         a list aligned with ``program.runs``. Runs are computed in waves (:meth:`Program.levels`):
         a run after the runs it reads, whose read places are recorded as they are computed."""
-        self._runs = {r.name: r for r in program.runs}
-        read = set().union(*(r.reads() for r in program.runs))
-        if len(read) and sum(r.name in read for r in program.runs) != len(read):
-            raise ExecutionError("runs read by others need names of their own: "
-                                 + ", ".join(sorted(n for n in read if sum(r.name == n for r in program.runs) != 1)))
-        self._inputs = {r.name: self._input_of(program, r) for r in program.runs}
-        self._record = self._record_sites(program)
-        self._plan_needs(program)
-        for ds in sorted(program.datasets() | {r.dataset for r in program.runs}):
-            self.base(ds)
-        self._cache = {}
+        waves = self._plan(program)  # checks, base passes, chunks per wave (intervene.schedule)
         out: list[Tensor | None] = [None] * len(program.runs)
-        waves: list[list[tuple[str, Rows]]] = []
-        for wave in program.levels():
-            by_ds: dict[str, list[int]] = {}
-            for i in wave:
-                if program.runs[i].is_view and not program.runs[i].scored:
-                    continue  # read from the base pass where it is read; nothing to compute
-                by_ds.setdefault(program.runs[i].dataset, []).append(i)
-            waves.append([(ds, rows) for ds, idxs in by_ds.items() for rows in self._chunks(program, ds, idxs)])
-        total = sum(len(w) for w in waves)
+        total = sum(len(rows.run) for w in waves for _, rows in w)  # progress in rows: one run on one example
         vals: dict[int, list[tuple[Tensor, Tensor]]] = {}
         done = 0
         for wave in waves:
             for name in {program.runs[int(i)].name for _, rows in wave for i in np.unique(rows.run)} & set(self._record):
                 self._start_record(name)
-            for ds, rows in wave:
-                v = self._run_chunk(program, ds, rows, readout)
+            for ds, rows, v in self._run_wave(program, wave, readout):  # a chunk out of memory is split
                 if v is not None:
                     for ri in np.unique(rows.run):
                         sel = rows.run == ri
                         vals.setdefault(int(ri), []).append((torch.from_numpy(rows.ex[sel]), v[torch.from_numpy(sel)]))
-                done += 1
+                done += len(rows.run)
                 if self.progress:
                     self.progress(done, total)
         for ri, parts in vals.items():
@@ -158,10 +139,11 @@ class Executor(Scheduler):
                     store("z", l, z.transpose(1, 2))
                 recv.sends("z", l, z)
 
-            def on_attn(attn: Tensor, z: Tensor, l: int = l) -> None:
+            def on_attn(attn: Tensor, z: Tensor, l: int = l, e: int = e) -> None:
                 self._apply_head_edits(layer_ops, attn, z, l, ds, inp)
-                if store:
-                    store("mlpin", l, xa if m.shape.parallel else xa + attn)
+                if e and m.post_norm_attn_write:
+                    mix.record_attn(l, attn)  # type: ignore[union-attr]
+                recv.sends("attn", l, attn)
 
             def on_mlp(y: Tensor, l: int = l, e: int = e) -> None:
                 self._apply(layer_ops, ("mlp",), y, ds, inp, slots)
@@ -181,7 +163,11 @@ class Executor(Scheduler):
                 r = recv.mlp_delta(l, xa)
                 return r if d is None else (d if r is None else d + r)
 
+            def on_mlp_in(h: Tensor, l: int = l) -> None:
+                store("mlpin", l, h)  # type: ignore[misc]
+
             block(m, l, xa, rot, mask[:active], prefix=prefix, inplace=True, on_z=on_z, on_attn=on_attn,
+                  on_mlp_in=on_mlp_in if store else None,
                   on_mlp=on_mlp, on_qkv=on_qkv if has_mix or recv.at(l) else None,
                   mlp_delta=mlp_delta if has_mix or recv.at(l, "mlp") else None)
         if rows.stop <= self.L:  # rows only read by other runs: done at their last read layer
@@ -200,7 +186,7 @@ class Executor(Scheduler):
             d = mix.logits_delta((end[mix.rows] - P).to(dev))
             if d is not None:
                 final[mix.rows_d] += d
-        return readout(ds, m.unembed(final), slots).detach().cpu()
+        return readout(ds, m.unembed(final).float(), slots).detach().cpu()  # metrics in fp32
 
     def _edge_state(self, program: ir.Program, ds: str, rows: Rows, inp: Tensor, slots: Tensor, width: int
                     ) -> EdgeRows | None:
@@ -232,8 +218,9 @@ class Executor(Scheduler):
                          for _, names in tab.parts]
                 row_pos.append([t[t >= 0] for t in local])  # positions before the window never differ
             groups.append((entries.source, entries, np.arange(a, b)))
-        mix = edgemix.Mixer(self.layout, tables, row_pos, width, self.model.shape.d_model, self.model.dtype,
-                            self.model.device)
+        m = self.model
+        mix = edgemix.Mixer(self.layout, tables, row_pos, width, m.shape.d_model, m.dtype, m.device,
+                            post_norm=m.post_norm_attn if m.post_norm_attn_write else None)
         return EdgeRows(self, ds, idx, inp, slots, mix, groups)
 
     def _table(self, entries: ir.EdgeEntries) -> edgemix.Table:

@@ -188,13 +188,12 @@ class Sources:
             cache.resid.append(x)
             x = block(m, l, x, rot, mask,
                       on_z=(lambda z, l=l: cache.z.__setitem__(l, z)) if l in need_z else None,
-                      on_attn=(lambda a, z, l=l, x=x: cache.mlpin.__setitem__(l, x if m.shape.parallel else x + a))
-                      if l in need_in else None,
+                      on_mlp_in=(lambda h, l=l: cache.mlpin.__setitem__(l, h.clone())) if l in need_in else None,
                       on_mlp=(lambda y, l=l: cache.mlp.__setitem__(l, y)) if l in need_mlp else None,
                       on_kv=lambda k, v, l=l: cache.kv.__setitem__(l, (k, v)))
         cache.resid.append(x)
         end = gather_positions(batch, ex, self.metric_position).to(dev)
-        cache.logits = m.unembed(x[torch.arange(len(ex), device=dev), end])
+        cache.logits = m.unembed(x[torch.arange(len(ex), device=dev), end]).float()  # metrics in fp32
         return cache
 
     def _pairing(self, run_ds: str, src: ir.Source, ex: Tensor, same_length: bool) -> Tensor:
