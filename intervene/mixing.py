@@ -8,11 +8,14 @@ What it owns: the two ways a row's receivers read something other than its own r
 * :class:`Receivers` — rows whose run has receiver or edge ops reading another run (causal
   scrubbing's receiver and edge claims): the claimed receiver's input corrected by
   (source − own) at the op's positions, and the receiver recomputed from it.
+
+In blocks that normalise their attention write (Gemma 2/3, OLMo 2), both mix a receiver's
+heads inside the block's norm rather than adding their differences (DESIGN.md §1).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -39,6 +42,7 @@ class Receivers:
         self.by_layer: dict[int, list[tuple[int, int, ir.Op]]] = {}
         self.senders: set[tuple[str, int]] = set()
         self.own: dict[tuple[int, Node], Tensor] = {}  # (first row, sender) -> own output [rows, T, d]
+        self.attn: dict[int, Tensor] = {}  # layer -> active rows' attention output before its post-norm
         for a, b in segments(rows.run):
             for op in program.runs[int(rows.run[a])].ops:
                 if op.receiver is None:
@@ -53,7 +57,12 @@ class Receivers:
         return any((op.receiver.kind == "mlp") == (kind == "mlp") for _, _, op in ops)  # type: ignore[union-attr]
 
     def sends(self, kind: str, l: int, values: Tensor) -> None:
-        """The active rows' outputs of (kind, l) were just computed: keep those of edge senders."""
+        """The active rows' outputs of (kind, l) were just computed: keep those of edge senders
+        (and, kind ``attn``, the attention output before a post-norm, where heads are read)."""
+        if kind == "attn":
+            if ("z", l) in self.senders and self.exe.model.post_norm_attn_write:
+                self.attn[l] = values.clone()
+            return
         if (kind, l) not in self.senders:
             return
         for ops in self.by_layer.values():
@@ -89,10 +98,7 @@ class Receivers:
             rows = torch.unique(torch.cat([torch.arange(a, b) for a, b, _ in ops])).to(x.device)
             where = {int(v): i for i, v in enumerate(rows.tolist())}
             xin = x[rows].clone()
-            for a, b, op in ops:
-                tl, d = self._delta(a, b, op, x)
-                local = torch.tensor([where[i] for i in range(a, b)], device=x.device)[:, None]
-                xin[local, tl] += d
+            self._correct(xin, ops, x, lambda r: torch.tensor([where[int(i)] for i in r], device=x.device))
             sub = None if rot is None else (rot[0][rows], rot[1][rows])
             new = m.qkv(l, m.norm_attn(l, xin), sub)
             dst, got = {"q": (qkv.q, new.q), "k": (qkv.k, new.k), "v": (qkv.v, new.v)}[r.kind]
@@ -104,17 +110,36 @@ class Receivers:
         if not ops:
             return None
         out = torch.zeros_like(x)
-        for a, b, op in ops:
-            tl, d = self._delta(a, b, op, x)
-            out[torch.arange(a, b, device=x.device)[:, None], tl] += d
+        self._correct(out, ops, x, lambda r: r.to(x.device))
         return out
 
     def final(self, x: Tensor) -> None:
         """Correct the final residual of rows whose ops read the logits' input from another run."""
-        ops = self.by_layer.get(self.exe.L, [])
-        deltas = [(a, b, *self._delta(a, b, op, x)) for a, b, op in ops]  # all read the uncorrected residual
-        for a, b, tl, d in deltas:
-            x[torch.arange(a, b, device=x.device)[:, None], tl] += d
+        self._correct(x, self.by_layer.get(self.exe.L, []), x, lambda r: r.to(x.device))
+
+    def _correct(self, dst: Tensor, ops: list[tuple[int, int, ir.Op]], own_input: Tensor,
+                 local: Callable[[Tensor], Tensor]) -> None:
+        """Add the ops' corrections to ``dst`` (``local`` maps chunk rows to its rows). Every
+        (source − own) is computed before any is added. A head of a block that normalises its
+        write is not additive: the heads one receiver reads from each such block are summed
+        inside the block's norm, post_norm(own + Σ Δy) − post_norm(own) (DESIGN.md §1)."""
+        normed = self.exe.model.post_norm_attn_write
+        deltas = [(a, b, op, *self._delta(a, b, op, own_input)) for a, b, op in ops]
+        blocks: dict[int, list[tuple[int, int, Tensor, Tensor]]] = {}
+        for a, b, op, tl, d in deltas:
+            if normed and op.node is not None and op.node.kind == "head":
+                blocks.setdefault(op.node.layer, []).append((a, b, tl, d))
+            else:
+                dst[local(torch.arange(a, b))[:, None], tl] += d
+        post = self.exe.model.post_norm_attn
+        for l, parts in blocks.items():
+            rows = torch.unique(torch.cat([torch.arange(a, b) for a, b, _, _ in parts]))
+            at = {int(r): i for i, r in enumerate(rows.tolist())}
+            own = self.attn[l][rows.to(dst.device)]
+            acc = torch.zeros_like(own)
+            for a, b, tl, d in parts:
+                acc[torch.tensor([at[i] for i in range(a, b)], device=dst.device)[:, None], tl] += d
+            dst[local(rows)] += post(l, own + acc) - post(l, own)
 
 
 class EdgeRows:
@@ -177,7 +202,10 @@ class EdgeRows:
         layers = [("input", 0)] + [(kind, k) for k in range(min(l, self.exe.L)) for kind in ("z", "mlp")]
         for kind, k in layers:
             own = layer_values(c, kind, k)[exd, P:T]
-            self._write(kind, k, e0, e1, self._src(kind, k, e0, e1), own.transpose(1, 2) if kind == "z" else own)
+            own = own.transpose(1, 2) if kind == "z" else own
+            self._write(kind, k, e0, e1, self._src(kind, k, e0, e1), own)
+            if kind == "z" and self.mix.post_norm is not None:
+                self.mix.own_attn[e0:e1, k] = self.exe.model.attention_out(k, own)
 
     def _own(self, kind: str, l: int, values: Tensor, cols: slice | int) -> tuple[int, Tensor | None, Tensor]:
         """Replace the outputs of node rows of the table (whole senders read from the source) in
@@ -203,6 +231,13 @@ class EdgeRows:
         e, src, own = self._own(kind, l, values, self._cols(kind, l))
         if self.mix.has_edges and e:
             self._write(kind, l, 0, e, src, own)  # type: ignore[arg-type]
+
+    def record_attn(self, l: int, attn: Tensor) -> None:
+        """The active rows' attention output of layer l before its post-norm (``attn`` holds all
+        active rows): the edge rows' own, inside which their heads' differences are mixed."""
+        if self.mix.has_edges:
+            e = self.n_active(attn.shape[0])
+            self.mix.own_attn[:e, l] = attn[self.rows_d[:e]]
 
     def receiver_qkv(self, l: int, qkv: QKV, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> None:
         """Recompute the edge rows' queries, keys and values, each receiver from its own input."""

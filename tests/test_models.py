@@ -85,9 +85,9 @@ def test_real_model_matches_hf(real_model) -> None:  # type: ignore[no-untyped-d
 @settings(max_examples=4, deadline=None)
 @given(seed=st.integers(0, 10_000), short=st.integers(1, 6))
 def test_receiver_inputs_are_sums_of_upstream_outputs(family: str, seed: int, short: int) -> None:
-    """DESIGN.md §1 / §6 item 2: every receiver reads (the normalisation of) the sum of the
-    outputs of its upstream nodes plus biases: embedding, each head's z_h @ W_O[h], each
-    attention bias, each MLP output — checked at every layer's attention and MLP inputs and at
+    """DESIGN.md §1 / §6 item 2: every receiver reads (the normalisation of) the sum of every
+    upstream block's write: embedding, each attention block's Σ_h z_h @ W_O[h] + bias (through
+    its post-norm where the block has one), each MLP output — checked at every layer's attention and MLP inputs and at
     the logits, in sequential and parallel blocks."""
     m = tiny(family)
     b = random_batch(2, 6, seed, [6, short])
@@ -109,7 +109,8 @@ def test_receiver_inputs_are_sums_of_upstream_outputs(family: str, seed: int, sh
             x_before = x.clone()
             x = block(m, l, x, rot, mask, on_z=on_z, on_mlp=on_mlp)
             bias = m.o_bias(l)
-            attn_total = seen["heads"].sum(1) + (bias if bias is not None else 0)
+            # a block that normalises its write writes post_norm(Σ_h y_h + b) (identity elsewhere)
+            attn_total = m.post_norm_attn(l, seen["heads"].sum(1) + (bias if bias is not None else 0))
             if not m.shape.parallel:  # the MLP reads the residual after this layer's heads
                 mlp_in = x - seen["mlp"]
                 torch.testing.assert_close(mlp_in, x_before + attn_total, atol=1e-5, rtol=1e-5)

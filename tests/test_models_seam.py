@@ -86,7 +86,10 @@ def test_bare_mask_tensor_is_refused_on_a_window_layer() -> None:
 def test_window_facts_follow_the_config() -> None:
     assert [tiny("mistral_window").attn_window(l) for l in range(3)] == [4, 4, 4]
     assert [tiny("qwen2_window").attn_window(l) for l in range(3)] == [None, 3, 3]  # max_window_layers=1
-    assert [tiny(f).attn_window(0) for f in FAMILIES] == [None] * len(FAMILIES)
+    # the plain families have no window shorter than the test prompts (Gemma's tiny ones: 16)
+    assert all(tiny(f).attn_window(l) in (None, 16) for f in FAMILIES for l in range(3))
+    assert [tiny("gemma2_window").attn_window(l) for l in range(3)] == [3, None, 3]  # Gemma 2 alternates
+    assert [tiny("gemma3_window").attn_window(l) for l in range(3)] == [3, None, 3]  # its layer_types
     alt = from_config(Qwen2Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
                                   intermediate_size=48, vocab_size=64, use_sliding_window=True, sliding_window=2,
                                   layer_types=["sliding_attention", "full_attention", "sliding_attention"]))
@@ -100,6 +103,8 @@ def test_windowed_logits_equal_hf(family: str, side: str, impl: str) -> None:
     """12-token prompts, windows of 3-4: every real token's logits equal HF's; with the
     window switched off (the old executor) they do not."""
     m = tiny(family)
+    if impl == "sdpa" and not m.hf._supports_sdpa:
+        pytest.skip(f"Hugging Face's {family} has no SDPA attention (it soft-caps attention logits)")
     m.hf.set_attn_implementation(impl)
     try:
         b = random_batch(3, 12, 7, [12, 10, 6], side)

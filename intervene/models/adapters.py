@@ -1,7 +1,7 @@
 """Family adapters: one uniform view of a Hugging Face causal LM's computation.
 
 An adapter owns the mapping from a family's modules (GPT-2, Llama-style with grouped-query
-attention, GPT-NeoX) to the handful of operations the executor composes:
+attention, Qwen3, Phi-3, GPT-NeoX, Gemma 2 and 3, OLMo 2) to the handful of operations the executor composes:
 
     embed -> for each layer: norm_attn, qkv (rotary applied), attention core, head outputs via
     o_proj split by head, norm_mlp, mlp -> unembed (final norm + LM head)
@@ -40,7 +40,7 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
     r = cos.shape[-1]
     x_rot, x_pass = x[..., :r], x[..., r:]
-    out = x_rot * cos + _rotate_half(x_rot) * sin
+    out = (x_rot * cos + _rotate_half(x_rot) * sin).to(x.dtype)  # float32 cos/sin (OLMo 2): back to x's type
     return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
 
 
@@ -58,6 +58,10 @@ class Adapter:
 
     family: str = "?"
     has_rotary: bool = False
+    post_norm_attn_write: bool = False
+    """Whether the attention block normalises its write (:meth:`post_norm_attn` is not the
+    identity). Heads are then not additive on the residual stream: a head's node is its share
+    *before* the norm, and an edge patch re-normalises the block's write per receiver (DESIGN.md §1)."""
 
     def __init__(self, hf: Any) -> None:
         self.hf = hf.eval()
@@ -107,7 +111,8 @@ class Adapter:
         raise NotImplementedError
 
     def rotary(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
-        """cos, sin for the batch (shared by every layer), or None without rotary."""
+        """cos, sin [B, T, r] for the batch, or None without rotary. Row slices of both (``cos[rows]``)
+        are the rotary of those rows; :meth:`layer_rot` picks a layer's."""
         return None
 
     def norm_attn(self, l: int, x: Tensor) -> Tensor:
@@ -129,9 +134,15 @@ class Adapter:
         """Everything after the projection, shared by :meth:`qkv` and :meth:`receiver_qkv`:
         per-head q/k norms (:meth:`qk_norm`), then rotary embedding."""
         q, k = self.qk_norm(l, q, k)
+        rot = self.layer_rot(l, rot)
         if rot is not None:
             q, k = apply_rotary(q, *rot), apply_rotary(k, *rot)
         return QKV(q, k, v)
+
+    def layer_rot(self, l: int, rot: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor] | None:
+        """Layer l's cos, sin from what :meth:`rotary` gave (the same for every layer, unless the
+        family has a rotary embedding per layer type: Gemma 3)."""
+        return rot
 
     def qk_norm(self, l: int, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """Per-head normalisation of queries and keys (identity unless the family has one)."""
@@ -442,6 +453,131 @@ class Phi3Adapter(LlamaAdapter):
                      for w, b in zip(ws, bs))
 
 
+class Gemma2Adapter(LlamaAdapter):
+    """Gemma 2: Llama's attention and gated MLP with the embedding scaled by √d (Hugging Face's
+    scaled embedding module), ``(1 + w)`` RMSNorms computed in fp32 (the modules themselves are
+    called), a norm after attention and after the MLP before each residual add
+    (``post_attention_layernorm``, ``post_feedforward_layernorm``; the MLP's input norm is
+    ``pre_feedforward_layernorm``), attention logits scaled by ``query_pre_attn_scalar`` and
+    soft-capped, the final logits soft-capped, and sliding-window layers from ``layer_types``."""
+
+    family = "gemma2"
+    post_norm_attn_write = True
+
+    @classmethod
+    def refusals(cls, hf: Any) -> list[Refusal]:
+        c = hf.config
+        out = common_refusals(hf, True, softcap=True)
+        if getattr(c, "use_bidirectional_attention", False):
+            out.append(Refusal("use_bidirectional_attention", True, "the executor's attention is causal"))
+        for i, t in enumerate(getattr(c, "layer_types", None) or []):
+            if t not in cls.LAYER_TYPES:
+                out.append(Refusal(f"layer_types[{i}]", t, f"only {' and '.join(cls.LAYER_TYPES)} layers exist "
+                                   "in this family"))
+        return out
+
+    def _attn_windows(self) -> list[int | None]:
+        c = self.config
+        return [c.sliding_window if t == "sliding_attention" else None for t in c.layer_types]
+
+    def attn_softcap(self, l: int) -> float | None:
+        return getattr(self.config, "attn_logit_softcapping", None)
+
+    def embed(self, input_ids: Tensor, position_ids: Tensor) -> Tensor:
+        return self.hf.model.embed_tokens(input_ids)  # multiplies by √d itself
+
+    def norm_attn(self, l: int, x: Tensor) -> Tensor:
+        return self.layer(l).input_layernorm(x)
+
+    def norm_mlp(self, l: int, x: Tensor) -> Tensor:
+        return self.layer(l).pre_feedforward_layernorm(x)
+
+    def post_norm_attn(self, l: int, y: Tensor) -> Tensor:
+        return self.layer(l).post_attention_layernorm(y)
+
+    def post_norm_mlp(self, l: int, y: Tensor) -> Tensor:
+        return self.layer(l).post_feedforward_layernorm(y)
+
+    def unembed(self, x: Tensor) -> Tensor:
+        logits = self.hf.lm_head(self.hf.model.norm(x))
+        cap = getattr(self.config, "final_logit_softcapping", None)
+        if cap is not None:  # Hugging Face's order: divide, tanh, multiply
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+
+class Gemma3Adapter(Gemma2Adapter):
+    """Gemma 3 (text): Gemma 2's block (soft-capping only where the config sets it) with an
+    RMSNorm of every head's query and key over the head dimension, and a rotary embedding per
+    layer type (local base on sliding layers, global base on full ones). :meth:`rotary` stacks
+    the types' cos/sin on a trailing axis (in :attr:`rope_types` order) and :meth:`layer_rot`
+    picks a layer's, so rows slice as with one embedding."""
+
+    family = "gemma3"
+
+    def __init__(self, hf: Any) -> None:
+        super().__init__(hf)
+        self.rope_types = sorted(set(self.config.layer_types))
+        self._rope_of = [self.rope_types.index(t) for t in self.config.layer_types]
+
+    def qk_norm(self, l: int, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        a = self.attn_module(l)
+        return a.q_norm(q), a.k_norm(k)
+
+    def rotary(self, x: Tensor, position_ids: Tensor) -> tuple[Tensor, Tensor] | None:
+        parts = [self.hf.model.rotary_emb(x, position_ids, t) for t in self.rope_types]
+        return torch.stack([c for c, _ in parts], -1), torch.stack([s for _, s in parts], -1)
+
+    def layer_rot(self, l: int, rot: tuple[Tensor, Tensor] | None) -> tuple[Tensor, Tensor] | None:
+        if rot is None:
+            return None
+        k = self._rope_of[l]
+        return rot[0][..., k], rot[1][..., k]
+
+
+class Olmo2Adapter(LlamaAdapter):
+    """OLMo 2: no norm before attention or the MLP (receivers read the raw residual), an RMSNorm
+    after each before the residual add, and RMSNorms of the queries and of the keys over the
+    *whole* projection (all heads at once, before the split into heads). A receiver that reads
+    its own input therefore projects all heads from it, normalises, and keeps its own head."""
+
+    family = "olmo2"
+    post_norm_attn_write = True
+
+    def norm_attn(self, l: int, x: Tensor) -> Tensor:
+        return x
+
+    def norm_mlp(self, l: int, x: Tensor) -> Tensor:
+        return x
+
+    def post_norm_attn(self, l: int, y: Tensor) -> Tensor:
+        return self.layer(l).post_attention_layernorm(y)
+
+    def post_norm_mlp(self, l: int, y: Tensor) -> Tensor:
+        return self.layer(l).post_feedforward_layernorm(y)
+
+    def project_qkv(self, l: int, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, T, _ = x.shape
+        a, dh = self.attn_module(l), self.d_head
+        f = lambda y: y.view(B, T, -1, dh).transpose(1, 2)  # noqa: E731
+        return f(a.q_norm(a.q_proj(x))), f(a.k_norm(a.k_proj(x))), f(a.v_proj(x))
+
+    def receiver_qkv(self, l: int, xq: Tensor, xk: Tensor, xv: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
+        a, dh = self.attn_module(l), self.d_head
+
+        def own(x: Tensor, lin: Any, norm: Any) -> Tensor:  # x [B, n, T, d] -> [B, n, T, dh]
+            y = lin(x)  # every head's projection of every receiver's input: [B, n, T, n * dh]
+            y = (norm(y) if norm is not None else y).unflatten(-1, (-1, dh))
+            i = torch.arange(x.shape[1], device=x.device)
+            return y[:, i, :, i].transpose(0, 1)  # receiver i keeps head i
+
+        return self.finish_qkv(l, own(xq, a.q_proj, a.q_norm), own(xk, a.k_proj, a.k_norm),
+                               own(xv, a.v_proj, None), rot)
+
+    def unembed(self, x: Tensor) -> Tensor:
+        return self.hf.lm_head(self.hf.model.norm(x))
+
+
 FAMILIES: dict[str, type[Adapter]] = {
     "gpt2": GPT2Adapter,
     "llama": LlamaAdapter,
@@ -450,6 +586,9 @@ FAMILIES: dict[str, type[Adapter]] = {
     "qwen3": Qwen3Adapter,
     "phi3": Phi3Adapter,
     "gpt_neox": GPTNeoXAdapter,
+    "gemma2": Gemma2Adapter,
+    "gemma3_text": Gemma3Adapter,
+    "olmo2": Olmo2Adapter,
 }
 
 

@@ -10,7 +10,8 @@ post-norm hooks ``post_norm_attn`` / ``post_norm_mlp`` (identity unless the fami
 The block has named sites where the executor acts (the callbacks of :func:`block`):
 ``on_qkv`` (replace receivers' queries/keys/values), ``on_kv`` (cache keys/values),
 ``on_z`` (head outputs before the output projection), ``on_attn`` (the attention output,
-before any post-norm), ``mlp_delta`` (added to the MLP's input only) and ``on_mlp`` (the MLP's
+before any post-norm), ``on_mlp_in`` (the residual the MLP reads, after the attention's
+normalised write), ``mlp_delta`` (added to the MLP's input only) and ``on_mlp`` (the MLP's
 write). ``prefix`` supplies keys and values of positions computed elsewhere.
 
 Masks are :class:`Mask` objects: causal and padding, plus the layer's window, for queries at
@@ -127,11 +128,11 @@ def attend(m: Adapter, l: int, x_normed: Tensor, rot: tuple[Tensor, Tensor] | No
 
 def _capped_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, cap: float) -> Tensor:
     """Attention with soft-capped logits, ``cap * tanh(q·k * scale / cap)``, masked after the
-    cap and normalised in fp32 (the order Hugging Face's Gemma 2 uses)."""
+    cap and normalised in fp32, in Hugging Face's (Gemma 2's) order of operations."""
     g = q.shape[1] // k.shape[1]
     if g > 1:
         k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
-    s = torch.tanh(q @ k.transpose(-1, -2) * (scale / cap)) * cap + bias
+    s = torch.tanh((q @ k.transpose(-1, -2)) * scale / cap) * cap + bias
     p = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
     return p @ v
 
@@ -144,6 +145,7 @@ def block(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask
           on_kv: Callable[[Tensor, Tensor], None] | None = None,
           on_qkv: Callable[[QKV], None] | None = None,
           mlp_delta: Callable[[], Tensor | None] | None = None,
+          on_mlp_in: Callable[[Tensor], None] | None = None,
           inplace: bool = False) -> Tensor:
     """One transformer block on residual x; the callbacks may edit z, the attention output and
     the MLP output in place (sequential or parallel layout as the model has it), replace
@@ -160,9 +162,13 @@ def block(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask
         on_attn(attn, z)
     attn = m.post_norm_attn(l, attn)
     if m.shape.parallel:
+        if on_mlp_in:
+            on_mlp_in(x)
         mlp = _mlp(m, l, x, mlp_delta, on_mlp)
         return x.add_(attn).add_(mlp) if inplace else x + attn + mlp
     x = x.add_(attn) if inplace else x + attn
+    if on_mlp_in:
+        on_mlp_in(x)
     mlp = _mlp(m, l, x, mlp_delta, on_mlp)
     return x.add_(mlp) if inplace else x + mlp
 

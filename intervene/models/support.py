@@ -48,14 +48,15 @@ class Refusal:
         return ModelLoadError(text, ErrorCode.E040, self.field, self.value)
 
 
-def common_refusals(hf: Any, rope: bool) -> list[Refusal]:
-    """Checks every family shares: logit soft-capping (no adapter implements it yet),
-    quantised weights (per-head slices of packed integers are meaningless) and, with ``rope``,
-    rotary scalings whose frequencies depend on the batch (the executor's chunks are not
-    Hugging Face's batches)."""
+def common_refusals(hf: Any, rope: bool, softcap: bool = False) -> list[Refusal]:
+    """Checks every family shares: logit soft-capping (unless the family implements it:
+    ``softcap``), quantised weights (per-head slices of packed integers are meaningless) and,
+    with ``rope``, rotary scalings whose frequencies depend on the batch (the executor's chunks
+    are not Hugging Face's batches)."""
     c = hf.config
-    out = [Refusal(f, getattr(c, f), "attention and logit soft-capping are not implemented for this family")
-           for f in SOFTCAP_FIELDS if getattr(c, f, None) is not None]
+    out = [] if softcap else [
+        Refusal(f, getattr(c, f), "attention and logit soft-capping are not implemented for this family")
+        for f in SOFTCAP_FIELDS if getattr(c, f, None) is not None]
     packed = sorted({str(p.dtype) for p in hf.parameters() if not p.dtype.is_floating_point})
     if packed:
         out.append(Refusal("quantization_config", getattr(c, "quantization_config", None),
@@ -63,8 +64,14 @@ def common_refusals(hf: Any, rope: bool) -> list[Refusal]:
                            "de-quantised (float) copy"))
     if rope:
         params = getattr(c, "rope_parameters", None) or getattr(c, "rope_scaling", None) or {}
-        kind = params.get("rope_type", params.get("type", "default")) if isinstance(params, dict) else "default"
-        if kind in BATCH_DEPENDENT_ROPE:
-            out.append(Refusal("rope_parameters.rope_type", kind,
-                               f"{BATCH_DEPENDENT_ROPE[kind]}, so a fused, chunked run would not equal the model"))
+        if not isinstance(params, dict):
+            params = {}
+        # one set of parameters, or one per layer type (Gemma 3: {"sliding_attention": {...}, ...})
+        nested = {k: v for k, v in params.items() if isinstance(v, dict)}
+        for where, p in (nested.items() if nested else [("", params)]):
+            kind = p.get("rope_type", p.get("type", "default"))
+            if kind in BATCH_DEPENDENT_ROPE:
+                field = f"rope_parameters.{where}.rope_type" if where else "rope_parameters.rope_type"
+                out.append(Refusal(field, kind,
+                                   f"{BATCH_DEPENDENT_ROPE[kind]}, so a fused, chunked run would not equal the model"))
     return out

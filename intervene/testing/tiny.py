@@ -3,8 +3,9 @@
 What it owns: the model factory used by the project's own tests and offered to users by the
 pytest plugin (the ``tiny_model`` fixture). Each family is a 3-layer, 4-head, d_model-32 model
 with a 64-token vocabulary, seeded, with weights larger than the default init so that heads
-matter; ``tiny(family)`` is cached per process. :data:`WINDOWED` adds Mistral, Qwen2, Qwen3 and
-Phi-3 models with sliding-window layers. ``random_batch`` builds a
+matter; ``tiny(family)`` is cached per process. :data:`WINDOWED` adds Mistral, Qwen2, Qwen3,
+Phi-3, Gemma 2 and Gemma 3 models with sliding-window layers shorter than the test prompts;
+:data:`POST_NORM` names the families whose blocks normalise their own writes. ``random_batch`` builds a
 :class:`~intervene.data.batch.Batch` of random tokens with named positions (``END``, ``FIRST``
 and any given), left or right padded, for any vocabulary size.
 """
@@ -15,13 +16,15 @@ import functools
 from typing import Any, Callable
 
 import torch
-from transformers import (AutoModelForCausalLM, GPT2Config, GPTNeoXConfig, LlamaConfig, MistralConfig, Phi3Config,
-                          Qwen2Config, Qwen3Config)
+from transformers import (AutoModelForCausalLM, Gemma2Config, Gemma3TextConfig, GPT2Config, GPTNeoXConfig, LlamaConfig,
+                          MistralConfig, Olmo2Config, Phi3Config, Qwen2Config, Qwen3Config)
 
 from intervene.data.batch import Batch
 from intervene.models.adapters import Adapter, adapt
 
 VOCAB = 64
+_GEMMA = dict(num_hidden_layers=3, num_attention_heads=4, hidden_size=32, intermediate_size=48, vocab_size=VOCAB,
+              head_dim=16, query_pre_attn_scalar=16, pad_token_id=0, bos_token_id=2, eos_token_id=1)
 
 CONFIGS: dict[str, Callable[[], Any]] = {
     "gpt2": lambda: GPT2Config(n_layer=3, n_head=4, n_embd=32, vocab_size=VOCAB, n_positions=64,
@@ -40,8 +43,21 @@ CONFIGS: dict[str, Callable[[], Any]] = {
     "phi3": lambda: Phi3Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
                                intermediate_size=48, vocab_size=VOCAB, head_dim=16, partial_rotary_factor=0.5,
                                pad_token_id=0, bos_token_id=1, eos_token_id=2),
+    # post-norms, (1 + w) norms, √d embedding scale, soft-capped attention and final logits (caps low
+    # enough to bend these logits), alternating sliding layers with a window longer than the prompts
+    "gemma2": lambda: Gemma2Config(**_GEMMA, num_key_value_heads=2, attn_logit_softcapping=2.0,
+                                   final_logit_softcapping=3.0, sliding_window=16),
+    # one key/value head (multi-query), per-head q/k norms, local and global rotary bases
+    "gemma3": lambda: Gemma3TextConfig(**_GEMMA, num_key_value_heads=1, sliding_window=16,
+                                       layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
+    # no pre-norms, post-norms, q/k norms over the whole projection
+    "olmo2": lambda: Olmo2Config(num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                                 intermediate_size=48, vocab_size=VOCAB, pad_token_id=0, bos_token_id=1,
+                                 eos_token_id=2),
 }
 FAMILIES = sorted(CONFIGS)
+POST_NORM = ("gemma2", "gemma3", "olmo2")
+"""The families whose blocks normalise their own writes (DESIGN.md §1's re-normalised edges)."""
 
 WINDOWED: dict[str, Callable[[], Any]] = {
     # sliding-window attention on every layer, window 4 (shorter than most test prompts)
@@ -61,9 +77,18 @@ WINDOWED: dict[str, Callable[[], Any]] = {
                                       hidden_size=32, intermediate_size=48, vocab_size=VOCAB, head_dim=16,
                                       partial_rotary_factor=0.5, sliding_window=4, pad_token_id=0, bos_token_id=1,
                                       eos_token_id=2),
+    # Gemma 2 and 3 with windows of 3 on their sliding layers
+    "gemma2_window": lambda: Gemma2Config(**_GEMMA, num_key_value_heads=2, attn_logit_softcapping=2.0,
+                                          final_logit_softcapping=3.0, sliding_window=3),
+    "gemma3_window": lambda: Gemma3TextConfig(**_GEMMA, num_key_value_heads=1, sliding_window=3,
+                                              layer_types=["sliding_attention", "full_attention", "sliding_attention"]),
 }
 """Tiny models with sliding-window layers (not in :data:`FAMILIES`: code that writes its own
 attention with a full mask, like a test's reference implementation, cannot run them)."""
+
+
+_RANDOM_NORMS = {"gemma2", "gemma3_text", "olmo2"}
+"""Families added with post-norms, whose tiny models also get norm weights away from their init."""
 
 
 def from_config(config: Any, seed: int = 0, scale: float = 0.2) -> Adapter:
@@ -72,9 +97,11 @@ def from_config(config: Any, seed: int = 0, scale: float = 0.2) -> Adapter:
     torch.manual_seed(seed)
     hf = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
     with torch.no_grad():  # larger random weights than the default init, so heads matter
-        for p in hf.parameters():
+        for name, p in hf.named_parameters():
             if p.dim() == 2:
                 p.normal_(0, scale)
+            elif config.model_type in _RANDOM_NORMS and "norm" in name:
+                p.add_(torch.randn_like(p) * 0.3)  # a (1 + w) or w norm with w left at its init would hide errors
     hf.requires_grad_(False)
     return adapt(hf)
 
