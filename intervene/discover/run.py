@@ -87,12 +87,15 @@ def discover(p: Any, index: int, values: list[torch.Tensor | None], executor: Ex
 
         labels, scores, cost, extra = acdc.run(p, exp, src, metric, executor)
         warnings += extra
+        kept = cost.pop("kept")
     settings = _settings(exp, seed, len(clean))
     res = DiscoveryResult(exp.name, exp.dataset, str(src), exp.method, exp.level, settings,
                           {"n_layers": shape.n_layers, "n_heads": shape.n_heads, "n_kv_heads": shape.n_kv_heads,
                            "d_model": shape.d_model, "parallel": shape.parallel},
                           stats.bootstrap(clean, seed), stats.bootstrap(source, seed), labels, scores,
                           cost=cost, warnings=warnings)
+    if exp.method == "acdc":
+        res.circuits["acdc"] = kept
     for size in exp.sizes:
         c = res.circuit(size)
         res.circuits[c.name] = sorted(circ.edge_label(e) for e in c.all_edges())

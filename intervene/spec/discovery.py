@@ -9,7 +9,8 @@ go with which method. Pure Python on the raw spec data, like the other load-time
   ``accuracy`` metric, whose gradient is zero everywhere;
 * E083 source-not-for-method — feature-matched resampling (``resample`` with ``by``) with a
   gradient method or ACDC (those read sources through the base passes only; use ``exact``, or
-  ``resample`` without ``by``).
+  ``resample`` without ``by``), or a ``mean`` or ``zero`` source with ``atp_star`` (which needs
+  the source's queries and keys).
 """
 
 from __future__ import annotations
@@ -60,4 +61,8 @@ def check_static(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic
         if method != "exact" and isinstance(source, dict) and source.get("kind") == "resample" and source.get("by"):
             out.append(at(src, here + ("source", "by"), ErrorCode.E083, f"method {method} reads resampled "
                           "sources without features", "drop by:, or use method: exact", source.get("by")))
+        if method == "atp_star" and isinstance(source, dict) and source.get("kind") in ("mean", "zero"):
+            out.append(at(src, here + ("source", "kind"), ErrorCode.E083, "atp_star patches queries and keys, "
+                          f"which a {source.get('kind')} source does not have",
+                          "use a dataset or resample source, or method: eap", source.get("kind")))
     return out
