@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from intervene import data, files, ir, metrics, results, scores, stats
+from intervene import data, files, ir, metrics, outputs, results, scores, stats
 from intervene import progress as progress_
 from intervene import bind
 from intervene.circuit import Circuit
@@ -47,16 +47,19 @@ from intervene.spec.check import ModelFacts, as_spec, check_against_model, load_
 
 
 @functools.lru_cache(maxsize=4)
-def cached_model(name: str, revision: str | None, dtype: str, device: str) -> LoadedModel:
-    """Load a model once per process."""
-    return load_model(name, revision, dtype, device)
+def cached_model(name: str, revision: str | None, dtype: str, device: str,
+                 device_map: str | tuple[tuple[str, Any], ...] | None = None) -> LoadedModel:
+    """Load a model once per process (``device_map`` as a tuple of pairs: hashable)."""
+    return load_model(name, revision, dtype, device, dict(device_map) if isinstance(device_map, tuple) else device_map)
 
 
 def model_for(spec: schema.Spec, device: str | None = None) -> LoadedModel:
     """The spec's model, loaded once per process (:meth:`Spec.model_path`: a folder relative to
     the spec file is read from there)."""
     m = spec.model
-    return cached_model(spec.model_path(), m.revision, m.dtype, device or m.device)
+    dm = m.device_map if device is None else None  # an explicit device replaces the spec's map
+    return cached_model(spec.model_path(), m.revision, m.dtype, device or m.device,
+                        tuple(sorted(dm.items())) if isinstance(dm, dict) else dm)
 
 
 @dataclass
@@ -249,14 +252,56 @@ class Executed:
     discoveries: dict[str, Any] = field(default_factory=dict)  # name -> intervene.discover.result.DiscoveryResult
 
 
-def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: int = 32768,
-            on_circuit: Callable[[str], None] | None = None) -> Executed:
+@dataclass(frozen=True)
+class Scale:
+    """Where and in how much memory a spec runs (docs/scaling.md): a cap on the memory chunks
+    plan for (``8GiB``; default: half of what is free), and Ray workers to spread the fused
+    program over (``ray``: ``auto``, ``local`` or a head node's address; ``workers``: how many,
+    default one per GPU of the cluster, else one per CPU)."""
+
+    max_memory: str | int | None = None
+    ray: str | None = None
+    workers: int | None = None
+
+
+def _readout(metric: metrics.Metric, batches: Mapping[str, data.Batch], ex: Executor
+             ) -> Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]:
+    """The metric and KL to the unpatched run, per example, from a chunk's (float32) logits."""
+
+    def readout(ds: str, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        b = batches[ds]
+        ans = {k: v[idx] for k, v in b.answer_ids.items()}
+        clean = ex.base(ds).logits[idx.to(logits.device)]  # type: ignore[index]
+        return torch.stack((metric(logits, ans, clean).float(), stats.kl(clean, logits)), 1)
+
+    return readout
+
+
+def _executor(p: Prepared, metric: metrics.Metric, max_tokens: int | None, scale: Scale,
+              progress: Callable[[int, int], None] | None) -> Executor:
+    """The executor of a prepared spec: here, or spread over Ray workers (intervene.distributed)."""
+    kw: dict[str, Any] = dict(max_tokens=max_tokens, progress=progress, max_memory=scale.max_memory,
+                              max_edge_bytes=None if max_tokens is None else 2**29)
+    if scale.ray is None:
+        return Executor(p.model.adapter, p.batches, resolve_vectors(p), p.program.metric_position, **kw)
+    from intervene import distributed
+
+    return distributed.RayExecutor(
+        p.model.adapter, p.batches, resolve_vectors(p), p.program.metric_position, address=scale.ray,
+        workers=scale.workers, model_factory=distributed.spec_model_factory(p.spec),
+        readout_factory=functools.partial(_readout, metric, p.batches), **kw)
+
+
+def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: int | None = None,
+            on_circuit: Callable[[str], None] | None = None, scale: Scale | None = None) -> Executed:
     """Run the prepared program fused (every experiment's runs in one program, scrubbing
     included), then run every circuit experiment's searches, seeded with the program's M, ∅ and
     C runs (its searches stack their circuits on the batch axis; the base passes are shared).
     An experiment whose runs fail is recorded in ``failures``; the others complete.
     ``progress`` gets a :class:`intervene.progress.Tick` (rows done of the whole spec's total,
-    searches included) per chunk and when a phase starts."""
+    searches included) per chunk and when a phase starts. ``max_tokens`` None: chunks are cut
+    to the memory free on the device (under ``scale.max_memory``); ``scale.ray``: the fused
+    program's chunks run on Ray workers, with exactly the numbers of one process."""
     metric = metrics.from_spec(p.spec.metric)
     tally = progress_.Tally(progress) if progress else None
     n_rows = {ds: len(b.lengths) for ds, b in p.batches.items()}
@@ -266,14 +311,9 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
     if tally:
         tally.plan(sum(bounds.values()))
         tally.phase("fused program: " + ", ".join(e.name for e in p.spec.experiments))
-    ex = Executor(p.model.adapter, p.batches, resolve_vectors(p), p.program.metric_position,
-                  max_tokens=max_tokens, progress=tally.program if tally else None)
-
-    def readout(ds: str, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        b = p.batches[ds]
-        ans = {k: v[idx] for k, v in b.answer_ids.items()}
-        clean = ex.base(ds).logits[idx.to(logits.device)]  # type: ignore[index]
-        return torch.stack((metric(logits, ans, clean).float(), stats.kl(clean, logits)), 1)
+    # chunks cut to the memory free (max_tokens None) or to max_tokens; spread over Ray workers (scale.ray)
+    ex = _executor(p, metric, max_tokens, scale or Scale(), tally.program if tally else None)
+    readout = ex.readout() if hasattr(ex, "readout_factory") else _readout(metric, p.batches, ex)  # type: ignore[attr-defined]
 
     prog = p.program
     failures: dict[str, str] = {}
@@ -342,6 +382,8 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
             found[e.name] = discover(p, i, values, ex)
         except ExecutionError as err:
             failures[e.name] = str(err)
+    if hasattr(ex, "close"):  # Ray workers: stopped once the spec's programs are done
+        ex.close()  # type: ignore[attr-defined]
     return Executed(values, out, scrubbed, programs, failures, found)
 
 
@@ -443,13 +485,15 @@ def _dump_datasets(p: Prepared) -> dict[str, list[dict[str, Any]]]:
 
 
 def run_prepared(p: Prepared, *, out: str | Path | None = None, progress: progress_.Report | None = None,
-                 on_circuit: Callable[[str], None] | None = None) -> results.Results:
+                 on_circuit: Callable[[str], None] | None = None, scale: Scale | None = None) -> results.Results:
     """Execute a prepared spec and assemble its results; write the results file atomically if
     ``out`` is given. ``progress(tick)`` is called per chunk with rows done of the spec's total
     (:class:`intervene.progress.Tick`), ``on_circuit(name)`` before each circuit experiment's
     searches."""
+    if out is not None:  # E063/E064 before any work, not after it
+        outputs.check([("out", Path(out))], outputs.inputs(p.spec))
     t0 = time.perf_counter()
-    executed = execute(p, progress=progress, on_circuit=on_circuit)
+    executed = execute(p, progress=progress, on_circuit=on_circuit, scale=scale)
     res = assemble(p, executed, time.perf_counter() - t0)
     if out is not None:
         res.save(out)
@@ -458,7 +502,11 @@ def run_prepared(p: Prepared, *, out: str | Path | None = None, progress: progre
 
 def run(spec: schema.Spec | Mapping[str, Any] | str | Path, *, model: LoadedModel | None = None,
         device: str | None = None, out: str | Path | None = None, progress: progress_.Report | None = None,
-        on_circuit: Callable[[str], None] | None = None) -> results.Results:
+        on_circuit: Callable[[str], None] | None = None, max_memory: str | int | None = None,
+        ray: str | None = None, workers: int | None = None) -> results.Results:
     """Check, compile and execute a spec -- a file, plain data or a spec object (:func:`prepare`,
-    then :func:`run_prepared`)."""
-    return run_prepared(prepare(spec, model, device), out=out, progress=progress, on_circuit=on_circuit)
+    then :func:`run_prepared`). ``max_memory`` caps the memory chunks plan for (``"8GiB"``);
+    ``ray`` spreads the program over Ray workers (``"auto"``, ``"local"``, ``"HOST:6379"``;
+    needs ``intervene[ray]``): see :class:`Scale`."""
+    return run_prepared(prepare(spec, model, device), out=out, progress=progress, on_circuit=on_circuit,
+                        scale=Scale(max_memory, ray, workers))

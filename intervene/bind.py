@@ -96,14 +96,15 @@ def _matching(spec: schema.Spec, r: Read, datasets: Mapping[str, data.Dataset],
         try:
             feats.append(load_functions(parse_feature(text), spec.path.parent if spec.path else None))
         except FeatureError as e:
-            return [at(src, loc + (k,), ErrorCode.E033, e.message, e.hint, text)]
+            return [at(src, loc + (k,), e.code or ErrorCode.E033, e.message, e.hint, text)]
     if r.dataset not in batches or s.dataset not in batches:
         return []
     f = feats[0] if len(feats) == 1 else Feature("all", parts=tuple(feats))
     try:
         matching_draw(f, (datasets[r.dataset], batches[r.dataset]), (datasets[s.dataset], batches[s.dataset]), 0)
     except FeatureError as e:
-        return [at(src, loc, ErrorCode.E033, f"{e.message} (experiment {r.experiment})", e.hint, list(s.by))]
+        return [at(src, loc, e.code or ErrorCode.E033, f"{e.message} (experiment {r.experiment})", e.hint,
+                   list(s.by))]
     except ValueError as e:
         return [at(src, loc, ErrorCode.E043, f'experiment "{r.experiment}" resamples by {", ".join(s.by)}: {e}',
                    "use coarser features, or more examples per feature value and length", list(s.by))]
@@ -312,7 +313,8 @@ def _features(spec: schema.Spec, shape: graph.ModelShape, datasets: Mapping[str,
                 try:
                     node.feature.keys(datasets[e.dataset], batches[e.dataset])
                 except FeatureError as err:
-                    out.append(at(spec.source_map, ("hypotheses", h.name, "nodes", n, "feature"), ErrorCode.E033,
+                    out.append(at(spec.source_map, ("hypotheses", h.name, "nodes", n, "feature"),
+                                  err.code or ErrorCode.E033,
                                   f"{err.message} (dataset of experiment {e.name})", err.hint, str(node.feature)))
     return out
 

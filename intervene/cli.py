@@ -28,6 +28,8 @@ ONLY_HELP = "run only this experiment (repeat for several); the spec's expect: b
 SET_HELP = ("change one value of the spec before it is checked, as path=value (YAML): "
             "datasets.clean.n=16, experiments.head_sweep.targets='[a23.h3]' (repeatable)")
 DEFAULT_OUT = Path("out")
+ALLOW_HELP = ("also read data, vector and model files below this folder (repeatable; by default only the spec's "
+              "folder tree and intervene's own files; or set INTERVENE_ALLOW_PATHS)")
 
 
 def _version(value: bool) -> None:
@@ -68,27 +70,43 @@ def _fail(e: Exception, spec_path: Path) -> typer.Exit:
 @app.command()
 def check(specs: list[Path] = typer.Argument(..., help="spec files"),
           model: bool = typer.Option(True, "--model/--no-model",
-                                     help="also check against the model and datasets (no forward pass)")) -> None:
+                                     help="also check against the model and datasets (no forward pass)"),
+          user_code: bool = typer.Option(True, "--user-code/--no-user-code",
+                                         help="import the spec's module:function features to check them (importing "
+                                         "runs their code; --no-user-code checks everything else)"),
+          allow: Optional[list[Path]] = typer.Option(None, "--allow-path", help=ALLOW_HELP)) -> None:
     """Check spec files: report every error at once, each as file:line:col with a hint."""
     from intervene.errors import SpecError
+    from intervene.scrub import features
+    from intervene.spec import paths
 
     from intervene import api
 
     bad = 0
-    for path in specs:
-        try:
-            diags = api.check(path, with_model=model)
-        except Exception as e:  # the model could not load, etc.: say so plainly
-            bad += 1
-            err.print(f"{path}: {type(e).__name__}: {e}", style="red", markup=False)
-            continue
-        if diags:
-            bad += 1
-            sources = {d.file: Path(d.file).read_text(errors="replace") for d in diags if Path(d.file).is_file()}
-            err.print(str(SpecError(diags, sources)), markup=False, highlight=False)
-            err.print(f"{path}: {len(diags)} error{'s' * (len(diags) != 1)}", style="red")
-        else:
-            out.print(f"{path}: ok", style="green")
+    token = features.USER_CODE.set(user_code)
+    try:
+        for path in specs:
+            before = len(features.IMPORTED)
+            try:
+                with paths.allowing(allow or []):
+                    diags = api.check(path, with_model=model)
+            except Exception as e:  # a bug: say so plainly, on one line
+                bad += 1
+                err.print(f"{path}: {type(e).__name__}: {e}", style="red", markup=False)
+                continue
+            imported = list(dict.fromkeys(features.IMPORTED[before:]))
+            if imported:
+                err.print(f"{path}: imported and ran user code: {', '.join(imported)} (--no-user-code to skip)",
+                          style="yellow", markup=False, highlight=False)
+            if diags:
+                bad += 1
+                sources = {d.file: Path(d.file).read_text(errors="replace") for d in diags if Path(d.file).is_file()}
+                err.print(str(SpecError(diags, sources)), markup=False, highlight=False)
+                err.print(f"{path}: {len(diags)} error{'s' * (len(diags) != 1)}", style="red", markup=False)
+            else:
+                out.print(f"{path}: ok", style="green", markup=False, highlight=False)
+    finally:
+        features.USER_CODE.reset(token)
     raise typer.Exit(1 if bad else 0)
 
 
@@ -153,8 +171,10 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
         fmt: str = typer.Option("rich", "--format", help="tables as rich (a terminal), plain, markdown or json"),
         progress: bool = typer.Option(True, "--progress/--no-progress",
                                       help="show progress in rows (one run on one example) with rate and time "
-                                      "left: a bar on a terminal, one line per phase otherwise")) -> None:
+                                      "left: a bar on a terminal, one line per phase otherwise"),
+        allow: Optional[list[Path]] = typer.Option(None, "--allow-path", help=ALLOW_HELP)) -> None:
     """Run a spec: print score tables; write the results JSON, figures and (--report) the HTML report."""
+    import intervene.outputs
     from intervene import api, report as report_
     from intervene.errors import InterveneError
     from intervene.results import FailedResult
@@ -162,11 +182,17 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
     if fmt not in report_.FORMATS:
         err.print(f"--format {fmt}: use one of {', '.join(report_.FORMATS)}", style="red", markup=False)
         raise typer.Exit(2)
+    from intervene.spec import paths
+
     try:
-        spec = _load(spec_path, sets, only)
-        outputs = Outputs.of(spec_path, spec.name, out_path, report, report_path, figures)
-        err.print(f"loading model {spec.model.name} …", markup=False, highlight=False)
-        p = api.prepare(spec, device=device)
+        with paths.allowing(allow or []):
+            spec = _load(spec_path, sets, only)
+            outputs = Outputs.of(spec_path, spec.name, out_path, report, report_path, figures)
+            written = [("--out", outputs.results)] + ([("--report", outputs.report)] if outputs.report else [])
+            # E063/E064 before the model loads (figures go beside --out: its folder is checked)
+            intervene.outputs.check(written, intervene.outputs.inputs(spec), [DEFAULT_OUT])
+            err.print(f"loading model {spec.model.name} …", markup=False, highlight=False)
+            p = api.prepare(spec, device=device)
     except InterveneError as e:  # a spec error, or the model could not be loaded
         raise _fail(e, spec_path)
     err.print(f"{len(p.program.runs)} runs × {', '.join(f'{k}: {len(v)}' for k, v in p.datasets.items())} examples "

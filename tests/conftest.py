@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
-# specs the tests write to temporary folders read data and models from the repository
-os.environ.setdefault("INTERVENE_ALLOW_PATHS", str(Path(__file__).resolve().parents[1]))
+# specs the tests write read data and models from the repository and temporary folders
+# (tests of the refusal, tests/test_hostile.py, remove this setting)
+os.environ.setdefault("INTERVENE_ALLOW_PATHS", os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                                 tempfile.gettempdir()]))
 
 
 @pytest.fixture(scope="session")

@@ -27,12 +27,15 @@ import difflib
 import importlib
 import re
 import sys
+from contextvars import ContextVar
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+
+from intervene.errors import ErrorCode
 
 if TYPE_CHECKING:
     from intervene.data.batch import Batch
@@ -49,11 +52,28 @@ _NEEDS_ARG = {"token": "POS", "position": "POS", "column": "KEY"}
 
 
 class FeatureError(ValueError):
-    """A feature that does not parse, load or apply; ``offset``/``width`` locate it in the text."""
+    """A feature that does not parse, load or apply; ``offset``/``width`` locate it in the text.
+    ``code`` is ``E066`` when the user's own code failed (raised, exited, returned a value that
+    cannot be compared), else None (the callers' ``E033``)."""
 
-    def __init__(self, message: str, hint: str | None = None, offset: int = 0, width: int | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, offset: int = 0, width: int | None = None,
+                 code: ErrorCode | None = None) -> None:
         super().__init__(message)
-        self.message, self.hint, self.offset, self.width = message, hint, offset, width
+        self.message, self.hint, self.offset, self.width, self.code = message, hint, offset, width, code
+
+
+USER_CODE: ContextVar[bool] = ContextVar("intervene_user_code", default=True)
+"""Whether ``module:function`` features are imported (``intervene check --no-user-code``
+sets it false: they are then not imported, and count as one group for the checks)."""
+IMPORTED: list[str] = []
+"""The ``module:function`` features imported in this process, in order (``intervene check``
+says that it imported them)."""
+
+
+def _user_failure(e: BaseException) -> str:
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({str(e.code)[:60]!s})" if e.code is not None else "called sys.exit()"
+    return f"raised {type(e).__name__}: {str(e)[:200]}"
 
 
 @dataclass(frozen=True)
@@ -128,13 +148,25 @@ class Feature:
                                        f"meta keys: {', '.join(sorted(ex.meta)) or 'none'}")
                 out.append(_hashable(ex.meta[key]))
             return out
+        if self.fn is None and not USER_CODE.get():
+            return [0] * n  # not imported (--no-user-code): one group
         assert self.fn is not None, "a function feature must be loaded (load_functions) before use"
         out = []
         for i, ex in enumerate(ds):
             try:
-                out.append(_hashable(self.fn(ex)))
-            except Exception as e:  # the user's code: say where it failed
-                raise FeatureError(f"{self} raised {type(e).__name__} on example {i} of {ds.name}: {e}") from e
+                got = _hashable(self.fn(ex))
+            except KeyboardInterrupt:
+                raise
+            except BaseException as e:  # the user's code, SystemExit included: say where it failed
+                raise FeatureError(f"{self} {_user_failure(e)} on example {i} of {ds.name}",
+                                   "fix the function (it is called once per example)", code=ErrorCode.E066) from None
+            try:
+                hash(got)
+            except TypeError:
+                raise FeatureError(f"{self} returned {type(got).__name__} on example {i} of {ds.name}, which cannot "
+                                   "be compared", "return a string, a number, or a list/tuple of them",
+                                   code=ErrorCode.E066) from None
+            out.append(got)
         return out
 
 
@@ -192,6 +224,8 @@ def load_functions(feature: Feature, base: Path | None = None) -> Feature:
     if feature.kind != "function":
         return feature
     module, name = str(feature.arg).split(":")
+    if not USER_CODE.get():
+        return feature
     added = base is not None and str(base) not in sys.path
     if added:
         sys.path.insert(0, str(base))
@@ -201,6 +235,12 @@ def load_functions(feature: Feature, base: Path | None = None) -> Feature:
         where = f" (searched {base} and the installed packages)" if base else ""
         raise FeatureError(f'cannot import module "{module}" for feature {feature.arg}{where}: {e}',
                            "put the module beside the spec file or install it", 0, len(module)) from e
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:  # importing runs the module: it may raise or exit
+        raise FeatureError(f'importing module "{module}" for feature {feature.arg} {_user_failure(e)}',
+                           "fix the module: importing it must only define functions", 0, len(module),
+                           ErrorCode.E066) from None
     finally:
         if added:
             sys.path.remove(str(base))
@@ -210,6 +250,7 @@ def load_functions(feature: Feature, base: Path | None = None) -> Feature:
         close = difflib.get_close_matches(name, have, n=1)
         hint = (f'did you mean "{close[0]}"? ' if close else "") + f"functions: {', '.join(sorted(have)) or 'none'}"
         raise FeatureError(f'module "{module}" has no function "{name}"', hint, len(module) + 1, len(name))
+    IMPORTED.append(str(feature.arg))
     return Feature("function", feature.arg, fn=fn)
 
 

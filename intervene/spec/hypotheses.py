@@ -127,8 +127,8 @@ class _Hyp:
                     raw = body.get("feature")
                     text = raw if isinstance(raw, str) else next(t for t in raw if ":" in t)
                     here = self._at(n, "feature") + (() if isinstance(raw, str) else (raw.index(text),))
-                    diags.append(at_text(self.src, here, text, e.offset, e.width or len(text), ErrorCode.E033,
-                                         e.message, e.hint))
+                    diags.append(at_text(self.src, here, text, e.offset, e.width or len(text),
+                                         e.code or ErrorCode.E033, e.message, e.hint))
             if got is None or feature is None:
                 continue
             claims = tuple(Claim(node, receiver, tuple(pos) if pos else None) for node, receiver, pos in got)
