@@ -204,7 +204,13 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
     if outputs.report is not None:
         report_.write_report(res, outputs.report, dict(p.program.circuits))
         out.print(f"report: {outputs.report}", markup=False, highlight=False)
+    nonfinite = res.meta.get("nonfinite") or {}
+    if nonfinite and not spec.allow_nonfinite:  # E067: reported in every table; the run fails unless allowed
+        err.print(f"E067 non-finite-metric: the metric is NaN or infinite in {', '.join(nonfinite)} (see the "
+                  "warnings); set allow_nonfinite: true in the spec to accept it", style="red", markup=False)
     failed = [e.name for e in res if isinstance(e, FailedResult)]
+    if nonfinite and not spec.allow_nonfinite and not failed:
+        raise typer.Exit(1)
     if failed:  # the others completed and were written; say which did not, and fail the command
         err.print(f"{len(failed)} experiment{'s' * (len(failed) != 1)} failed: {', '.join(failed)}", style="red")
         raise typer.Exit(1)
