@@ -24,7 +24,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from intervene import data, files, ir, metrics, outputs, results, scores, stats
+from intervene import data, files, finite, ir, metrics, outputs, results, scores, stats
 from intervene import progress as progress_
 from intervene import bind
 from intervene.circuit import Circuit
@@ -406,6 +406,9 @@ def _patching(p: Prepared, exp: Any, values: list[torch.Tensor | None]) -> resul
     seed = p.spec.seed
     runs = [(r, values[j].double().numpy()) for j, r in enumerate(p.program.runs)  # type: ignore[union-attr]
             if r.experiment == exp.name]
+    keep = finite.finite_rows([v for _, v in runs])
+    if keep.any() and not keep.all():  # means over the examples finite in every run (E067 says which are not)
+        runs = [(r, v[keep]) for r, v in runs]
     by_key = {r.key: v for r, v in runs}
     clean, src = by_key[("clean",)], by_key.get(("source",))
     rows = [results.Row(results.Key.parse(r.key), stats.bootstrap(v, seed),
@@ -446,8 +449,13 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
                                                           _source_warnings(p, [src]), executed.programs.get(exp.name)))
         else:
             exps.append(_patching(p, exp, executed.values))
+    nonfinite = finite.scan(p.program.runs, executed.values)  # E067: named in warnings and meta, never silent
+    for e in exps:
+        if e.name in nonfinite:
+            e.warnings.append(finite.warning(e.name, nonfinite[e.name], len(p.batches[e.dataset].lengths)))
     lm = p.model
     meta = {
+        "nonfinite": nonfinite,
         "spec_path": str(p.spec.path) if p.spec.path else None,
         "spec": p.spec.model_dump(mode="json"),
         "spec_text": p.spec.source_map.text if p.spec.source_map is not None else None,
@@ -507,6 +515,6 @@ def run(spec: schema.Spec | Mapping[str, Any] | str | Path, *, model: LoadedMode
     """Check, compile and execute a spec -- a file, plain data or a spec object (:func:`prepare`,
     then :func:`run_prepared`). ``max_memory`` caps the memory chunks plan for (``"8GiB"``);
     ``ray`` spreads the program over Ray workers (``"auto"``, ``"local"``, ``"HOST:6379"``;
-    needs ``intervene[ray]``): see :class:`Scale`."""
+    needs ``intervene-lm[ray]``): see :class:`Scale`."""
     return run_prepared(prepare(spec, model, device), out=out, progress=progress, on_circuit=on_circuit,
                         scale=Scale(max_memory, ray, workers))
