@@ -45,9 +45,11 @@ class Executor(Scheduler):
     """Runs programs on one model over a set of tokenised datasets. See the module docstring."""
 
     def __init__(self, model: Adapter, batches: dict[str, BatchLike], vectors: dict[str, Tensor] | None = None,
-                 metric_position: str = "END", max_tokens: int = 32768,
-                 progress: Callable[[int, int], None] | None = None, max_edge_bytes: int = 2**29) -> None:
-        super().__init__(model, batches, metric_position, max_tokens, max_edge_bytes)
+                 metric_position: str = "END", max_tokens: int | None = 32768,
+                 progress: Callable[[int, int], None] | None = None, max_edge_bytes: int | None = 2**29,
+                 max_memory: str | int | None = None) -> None:
+        # max_tokens None: chunks cut to the memory free on the device, under max_memory (intervene.schedule)
+        super().__init__(model, batches, metric_position, max_tokens, max_edge_bytes, max_memory)
         self.vectors = vectors or {}
         self.progress = progress
         self._tables: dict[int, tuple[ir.EdgeEntries, edgemix.Table]] = {}

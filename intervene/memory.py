@@ -22,8 +22,10 @@ from intervene.errors import ErrorCode
 FRACTION = 0.5
 """Share of the free memory a run plans to use (the rest: the allocator, the base passes'
 caches, other processes)."""
-MAX_TOKENS = 1 << 20
-"""Upper bound of a chunk in tokens, however much memory is free."""
+MAX_TOKENS = {"cuda": 1 << 20, "mps": 1 << 18}
+"""Upper bound of a chunk in tokens per device type, however much memory is free (on CPU,
+:data:`MAX_TOKENS_CPU`: larger chunks are no faster there)."""
+MAX_TOKENS_CPU = 1 << 15
 
 _UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9, "gb": 10**9, "t": 10**12,
           "tb": 10**12, "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -95,7 +97,8 @@ def bytes_per_token(model: Any, seq_len: int) -> int:
 def token_budget(model: Any, seq_len: int, cap: str | int | None = None, fraction: float = FRACTION) -> int:
     """Tokens a chunk may hold on the model's device (at least one row of ``seq_len``)."""
     n = budget_bytes(model.device, cap, fraction) // max(bytes_per_token(model, seq_len), 1)
-    return int(max(seq_len, min(n, MAX_TOKENS)))
+    ceiling = MAX_TOKENS.get(torch.device(model.device).type, MAX_TOKENS_CPU)
+    return int(max(seq_len, min(n, ceiling)))
 
 
 def is_oom(e: BaseException) -> bool:
