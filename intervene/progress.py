@@ -1,8 +1,9 @@
 """Progress of a whole spec in real units: rows (one run on one example) done of a total.
 
 What it owns: :class:`Tally`, which turns the executor's per-program counts into one count
-across everything a spec executes, and the two printers the CLI uses (:func:`bar` on a
-terminal, :func:`lines` otherwise). No torch, no model.
+across everything a spec executes, :class:`Tick` (what a progress callback receives: rows done
+of the total, phase, rate, time left) and :func:`lines`, the printer for logs (one line per
+phase; the CLI draws a rich bar on a terminal). No torch, no model.
 
 A spec executes one fused program (every sweep, path patching, patch and scrub experiment,
 and the M, ∅ and C runs of each circuit experiment), then each circuit experiment's
@@ -111,17 +112,12 @@ def describe(t: Tick) -> str:
 
 
 def lines(stream: TextIO | None = None) -> Report:
-    """A printer for logs: one line when a phase starts and one when everything is done (never
-    one per chunk)."""
+    """A printer for logs: one line per phase, when its size is known (never one per chunk)."""
     last: list[str] = []
 
     def report(t: Tick) -> None:
-        if not last or t.phase != last[0]:
+        if (not last or t.phase != last[0]) and t.total > 0:  # once the phase's size is known
             last[:] = [t.phase]
             print(describe(t), file=stream or sys.stderr, flush=True)
 
     return report
-
-
-def done_line(t: Tick) -> str:
-    return f"done: {t.done:,} rows in {_duration(t.seconds)} ({t.rate:,.0f} rows/s)"

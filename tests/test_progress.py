@@ -46,7 +46,7 @@ def test_lines_print_once_per_phase() -> None:
     t.program(10, 10)
     t.finish()
     out = buf.getvalue().splitlines()
-    assert len(out) == 2 and out[0].startswith("fused program: a, b: 0/") and "rows" in out[1]
+    assert len(out) == 2 and out[0].startswith("fused program: a, b: 1/5 rows") and "rows" in out[1]
 
 
 def test_transformer_lens_names_get_ours() -> None:
