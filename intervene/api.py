@@ -34,6 +34,7 @@ from intervene.evaluate import CircuitEvaluator
 from intervene.execute import Executor
 from intervene.data.checks import too_long
 from intervene.models.loading import LoadedModel, load_model
+from intervene.devices import DeviceError
 from intervene.models.support import ModelLoadError
 from intervene.spec import guards
 from intervene.spec.diagnostics import at
@@ -58,8 +59,17 @@ def model_for(spec: schema.Spec, device: str | None = None) -> LoadedModel:
     the spec file is read from there)."""
     m = spec.model
     dm = m.device_map if device is None else None  # an explicit device replaces the spec's map
-    return cached_model(spec.model_path(), m.revision, m.dtype, device or m.device,
-                        tuple(sorted(dm.items())) if isinstance(dm, dict) else dm)
+    try:
+        return cached_model(spec.model_path(), m.revision, m.dtype, device or m.device,
+                            tuple(sorted(dm.items())) if isinstance(dm, dict) else dm)
+    except DeviceError as e:  # the spec's own device or device map: point at it (E090 / E091)
+        src = spec.source_map
+        if device is not None or src is None:
+            raise
+        field = "device_map" if e.code == ErrorCode.E091 else "device"
+        line, col = src.value_span(("model", field))[:2]
+        raise SpecError([Diagnostic(src.file, line, col, e.code, f"model.{field}", e.value, str(e), None)],  # type: ignore[arg-type]
+                        {src.file: src.text}) from None
 
 
 @dataclass

@@ -166,7 +166,15 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
         report_path: Optional[Path] = typer.Option(None, "--report-to", help="write the HTML report here"),
         figures: bool = typer.Option(True, "--figures/--no-figures", help="write each experiment's figures "
                                      "(PNG and SVG) beside the results"),
-        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N (default: the spec's)"),
+        device: Optional[str] = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:N, mps (default: the "
+                                             "spec's)"),
+        max_memory: Optional[str] = typer.Option(None, "--max-memory", help="cap on the memory chunks plan for, "
+                                                 "e.g. 8GiB (default: half of what is free on the device)"),
+        ray: Optional[str] = typer.Option(None, "--ray", help="spread the run over Ray workers: auto (this "
+                                          "machine's cluster, else a local one), local, or HOST:6379 "
+                                          "(needs intervene[ray]; docs/scaling.md)"),
+        workers: Optional[int] = typer.Option(None, "--workers", help="Ray workers (default: one per GPU of "
+                                              "the cluster, else one per CPU)"),
         top: int = typer.Option(15, "--top", help="rows shown per sweep table (0: every row)"),
         fmt: str = typer.Option("rich", "--format", help="tables as rich (a terminal), plain, markdown or json"),
         progress: bool = typer.Option(True, "--progress/--no-progress",
@@ -184,6 +192,7 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
         raise typer.Exit(2)
     from intervene.spec import paths
 
+    scale = _scale(device, max_memory, ray, workers)  # E090 / E092 / E093 before anything loads
     try:
         with paths.allowing(allow or []):
             spec = _load(spec_path, sets, only)
@@ -197,7 +206,7 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
         raise _fail(e, spec_path)
     err.print(f"{len(p.program.runs)} runs × {', '.join(f'{k}: {len(v)}' for k, v in p.datasets.items())} examples "
               f"on {p.model.adapter.device}", markup=False, highlight=False)
-    res = _run_with_progress(p, outputs.results, progress)
+    res = _run_with_progress(p, outputs.results, progress, scale)
     report_.print_results(res, out, top=top or None, fmt=fmt)  # type: ignore[arg-type]
     out.print(f"results: {outputs.results}", markup=False, highlight=False)
     _write_figures(p, res, outputs)
@@ -233,16 +242,38 @@ def report_cmd(results: Path = typer.Argument(..., help="a results JSON written 
     out.print(f"report: {path}", markup=False, highlight=False)
 
 
-def _run_with_progress(p, out_path: Path, progress: bool):  # type: ignore[no-untyped-def]
+def _scale(device: Optional[str], max_memory: Optional[str], ray: Optional[str], workers: Optional[int]):  # type: ignore[no-untyped-def]
+    """``--device``, ``--max-memory``, ``--ray`` checked before the model loads (exit 2 with the
+    error's code), as the :class:`intervene.api.Scale` to run with."""
+    from intervene import api, devices, memory
+    from intervene.models.support import ModelLoadError
+
+    try:
+        if device is not None:
+            devices.resolve_device(device)
+        if max_memory is not None:
+            memory.parse_size(max_memory)
+        if ray is not None:
+            from intervene import distributed
+
+            distributed._ray()
+    except ModelLoadError as e:
+        flag = {"device": "--device", "max_memory": "--max-memory", "ray": "--ray"}.get(e.field or "", "")
+        err.print(f"error[{e.code}] {flag}: {e}", style="red", markup=False, highlight=False)
+        raise typer.Exit(2)
+    return api.Scale(max_memory, ray, workers)
+
+
+def _run_with_progress(p, out_path: Path, progress: bool, scale=None):  # type: ignore[no-untyped-def]
     """:func:`intervene.api.run_prepared` with progress in rows: a bar on a terminal, one line
     per phase otherwise (CI logs), nothing with ``--no-progress``."""
     from intervene import api
     from intervene import progress as progress_
 
     if not progress:
-        return api.run_prepared(p, out=out_path)
+        return api.run_prepared(p, out=out_path, scale=scale)
     if not sys.stderr.isatty():
-        res = api.run_prepared(p, out=out_path, progress=progress_.lines(sys.stderr))
+        res = api.run_prepared(p, out=out_path, scale=scale, progress=progress_.lines(sys.stderr))
         err.print(f"done in {res.seconds:.1f} s", markup=False, highlight=False)
         return res
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
@@ -257,7 +288,7 @@ def _run_with_progress(p, out_path: Path, progress: bool):  # type: ignore[no-un
             bar.update(task, completed=t.done, total=t.total or None, description=t.phase,
                        rate=f"{t.rate:,.0f}/s" if t.rate else "")
 
-        return api.run_prepared(p, out=out_path, progress=show)
+        return api.run_prepared(p, out=out_path, scale=scale, progress=show)
 
 
 def _write_figures(p, res, outputs: Outputs) -> None:  # type: ignore[no-untyped-def]

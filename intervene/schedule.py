@@ -49,7 +49,8 @@ class Scheduler(Sources):
             longest = max((int(b.input_ids.shape[1]) for b in batches.values()), default=1)
             max_tokens = memory.token_budget(model, longest, max_memory)
         if max_edge_bytes is None:
-            max_edge_bytes = max(memory.budget_bytes(model.device, max_memory) // 2, 1)
+            ceiling = 2**29 * (8 if torch.device(model.device).type == "cuda" else 1)
+            max_edge_bytes = max(min(memory.budget_bytes(model.device, max_memory) // 2, ceiling), 1)
         super().__init__(model, batches, metric_position, max_tokens)
         self.max_edge_bytes = max_edge_bytes
         self.layout = edgemix.Layout(model.shape)
