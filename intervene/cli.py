@@ -26,7 +26,7 @@ out = Console(soft_wrap=True, emoji=False)
 
 ONLY_HELP = "run only this experiment (repeat for several); the spec's expect: block is dropped"
 SET_HELP = ("change one value of the spec before it is checked, as path=value (YAML): "
-            "datasets.clean.n=16, experiments.head_sweep.targets='[a23.h3]' (repeatable)")
+            "datasets.clean.n=16, experiments.head_sweep.per_position=true (repeatable)")
 DEFAULT_OUT = Path("out")
 ALLOW_HELP = ("also read data, vector and model files below this folder (repeatable; by default only the spec's "
               "folder tree and intervene's own files; or set INTERVENE_ALLOW_PATHS)")
@@ -172,7 +172,7 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
                                                  "e.g. 8GiB (default: half of what is free on the device)"),
         ray: Optional[str] = typer.Option(None, "--ray", help="spread the run over Ray workers: auto (this "
                                           "machine's cluster, else a local one), local, or HOST:6379 "
-                                          "(needs intervene[ray]; docs/scaling.md)"),
+                                          "(needs intervene-lm\\[ray]; docs/scaling.md)"),
         workers: Optional[int] = typer.Option(None, "--workers", help="Ray workers (default: one per GPU of "
                                               "the cluster, else one per CPU)"),
         top: int = typer.Option(15, "--top", help="rows shown per sweep table (0: every row)"),

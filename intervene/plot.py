@@ -162,7 +162,7 @@ def heatmap(e: SweepResult | PathPatchResult, path: str | Path, n_layers: int, n
         ax.set_title(f"at {p}" if p else "all positions", fontsize=8)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-    fig.colorbar(im, ax=axes.tolist(), label=label, shrink=0.9)
+    fig.colorbar(im, ax=axes.tolist(), label=label, shrink=0.6, aspect=30, fraction=0.04)
     title(fig, f"{e.name}: {_direction(e)}", about.line())
     return save(fig, path)
 
@@ -197,7 +197,7 @@ def residual_map(e: SweepResult | PathPatchResult, path: str | Path, about: Abou
     ax.set_yticks(range(0, hi - lo + 1, step), [f"r{lo + i}" for i in range(0, hi - lo + 1, step)], fontsize=7)
     ax.set_xlabel("position")
     ax.set_ylabel("residual stream")
-    fig.colorbar(im, ax=ax, label=label, shrink=0.9)
+    fig.colorbar(im, ax=ax, label=label, shrink=0.8, aspect=25, fraction=0.05)
     title(fig, f"{e.name}: residual stream {_direction(e).split(' ', 2)[2]}", about.line())
     return save(fig, path)
 

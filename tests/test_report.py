@@ -196,3 +196,15 @@ def test_a_real_browser_opens_the_report_without_errors(ran: tuple[Path, str], t
 
     px = imread(shot)[..., :3]
     assert px.std() > 0.05 and (px.min(axis=-1) < 0.5).mean() > 0.005  # text and figures, not a blank page
+
+
+def test_every_option_of_every_command_has_help() -> None:
+    import typer
+
+    group = typer.main.get_command(app)
+    assert group.commands  # type: ignore[attr-defined]
+    for name, cmd in group.commands.items():  # type: ignore[attr-defined]
+        assert cmd.help, name
+        for p in cmd.params:
+            if p.param_type_name == "option":
+                assert p.help and "[" not in p.help.replace("\\[", ""), f"{name} {p.opts}"  # [..] is markup
