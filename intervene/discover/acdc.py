@@ -78,9 +78,11 @@ def acdc(evaluate: Evaluate, edges: Sequence[Edge], shape: graph.ModelShape, tau
          width: int = 64) -> Trace:
     """ACDC with guessed-removal chains of up to ``width`` candidates per program (module
     docstring). The chain grows after a program whose guesses all held (twice as long) and
-    shrinks to what held after one that failed early, so runs wasted on wrong guesses stay few."""
+    shrinks to what held after one that failed early, so runs wasted on wrong guesses stay few.
+    ``edges`` are the edges to visit (all of them, in :func:`order`, for ACDC proper); the
+    circuit starts as the whole model."""
     span = 4
-    current = set(edges)
+    current = set(graph.edges(shape))
     d_cur = 0.0
     scores: dict[Edge, float] = {}
     trace = Trace(frozenset(), scores)
@@ -125,9 +127,10 @@ def acdc(evaluate: Evaluate, edges: Sequence[Edge], shape: graph.ModelShape, tau
     return trace
 
 
-def sequential(evaluate: Evaluate, edges: Sequence[Edge], tau: float, kind: str, m_full: float) -> Trace:
-    """The reference: one program per candidate edge, in order."""
-    current = set(edges)
+def sequential(evaluate: Evaluate, edges: Sequence[Edge], shape: graph.ModelShape, tau: float, kind: str,
+               m_full: float) -> Trace:
+    """The reference: one program per candidate edge, in order, from the whole model."""
+    current = set(graph.edges(shape))
     d_cur = 0.0
     trace = Trace(frozenset(), {})
     for e in edges:

@@ -157,7 +157,8 @@ class Adapter:
         """Queries, keys and values when every receiver reads its own (normalised) input:
         xq [B, H, T, d] one per query head, xk / xv [B, G, T, d] one per key/value group."""
         if l not in self._qkv_w:
-            self._qkv_w[l] = tuple((w.contiguous(), b) for w, b in self.qkv_weights(l))
+            with torch.inference_mode(False):  # plain tensors, so a later pass with gradients can use them
+                self._qkv_w[l] = tuple((w.contiguous(), b) for w, b in self.qkv_weights(l))
         out = []
         for x, (w, b) in zip((xq, xk, xv), self._qkv_w[l]):
             y = torch.einsum("bhtd,hde->bhte", x, w)
