@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from intervene import data, files, finite, ir, metrics, outputs, results, scores, stats
+from intervene import memory, shards
 from intervene import progress as progress_
 from intervene import bind
 from intervene.circuit import Circuit
@@ -302,6 +303,28 @@ def _executor(p: Prepared, metric: metrics.Metric, max_tokens: int | None, scale
         readout_factory=functools.partial(_readout, metric, p.batches), **kw)
 
 
+def _run_main(p: Prepared, ex: Executor, readout: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
+              metric: metrics.Metric, scale: Scale) -> list[torch.Tensor | None]:
+    """The fused program: in one go, or -- memory-aware, when its datasets' base passes would not
+    fit the budget and example i reads only examples i -- shard by shard (:mod:`intervene.shards`)."""
+    prog = p.program
+    names = sorted(prog.datasets() | {r.dataset for r in prog.runs})
+    used = {d: p.batches[d] for d in names}
+    if not ex.memory_aware or hasattr(ex, "readout_factory") or len({len(b) for b in used.values()}) != 1 \
+            or shards.unshardable(prog) is not None:
+        return ex.execute(prog, readout)
+    size = shards.shard_size(ex.model, used, memory.budget_bytes(ex.model.device, scale.max_memory))
+    n = len(next(iter(used.values())))
+    if size >= n:
+        return ex.execute(prog, readout)
+    rows = len(prog.runs)
+    tick = (lambda done, total: ex.progress(done * rows, total * rows)) if ex.progress else None  # type: ignore[misc]
+    return shards.execute_sharded(
+        prog, used, size, lambda b: Executor(ex.model, b, ex.vectors, ex.metric_position, max_tokens=None,
+                                             max_memory=scale.max_memory),
+        lambda e, b: _readout(metric, b, e), tick)
+
+
 def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: int | None = None,
             on_circuit: Callable[[str], None] | None = None, scale: Scale | None = None) -> Executed:
     """Run the prepared program fused (every experiment's runs in one program, scrubbing
@@ -329,7 +352,7 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
     failures: dict[str, str] = {}
     with torch.inference_mode():
         try:
-            got = ex.execute(prog, readout) if prog.runs else []
+            got = _run_main(p, ex, readout, metric, scale or Scale()) if prog.runs else []
         except ExecutionError:  # run each experiment alone: the failing ones are recorded, the others complete
             got = [None] * len(prog.runs)
             for name in dict.fromkeys(r.experiment for r in prog.runs if r.experiment):
