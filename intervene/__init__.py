@@ -45,4 +45,7 @@ def run(*args, **kwargs):  # type: ignore[no-untyped-def]
     return api.run(*args, **kwargs)
 
 
-__all__ = ["load_spec", "run", "Results", "InterveneError", "SpecError", "UsageError", "ExecutionError", "__version__"]
+from intervene import discover  # noqa: E402  (callable: intervene.discover(spec, ...) runs api.discover)
+
+
+__all__ = ["load_spec", "run", "discover", "Results", "InterveneError", "SpecError", "UsageError", "ExecutionError", "__version__"]

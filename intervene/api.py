@@ -30,7 +30,7 @@ from intervene import progress as progress_
 from intervene import bind
 from intervene.circuit import Circuit
 from intervene.compile import DataFacts, compile_spec, lower_source
-from intervene.errors import Diagnostic, ErrorCode, ExecutionError, SpecError
+from intervene.errors import Diagnostic, ErrorCode, ExecutionError, SpecError, UsageError
 from intervene.evaluate import CircuitEvaluator
 from intervene.execute import Executor
 from intervene.data.checks import too_long
@@ -551,3 +551,48 @@ def run(spec: schema.Spec | Mapping[str, Any] | str | Path, *, model: LoadedMode
     needs ``intervene-lm[ray]``): see :class:`Scale`."""
     return run_prepared(prepare(spec, model, device), out=out, progress=progress, on_circuit=on_circuit,
                         scale=Scale(max_memory, ray, workers))
+
+
+def discover(spec: schema.Spec | Mapping[str, Any] | str | Path, experiment: str | None = None, *,
+             model: LoadedModel | None = None, device: str | None = None, **settings: Any) -> Any:
+    """Run one discovery on a spec's model, data and metric; returns its
+    :class:`intervene.discover.result.DiscoveryResult` (``.top()``, ``.circuit(size)``,
+    ``.write_spec(path)``, ``.to_mib(path)``). The discovery is the spec's ``kind: discover``
+    experiment named ``experiment`` (or its only one), with ``settings`` replacing its fields;
+    or, when the spec has none, the one ``settings`` describe (``dataset=``, ``source=``,
+    ``method=``, ``steps=``, ... as in a spec). Only that experiment runs.
+
+        >>> d = intervene.discover("specs/ioi_circuit.yaml", dataset="clean", method="eap",
+        ...                        source={"kind": "dataset", "dataset": "corrupted"})  # doctest: +SKIP
+        >>> d.top(5); d.circuit(200)                                                   # doctest: +SKIP
+    """
+    from pydantic import ValidationError
+
+    from intervene.spec import discovery
+
+    s = as_spec(spec)
+    found = [e for e in s.experiments if e.kind == "discover"]
+    if experiment is not None:
+        named = [e for e in s.experiments if e.name == experiment]
+        if not named or named[0].kind != "discover":
+            raise UsageError(f"discover: no discover experiment {experiment!r} in the spec "
+                             f"(discover experiments: {', '.join(e.name for e in found) or 'none'})")
+        base: Any = named[0]
+    elif len(found) == 1:
+        base = found[0]
+    elif found and not settings:
+        raise UsageError(f"discover: the spec has {len(found)} discover experiments; name one: "
+                         + ", ".join(e.name for e in found))
+    else:
+        base = None
+    data = base.model_dump(exclude_unset=True) if base is not None else {"name": "discover", "kind": "discover"}
+    data.update(settings)
+    try:
+        exp = schema.DiscoverExperiment.model_validate(data)
+    except ValidationError as err:
+        raise UsageError(f"discover: {err}") from None
+    diags = discovery.check_static({"experiments": [exp.model_dump(exclude_unset=True)],
+                                    "metric": s.metric.model_dump()}, None)
+    if diags:
+        raise SpecError(diags)
+    return run(s.model_copy(update={"experiments": (exp,)}), model=model, device=device)[exp.name]

@@ -128,6 +128,10 @@ def tables(e: R.Experiment, top: int | None = 15) -> list[Table]:
         return circuit_tables(e, top)
     if isinstance(e, R.ScrubbingResult):
         return [scrub_table(e)]
+    if e.kind == "discover":
+        from intervene.discover import show
+
+        return [show.table(e, top)]  # type: ignore[arg-type]
     return [experiment_table(e, top)]
 
 
@@ -268,6 +272,10 @@ def figures(res: R.Results, e: R.Experiment, stem: str | Path, circuit: Any = No
         out.append(plot.faithfulness_curve(e, stem.with_name(f"{stem.name}-faithfulness"), about))
     elif isinstance(e, R.ScrubbingResult):
         out.append(plot.scrub_distributions(e, stem.with_name(f"{stem.name}-per-example"), about))
+    elif e.kind == "discover":
+        from intervene.discover import show
+
+        out += show.figures(e, stem)  # type: ignore[arg-type]
     return [p for p in out if p is not None]
 
 

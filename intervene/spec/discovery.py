@@ -1,8 +1,8 @@
 """Static checks of ``kind: discover`` experiments (DESIGN.md §4 "Discovery"): which settings
 go with which method. Pure Python on the raw spec data, like the other load-time checks.
 
-* E080 setting-not-for-method — a setting the method does not read (``steps`` without
-  ``eap_ig``, ``threshold`` without ``acdc``, ``level: edges`` with ``atp_star``, which scores
+* E080 setting-not-for-method — a setting the method does not read, given a value other than
+  its default (``steps`` without ``eap_ig``, ``threshold`` without ``acdc``, ``level: edges`` with ``atp_star``, which scores
   heads and MLPs);
 * E081 missing-setting — ``acdc`` without its ``threshold``;
 * E082 not-differentiable — a gradient method (``eap``, ``eap_ig``, ``atp_star``) with the
@@ -26,6 +26,8 @@ GRADIENT = ("eap", "eap_ig", "atp_star")
 ONLY_FOR: dict[str, tuple[str, ...]] = {"steps": ("eap_ig",), "ig": ("eap_ig",), "threshold": ("acdc",),
                                         "divergence": ("acdc",)}
 DEFAULT_METHOD = "eap_ig"
+DEFAULTS: dict[str, object] = {"steps": 5, "ig": "inputs", "threshold": None, "divergence": "kl"}
+"""The schema's defaults: a setting left at its default (or dumped with it) is not "given"."""
 
 
 def check_static(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic]:
@@ -42,13 +44,13 @@ def check_static(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic
         if method not in METHODS:
             continue  # reported by the schema (E005)
         for key, methods in ONLY_FOR.items():
-            if key in exp and method not in methods:
+            if exp.get(key, DEFAULTS[key]) != DEFAULTS[key] and method not in methods:
                 out.append(at(src, here + (key,), ErrorCode.E080, f'"{key}" is a setting of {" and ".join(methods)}, '
                               f"not of method {method}", f"remove {key}, or use method: {methods[0]}", exp[key]))
         if method == "atp_star" and exp.get("level") == "edges":
             out.append(at(src, here + ("level",), ErrorCode.E080, "atp_star scores nodes (heads and MLPs), not edges",
                           "write level: nodes, or use eap / eap_ig for edges", "edges"))
-        if method == "acdc" and "threshold" not in exp:
+        if method == "acdc" and exp.get("threshold") is None:
             at_method = here + ("method",)
             out.append(at(src, at_method, ErrorCode.E081, "method acdc needs a threshold τ (an edge is removed "
                           "when removing it raises the divergence by less than τ)", "add e.g. threshold: 0.01",
