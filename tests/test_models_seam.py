@@ -304,6 +304,13 @@ def _llama(**kw: Any) -> Any:
                        intermediate_size=48, vocab_size=64, **kw)
 
 
+def _gemma3(**kw: Any) -> Any:
+    from transformers import Gemma3TextConfig
+
+    return Gemma3TextConfig(num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=1, hidden_size=32,
+                            intermediate_size=48, vocab_size=64, head_dim=8, **kw)
+
+
 def _quantised() -> Any:
     hf = AutoModelForCausalLM.from_config(_llama())
     lin = hf.model.layers[0].mlp.gate_proj
@@ -328,6 +335,11 @@ REFUSED = {
                                                          layer_types=["sliding_attention", "full_attention"]),
                                      "layer_types[0]", "sliding_attention"),
     "quantised_weights": (None, "quantization_config", None),
+    "gemma3_bidirectional": (lambda: _gemma3(use_bidirectional_attention=True), "use_bidirectional_attention", True),
+    "gemma3_dynamic_rope_on_full_layers": (
+        lambda: _gemma3(rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 1e4},
+                                         "full_attention": {"rope_type": "dynamic", "factor": 2.0, "rope_theta": 1e6}}),
+        "rope_parameters.full_attention.rope_type", "dynamic"),
 }
 
 
