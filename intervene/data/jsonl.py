@@ -296,6 +296,15 @@ def _read_lines(path: str | os.PathLike[str]) -> list[str]:
         raise DatasetError(where, line, None, msg, col, "E061") from exc
 
 
+def count_examples(path: str | os.PathLike[str]) -> int:
+    """The non-blank lines of a JSONL file (its examples when it is valid); 0 if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            return sum(1 for line in f if line.strip())
+    except OSError:
+        return 0
+
+
 def subsample(examples: list[Example], n: int | None, seed: int) -> list[Example]:
     """`n` of `examples` drawn with `seed`, in their original order (all of them if `n` is
     None). The draw depends only on the count, `n` and `seed`."""

@@ -5,7 +5,7 @@ per session (through the disk cache of :mod:`intervene.testing.spectest`), the f
 and two fixtures. Configuration (``pytest.ini`` / ``[tool.pytest.ini_options]``)::
 
     intervene_specs = specs/tests        # folders whose *.yaml / *.yml files with expect: are tests
-    intervene_fast_n = 8                  # --intervene-fast caps generated datasets at this size
+    intervene_fast_n = 8                  # --intervene-fast caps generated and JSONL datasets at this size
     intervene_cache_dir = .intervene      # results cache (default $INTERVENE_CACHE/results)
 
 The folders must also be collected (in ``testpaths`` or named on the command line); a spec
@@ -38,13 +38,13 @@ STATS = pytest.StashKey[dict[str, int]]()
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("intervene", "intervene spec tests")
     group.addoption("--intervene-fast", action="store_true", default=False,
-                    help="shrink generated datasets to intervene_fast_n examples (pull-request CI)")
+                    help="shrink generated and JSONL datasets to intervene_fast_n examples (pull-request CI)")
     group.addoption("--intervene-refresh", action="store_true", default=False,
                     help="recompute spec results even when cached")
     group.addoption("--intervene-device", default=None, help="device for spec runs (default: the spec's)")
     parser.addini("intervene_specs", "folders whose spec files with an expect: block are collected as tests",
                   type="paths", default=[])
-    parser.addini("intervene_fast_n", "examples per generated dataset under --intervene-fast", default="8")
+    parser.addini("intervene_fast_n", "examples per generated or JSONL dataset under --intervene-fast", default="8")
     parser.addini("intervene_cache_dir", "folder of cached spec results (default $INTERVENE_CACHE/results)",
                   default="")
 

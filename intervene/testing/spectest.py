@@ -5,7 +5,8 @@ What it owns, for the pytest plugin (and anyone checking specs outside pytest):
 * :func:`load` — a spec file with an ``expect:`` block, checked, its expectations parsed
   (:class:`~intervene.errors.SpecError` with file:line:col on any problem);
 * :func:`shrink` — fast mode: every generated (``ioi``) dataset capped at ``n`` examples
-  (``ioi_abc`` corruptions follow their base; ``jsonl`` files are used whole);
+  (``ioi_abc`` corruptions follow their base) and every ``jsonl`` one read as ``n`` of its
+  lines, drawn by its ``seed`` (paired files of one length keep their pairs);
 * :class:`ResultsCache` — results on disk as JSON, keyed by :func:`cache_key`: the sha256 of
   the spec file's text, the contents of the files it names (JSONL datasets, vectors), the
   model (name, revision, dtype; for a local folder, its files' names, sizes and times), the
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import intervene
+from intervene.data.jsonl import count_examples
 from intervene.files import write_atomic
 from intervene.results import Results, ResultsFileError
 from intervene.spec import schema
@@ -68,9 +70,18 @@ def load(path: str | Path, fast_n: int | None = None) -> SpecTest:
 
 
 def shrink(spec: schema.Spec, n: int) -> schema.Spec:
-    """The spec with every ``ioi`` dataset capped at ``n`` examples (file positions kept)."""
-    datasets = {name: (d.model_copy(update={"n": min(d.n, n)}) if isinstance(d, schema.IoiDataset) else d)
-                for name, d in spec.datasets.items()}
+    """The spec with every ``ioi`` dataset capped at ``n`` examples, and every ``jsonl`` one
+    reading ``n`` of its lines (its ``n``/``seed`` draw: paired files of one length stay
+    paired); file positions kept."""
+    def small(d: Any) -> Any:
+        if isinstance(d, schema.IoiDataset):
+            return d.model_copy(update={"n": min(d.n, n)})
+        if isinstance(d, schema.JsonlDataset):
+            lines = count_examples(spec.resolve(d.path))
+            return d.model_copy(update={"n": min(d.n or lines, n, lines) or None})
+        return d
+
+    datasets = {name: small(d) for name, d in spec.datasets.items()}
     small = spec.model_copy(update={"datasets": datasets})
     small._path, small._source_map = spec.path, spec.source_map
     return small
