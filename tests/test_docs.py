@@ -82,3 +82,17 @@ def test_snippet_runs(page: Path, line: int, code: str, tmp_path: Path, monkeypa
 def test_every_page_with_code_has_its_snippets_collected() -> None:
     counted = sum(p.read_text().count("```python") for p in PAGES)
     assert counted == len(snippets()) and counted >= 5
+
+
+@pytest.mark.real_model
+def test_the_readme_shows_what_intervene_check_prints(real_model, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from intervene.cli import app
+
+    text = (ROOT / "README.md").read_text()
+    shown = text.split("$ intervene check examples/typo.yaml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(ROOT)
+    got = CliRunner().invoke(app, ["check", "examples/typo.yaml"])
+    assert got.exit_code == 1
+    assert got.output.strip() == shown.strip()

@@ -208,3 +208,18 @@ def test_every_option_of_every_command_has_help() -> None:
         for p in cmd.params:
             if p.param_type_name == "option":
                 assert p.help and "[" not in p.help.replace("\\[", ""), f"{name} {p.opts}"  # [..] is markup
+
+
+def test_progress_counts_rows_of_the_whole_spec(tmp_path: Path) -> None:
+    from intervene import api
+    from intervene.progress import Tick
+
+    ticks: list[Tick] = []
+    p = api.prepare(write_spec(tmp_path) / "everything.yaml")
+    res = api.run_prepared(p, progress=ticks.append)
+    done = [t.done for t in ticks]
+    assert done == sorted(done) and ticks[-1].done == ticks[-1].total > 0
+    assert [t.phase for t in ticks][0].startswith("fused program") and ticks[-1].phase == "circuit searches of circ"
+    n = len(p.batches["clean"].lengths)
+    searched = ticks[-1].done - max(t.done for t in ticks if t.phase.startswith("fused"))
+    assert searched == res["circ"].n_evaluated * n  # the searches' rows: circuits evaluated × examples
