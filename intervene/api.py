@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from intervene import data, files, finite, ir, metrics, outputs, results, scores, stats
-from intervene import memory, shards
+from intervene import shards
 from intervene import progress as progress_
 from intervene import bind
 from intervene.circuit import Circuit
@@ -152,7 +152,9 @@ def check(spec: schema.Spec | Mapping[str, Any] | str | Path, with_model: bool =
             return e.diagnostics
         spec, diags = e.partial, e.diagnostics  # type: ignore[assignment]
     assert isinstance(spec, schema.Spec)
-    if with_model:
+    if with_model and any(d.field in ("model.name", "model.device") for d in diags):
+        diags = diags + bind.expectations(spec)  # no model to check against: the spec names it wrongly
+    elif with_model:
         broken = frozenset(d.field.split(".")[1] for d in diags if d.field.startswith("datasets."))
         try:  # datasets with problems of their own are not built (a billion examples, a file outside)
             _prepare(spec, _model(spec, device), compile_program=not diags, skip=broken)
@@ -305,24 +307,12 @@ def _executor(p: Prepared, metric: metrics.Metric, max_tokens: int | None, scale
 
 def _run_main(p: Prepared, ex: Executor, readout: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
               metric: metrics.Metric, scale: Scale) -> list[torch.Tensor | None]:
-    """The fused program: in one go, or -- memory-aware, when its datasets' base passes would not
-    fit the budget and example i reads only examples i -- shard by shard (:mod:`intervene.shards`)."""
-    prog = p.program
-    names = sorted(prog.datasets() | {r.dataset for r in prog.runs})
-    used = {d: p.batches[d] for d in names}
-    if not ex.memory_aware or hasattr(ex, "readout_factory") or len({len(b) for b in used.values()}) != 1 \
-            or shards.unshardable(prog) is not None:
-        return ex.execute(prog, readout)
-    size = shards.shard_size(ex.model, used, memory.budget_bytes(ex.model.device, scale.max_memory))
-    n = len(next(iter(used.values())))
-    if size >= n:
-        return ex.execute(prog, readout)
-    rows = len(prog.runs)
-    tick = (lambda done, total: ex.progress(done * rows, total * rows)) if ex.progress else None  # type: ignore[misc]
-    return shards.execute_sharded(
-        prog, used, size, lambda b: Executor(ex.model, b, ex.vectors, ex.metric_position, max_tokens=None,
-                                             max_memory=scale.max_memory),
-        lambda e, b: _readout(metric, b, e), tick)
+    """The fused program: with ``ex``, or -- memory-aware, not on Ray workers -- as
+    :func:`intervene.shards.run` decides (shard by shard when its base passes would not fit)."""
+    if not ex.memory_aware or hasattr(ex, "readout_factory"):
+        return ex.execute(p.program, readout)
+    return shards.run(p.program, p.batches, ex.model, ex.vectors, ex.metric_position,
+                      lambda e, b: readout if e is ex else _readout(metric, b, e), scale.max_memory, ex.progress, ex)
 
 
 def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: int | None = None,

@@ -35,7 +35,7 @@ from intervene import data, graph, ir
 from intervene.compile import lower_source
 from intervene.errors import Diagnostic, ErrorCode, SpecError
 from intervene.scrub.features import Feature, FeatureError, load_functions, matching_draw, parse_feature
-from intervene.spec import schema
+from intervene.spec import guards, schema
 from intervene.spec.check import ModelFacts, check_against_model
 from intervene.spec.circuits import resolve_circuit
 from intervene.spec.diagnostics import at, at_text, dedupe, did_you_mean
@@ -275,7 +275,7 @@ def _vectors(spec: schema.Spec, d_model: int) -> list[Diagnostic]:
                 if n != d_model:
                     out.append(at(src, loc + ("values",), ErrorCode.E045, f"{where} has {n} values; the model's "
                                   f"d_model is {d_model}", f"give {d_model} values, or a .npy file", n))
-            elif v.file is not None:
+            elif v.file is not None and not guards.outside(v.file, spec.resolve(".")):  # outside: E065, unread
                 try:
                     arr = np.load(spec.resolve(v.file), allow_pickle=False)
                     if not np.issubdtype(arr.dtype, np.number):

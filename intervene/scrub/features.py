@@ -71,8 +71,9 @@ says that it imported them)."""
 
 
 def _user_failure(e: BaseException) -> str:
-    if isinstance(e, SystemExit):
-        return f"called sys.exit({str(e.code)[:60]!s})" if e.code is not None else "called sys.exit()"
+    if isinstance(e, SystemExit):  # its code may be any object: never print its repr
+        code = e.code if isinstance(e.code, (int, str)) or e.code is None else f"<{type(e.code).__name__}>"
+        return f"called sys.exit({str(code)[:60] if code is not None else ''})"
     return f"raised {type(e).__name__}: {str(e)[:200]}"
 
 

@@ -146,6 +146,8 @@ def parse_expression(text: str) -> Any:
                           transformations=standard_transformations, evaluate=True)
     except Exception as e:  # sympy raises many types (TypeError for max() of nothing, ...)
         raise ExpressionError(f"cannot build expression: {e}") from None
+    if expr.has(sympy.zoo, sympy.nan, sympy.oo, -sympy.oo):  # e.g. IO / (S - S): undefined for every input
+        raise ExpressionError("the expression is undefined or infinite for every input (a division by zero?)")
     allowed = (sympy.exp, sympy.log, sympy.Abs, sympy.Max, sympy.Min)
     for f in expr.atoms(sympy.Function):
         if not isinstance(f, allowed):

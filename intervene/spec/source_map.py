@@ -343,7 +343,8 @@ def _flatten(loader: _Loader, node: yaml.MappingNode) -> set[int]:
     if not hasattr(node, "_merged"):
         if _merged_size(node, {}) > LIMITS.values:
             raise _Refused(ErrorCode.E060, f"merge keys (<<) expand this mapping to more than {LIMITS.values:,} "
-                           "entries", node.start_mark, "write the entries out, or merge fewer mappings")
+                           "entries, or merge it into itself", node.start_mark,
+                           "write the entries out, or merge fewer mappings")
         before = {id(k) for k, _ in node.value}
         loader.flatten_mapping(node)
         node._merged = {id(k) for k, _ in node.value} - before  # type: ignore[attr-defined]
