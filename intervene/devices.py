@@ -6,7 +6,8 @@ E090 instead of a raw torch error or an assertion), the ``model.device_map`` val
 understands (``auto``, ``balanced``, ``sequential``, or a table of module name -> device;
 :func:`check_device_map`, E091), and the placement logic of a model split over devices
 (:func:`module_device`, :func:`layer_devices`: which device holds each layer, read from the
-map accelerate filled in, ``hf.hf_device_map``).
+map accelerate filled in, ``hf.hf_device_map``), and moving a chunk's activations to the next
+layer's device when the executor crosses from one device to the next (:func:`move`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from intervene.errors import ErrorCode
 from intervene.models.support import ModelLoadError
@@ -122,3 +124,21 @@ def split_devices(devices: list[torch.device]) -> list[tuple[int, torch.device]]
         if not out or out[-1][1] != dev:
             out.append((l, dev))
     return out
+
+
+def layer_devices_of(model: Any) -> list[torch.device] | None:
+    """Each layer's device for a model split over several (its parameters say where), None
+    when the whole model is on one device (nothing ever moves)."""
+    devs = [next(model.layer(l).parameters()).device for l in range(model.shape.n_layers)]
+    return devs if len(set(devs)) > 1 or devs and devs[0] != model.device else None
+
+
+def move(dev: torch.device, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Any, *index: Tensor
+         ) -> tuple[Any, ...]:
+    """A chunk's activations moved to the next layer's device: the residual, the rotary
+    cos/sin, the attention mask (rebuilt there) and any index tensors."""
+    from intervene.models.block import Mask
+
+    rot = None if rot is None else (rot[0].to(dev), rot[1].to(dev))
+    mask = Mask(mask.keep.to(dev), mask.dtype, mask.start)
+    return (x.to(dev), rot, mask, *(t.to(dev) for t in index))

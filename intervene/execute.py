@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from intervene import edgemix, ir
+from intervene import devices, edgemix, ir
 from intervene.errors import ExecutionError  # noqa: F401  (re-export: defined with the other errors)
 from intervene.models.adapters import QKV, Adapter
 from intervene.models.block import Mask, block
@@ -108,6 +108,8 @@ class Executor(Scheduler):
         store = (lambda kind, l, v: self._store(program, rows, kind, l, v)) if record else None
         active = 0
         for l in range(first, last):
+            if self._layer_dev is not None and x.device != self._layer_dev[l]:  # a model split over devices
+                x, rot_full, mask, inpd = devices.move(self._layer_dev[l], x, rot_full, mask, inpd)
             new_active = int(np.searchsorted(rows.start, l, side="right"))
             if new_active > active:  # rows joining at layer l start from the base's residual
                 x[active:new_active] = base.resid[l][inpd[active:new_active], P:T]
@@ -183,7 +185,7 @@ class Executor(Scheduler):
         recv.final(x)
         if store:
             store("resid", self.L, x)
-        final = x[torch.arange(n, device=dev), (end - P).to(dev)]
+        final = x[torch.arange(n, device=x.device), (end - P).to(x.device)]
         if mix is not None:
             d = mix.logits_delta((end[mix.rows] - P).to(dev))
             if d is not None:
@@ -196,6 +198,9 @@ class Executor(Scheduler):
         has = np.array([bool(program.runs[int(r)].edges) for r in rows.run])
         if not has.any():
             return None
+        if self._layer_dev is not None:
+            raise ExecutionError("edge entries on a model split over devices (model.device_map) are not supported "
+                                 "yet: load the model on one device")
         idx = np.flatnonzero(has)
         tables: list[edgemix.Table] = []
         row_pos: list[list[Tensor]] = []

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from intervene import ir
+from intervene import devices, ir
 from intervene.errors import ExecutionError
 from intervene.graph import Node
 from intervene.models.adapters import Adapter
@@ -106,6 +106,7 @@ class Sources:
         self.metric_position = metric_position
         self.max_tokens = max_tokens
         self.L = model.shape.n_layers
+        self._layer_dev = devices.layer_devices_of(model)  # None unless split over devices (device_map)
         self._bases: dict[str, BaseCache] = {}
         self._means: dict[tuple, Tensor] = {}
         self._need: dict[str, dict[str, set[int]]] = {}  # dataset -> kind (z, mlp, mlpin) -> layers
@@ -185,6 +186,8 @@ class Sources:
         need_z, need_mlp, need_in = need.get("z", set()), need.get("mlp", set()), need.get("mlpin", set())
         cache = BaseCache(resid=[])
         for l in range(self.L):
+            if self._layer_dev is not None and x.device != self._layer_dev[l]:  # a model split over devices
+                x, rot, mask = devices.move(self._layer_dev[l], x, rot, mask)
             cache.resid.append(x)
             x = block(m, l, x, rot, mask,
                       on_z=(lambda z, l=l: cache.z.__setitem__(l, z)) if l in need_z else None,
@@ -192,8 +195,8 @@ class Sources:
                       on_mlp=(lambda y, l=l: cache.mlp.__setitem__(l, y)) if l in need_mlp else None,
                       on_kv=lambda k, v, l=l: cache.kv.__setitem__(l, (k, v)))
         cache.resid.append(x)
-        end = gather_positions(batch, ex, self.metric_position).to(dev)
-        cache.logits = m.unembed(x[torch.arange(len(ex), device=dev), end]).float()  # metrics in fp32
+        end = gather_positions(batch, ex, self.metric_position).to(x.device)
+        cache.logits = m.unembed(x[torch.arange(len(ex), device=x.device), end]).float()  # metrics in fp32
         return cache
 
     def _pairing(self, run_ds: str, src: ir.Source, ex: Tensor, same_length: bool) -> Tensor:

@@ -236,3 +236,14 @@ def test_a_sweep_under_a_small_memory_cap_runs_shard_by_shard_with_the_same_numb
     assert calls and calls[0] < n
     for a, b in zip(free.rows, capped.rows):
         assert a.metric.mean == pytest.approx(b.metric.mean, abs=1e-5)
+
+
+def test_load_model_with_a_device_map() -> None:
+    from intervene.groundtruth import additive
+    from intervene.models.loading import load_model
+
+    lm = load_model(str(additive.MODEL_DIR), device_map="auto")
+    assert lm.adapter.hf.hf_device_map == {"": "cpu"} or set(lm.adapter.hf.hf_device_map.values()) == {"cpu"}
+    with pytest.raises(devices.DeviceError) as e:
+        load_model(str(additive.MODEL_DIR), device_map={"model": "disk"})
+    assert e.value.code == ErrorCode.E091

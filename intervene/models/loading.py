@@ -154,9 +154,10 @@ def cast(hf: Any, dtype: torch.dtype) -> Any:
 def place(hf: Any, device_map: str | dict[str, Any]) -> Any:
     """Spread ``hf`` over devices with accelerate: a named strategy (``auto``, ``balanced``,
     ``sequential``: whole decoder layers per device, by free memory) or a table of module name ->
-    device; every module is moved to its device and ``hf.hf_device_map`` records the table
-    (:func:`intervene.devices.layer_devices` reads each layer's device from it)."""
-    from accelerate import infer_auto_device_map
+    device; every module is moved to its device (accelerate's hooks move a module's inputs
+    there) and ``hf.hf_device_map`` records the table. The executor moves a chunk's activations
+    to each layer's device as it crosses from one device to the next."""
+    from accelerate import dispatch_model, infer_auto_device_map
     from accelerate.utils import get_balanced_memory
 
     dm = check_device_map(device_map)
@@ -166,8 +167,8 @@ def place(hf: Any, device_map: str | dict[str, Any]) -> Any:
             if dm != "sequential" else None
         table = infer_auto_device_map(hf, max_memory=mem, no_split_module_classes=no_split)
         dm = check_device_map({k: v for k, v in table.items()})
-    for module, dev in sorted(dm.items(), key=lambda kv: len(kv[0])):  # parents first, then their parts
-        (hf.get_submodule(module) if module else hf).to(dev)
+    # every module to its device; across devices, hooks move a module's inputs to its own
+    dispatch_model(hf, device_map=dm)
     hf.hf_device_map = dm
     return hf
 
