@@ -143,3 +143,58 @@ def test_unreadable_files(tmp_path: Path) -> None:
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(DatasetError, match="not UTF-8"):
         load_jsonl(binary)
+
+
+# -- positions by substring, subsampling, spans cut inside a token ---------------------------------
+
+
+def _find(needle: object, occurrence: object = None) -> dict[str, object]:
+    return {"find": needle} if occurrence is None else {"find": needle, "occurrence": occurrence}
+
+
+@pytest.mark.parametrize("occurrence, start", [(None, 13), (1, 13), (2, 37), (-1, 37), (-2, 13)])
+def test_find_positions_pick_the_occurrence(tmp_path: Path, occurrence: object, start: int) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text(_line(positions={"S": _find(" John", occurrence)}) + "\n")
+    (ex,) = load_jsonl(path)
+    assert ex.positions["S"] == (start, start + 5) and TEXT[start:start + 5] == " John"
+
+
+@pytest.mark.parametrize("value, message", [
+    (_find(" Bob"), '" Bob" does not occur in the text'),
+    (_find(" John", 3), "occurs 2 times in the text; occurrence 3"),
+    (_find(" John", 0), "occurrence must be a non-zero integer"),
+    (_find(""), "find must be a non-empty string"),
+    ({"find": " John", "nth": 2}, 'unknown key "nth"'),
+])
+def test_bad_find_positions_name_their_line(tmp_path: Path, value: object, message: str) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text(_line() + "\n" + _line(positions={"END": -1, "S": value}) + "\n")
+    with pytest.raises(DatasetError) as info:
+        load_jsonl(path)
+    errors = [e for e in info.value.errors if e.field == "positions.S"]
+    assert len(errors) == 1 and errors[0].line == 2 and message in errors[0].message
+
+
+def test_n_and_seed_pick_examples_in_file_order_and_pair_files(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    a.write_text("".join(_line(meta={"i": i}) + "\n" for i in range(20)))
+    b.write_text("".join(_line(meta={"i": i + 100}) + "\n" for i in range(20)))
+    pa, pb = load_jsonl(a, n=5, seed=3), load_jsonl(b, n=5, seed=3)
+    ia, ib = [e.meta["i"] for e in pa], [e.meta["i"] - 100 for e in pb]
+    assert len(ia) == 5 and ia == sorted(ia) and ia == ib  # in file order, the same picks in both files
+    assert [e.meta["i"] for e in load_jsonl(a, n=5, seed=4)] != ia  # another seed, other picks
+    assert len(load_jsonl(a, n=20)) == 20
+    with pytest.raises(DatasetError, match="n: 21 examples asked for"):
+        load_jsonl(a, n=21)
+
+
+def test_a_span_ending_inside_a_token_is_refused_with_the_whole_token(tmp_path: Path) -> None:
+    path = tmp_path / "x.jsonl"
+    path.write_text(_line(positions={"IO": [5, 7], "END": -1}) + "\n")  # "Ma" of " Mary"
+    with pytest.raises(DatasetError) as info:
+        load_jsonl(path, tokenizer=tiny())
+    err = info.value
+    assert err.field == "positions.IO" and "ends inside the token" in err.message and "[5, 9]" in err.message
+    path.write_text(_line(positions={"IO": [5, 9], "END": -1}) + "\n")  # "Mary": ends where " Mary" ends
+    assert load_jsonl(path, tokenizer=tiny())[0].positions["IO"] == (5, 9)
