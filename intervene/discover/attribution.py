@@ -26,9 +26,10 @@ What it owns: the gradient pass and the contraction that turn it into edge score
   of that group's outputs (``ig="activations"``). With one step every point is the clean run,
   so EAP-IG is EAP (one pass).
 
-Cost, in passes over the examples: EAP one forward and one backward pass (plus the base passes
-of the clean and source datasets, shared with everything else); EAP-IG ``steps`` of each
-(``inputs``) or ``steps · (2L + 1)`` (``activations``).
+Cost, in passes over the examples: EAP one forward and one backward pass (the clean senders'
+outputs are recorded on the way) plus the source's base pass (shared with everything else
+that reads it); EAP-IG ``steps`` of each (``inputs``) or ``steps · (2L + 1)``
+(``activations``), plus the clean base pass.
 """
 
 from __future__ import annotations
@@ -98,12 +99,13 @@ layer l's heads' summed write [n, T, d] with the output bias, an MLP [n, T, d]) 
 
 
 def receiver_grads(m: Adapter, batch: BatchLike, ex: Tensor, metric: MetricFn, position: str,
-                   override: Override | None = None) -> tuple[Tensor, Tensor, list[Tensor]]:
+                   override: Override | None = None, record: bool = False
+                   ) -> tuple[Tensor, Tensor, list[Tensor], Outputs | None]:
     """∂(Σ_examples m)/∂in_r at every receiver [n, R, T, d] (receivers in
     :func:`intervene.graph.receivers` order; the logits' only at the metric position), the
-    metric values [n] of the pass, and each layer's attention output before its post-norm
-    [n, T, d] (only for families with one). ``override`` replaces some sender groups' writes
-    (EAP-IG)."""
+    metric values [n] of the pass, each layer's attention output before its post-norm
+    [n, T, d] (only for families with one), and (``record``) every sender's output in this
+    pass. ``override`` replaces some sender groups' writes (EAP-IG)."""
     dev = m.device
     H, L, d = m.shape.n_heads, m.shape.n_layers, m.shape.d_model
     layout = Layout(m.shape)
@@ -123,10 +125,13 @@ def receiver_grads(m: Adapter, batch: BatchLike, ex: Tensor, metric: MetricFn, p
         rot = m.rotary(x, pos_ids)
         if override is not None and (o := override("input", 0)) is not None:
             x = o
+        rec = torch.empty(n, layout.n_send, T, d, dtype=m.dtype, device=dev) if record else None
+        if rec is not None:
+            rec[:, 0] = x.detach()
         pre: list[Tensor] = []
         for l in range(L):
             x = _layer(m, l, x, rot, mask, leaves_attn[l], leaves_mlp[l], override, H, G,
-                       pre if m.post_norm_attn_write else None)
+                       pre if m.post_norm_attn_write else None, rec, layout)
         logits = m.unembed(x[ar, end] + leaf_logits)
         values = metric(logits, ex)
         leaves = [*leaves_attn, *leaves_mlp, leaf_logits]
@@ -140,13 +145,15 @@ def receiver_grads(m: Adapter, batch: BatchLike, ex: Tensor, metric: MetricFn, p
             out[:, layout.mlp_row(l)] = gm
     if grads[-1] is not None:
         out[ar, -1, end] = grads[-1]
-    return out, values.detach(), pre
+    return out, values.detach(), pre, None if rec is None else Outputs(rec)
 
 
 def _layer(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Mask, leaf_attn: Tensor,
-           leaf_mlp: Tensor, override: Override | None, H: int, G: int, pre: list[Tensor] | None) -> Tensor:
+           leaf_mlp: Tensor, override: Override | None, H: int, G: int, pre: list[Tensor] | None,
+           rec: Tensor | None = None, layout: Layout | None = None) -> Tensor:
     """Layer l with every receiver reading its input through its own leaf; the attention
-    output before the post-norm is appended to ``pre`` (when given)."""
+    output before the post-norm is appended to ``pre`` (when given), the senders' outputs
+    written into ``rec`` (when given)."""
 
     def on_qkv(qkv: QKV) -> None:
         xn = m.norm_attn(l, x[:, None] + leaf_attn)
@@ -161,9 +168,18 @@ def _layer(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mas
         if pre is not None:
             pre.append(attn.detach().clone())
 
-    on_mlp = None if mlp is None else (lambda y: y.copy_(mlp))
+    def on_mlp(y: Tensor) -> None:
+        if mlp is not None:
+            y.copy_(mlp)
+        if rec is not None:
+            rec[:, layout.mlp_col(l)] = y.detach()  # type: ignore[union-attr]
+
+    def on_z(z: Tensor) -> None:
+        rec[:, layout.head_cols(l)] = torch.einsum("nhtk,hkd->nhtd", z.detach(), m.o_weight(l))  # type: ignore[index, union-attr]
+
     return block(m, l, x, rot, mask, on_qkv=on_qkv, on_attn=on_attn if heads is not None or pre is not None else None,
-                 on_mlp=on_mlp, mlp_delta=lambda: leaf_mlp)
+                 on_mlp=on_mlp if mlp is not None or rec is not None else None,
+                 on_z=on_z if rec is not None else None, mlp_delta=lambda: leaf_mlp)
 
 
 def _through_post_norm(m: Adapter, layout: Layout, l: int, pre: Tensor, grads: Tensor) -> tuple[np.ndarray, Tensor]:
@@ -188,7 +204,7 @@ def contract(grads: Tensor, diff: Tensor) -> Tensor:
     S = diff.shape[1]
     g = grads.transpose(0, 1).reshape(R, n * T * d)
     s = diff.transpose(0, 1).reshape(S, n * T * d)
-    return g.double() @ s.double().T
+    return (g.float() @ s.float().T).double()  # fp32 products, summed over chunks in fp64
 
 
 @dataclass
@@ -214,7 +230,9 @@ def attribute(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: i
     src = sources or Sources(m, batches, position)
     layout = Layout(m.shape)
     L = m.shape.n_layers
-    ensure_bases(src, [dataset, source.dataset])
+    points = _points(method, steps, ig, L)
+    clean_only = all(a == 1.0 for a, _ in points)  # EAP: the clean outputs come from the gradient pass
+    ensure_bases(src, [None if clean_only else dataset, source.dataset])
     batch = batches[dataset]
     N = batch.input_ids.shape[0]
     total = torch.zeros(layout.n_recv, layout.n_send, dtype=torch.float64, device=m.device)
@@ -223,23 +241,26 @@ def attribute(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: i
     for lo in range(0, N, chunk):
         ex = torch.arange(lo, min(N, lo + chunk))
         with torch.no_grad():
-            own = sender_outputs(src, layout, dataset, None, ex)
+            own = None if clean_only else sender_outputs(src, layout, dataset, None, ex)
             other = sender_outputs(src, layout, dataset, source, ex)
-        diff = other.values - own.values
-        points = _points(method, steps, ig, L)
+        diff = None if own is None else other.values - own.values
         acc = None
         normed: dict[int, tuple[np.ndarray, Tensor]] = {}  # layer -> (rows, Σ_passes [rows, H])
         for alpha, group in points:
-            override = None if alpha == 1.0 else _override(m, layout, own, other, alpha, group)
-            g, _, pre = receiver_grads(m, batch, ex, metric, position, override)
+            override = None if alpha == 1.0 else _override(m, layout, own, other, alpha, group)  # type: ignore[arg-type]
+            g, vals, pre, rec = receiver_grads(m, batch, ex, metric, position, override, record=diff is None)
+            if diff is None:
+                diff = other.values - rec.values  # type: ignore[union-attr]
+                clean_vals = vals
             for l, a in enumerate(pre):
                 rows, u = _through_post_norm(m, layout, l, a, g)
                 part = _contract_heads(u, diff[:, layout.head_cols(l)])
                 normed[l] = (rows, part if l not in normed else normed[l][1] + part)
             acc = g if acc is None else acc.add_(g)
             passes += 1
-        with torch.no_grad():
-            clean_vals = metric_at_clean(m, src, dataset, ex, metric, position)
+        if not clean_only:
+            with torch.no_grad():
+                clean_vals = metric_at_clean(m, src, dataset, ex, metric, position)
         clean_metric.append(clean_vals.double().cpu().numpy())
         part = contract(acc / len(points), diff)  # type: ignore[operator]
         for l, (rows, heads) in normed.items():
