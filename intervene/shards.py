@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 import torch
 from torch import Tensor
 
-from intervene import ir
+from intervene import ir, memory
 from intervene.data.batch import Batch
 from intervene.execute import Executor, Readout
 
@@ -80,3 +80,29 @@ def execute_sharded(program: ir.Program, batches: Mapping[str, Batch], size: int
         if progress:
             progress(min(lo + size, n), n)
     return [None if vs[0] is None else torch.cat(vs) for vs in zip(*parts)]  # type: ignore[misc]
+
+
+def run(program: ir.Program, batches: Mapping[str, Batch], model: object, vectors: Mapping[str, Tensor],
+        metric_position: str, readout: Callable[[Executor, dict[str, Batch]], Readout],
+        max_memory: str | int | None = None, progress: Callable[[int, int], None] | None = None,
+        whole: Executor | None = None) -> list[Tensor | None]:
+    """A program, memory-aware: in one go when its datasets' base passes fit half of the budget
+    (or it cannot be sharded: :func:`unshardable`, or datasets of different sizes), else shard
+    by shard. Every executor cuts its chunks to the memory free (:mod:`intervene.memory`);
+    ``whole`` is the executor of the one-go case (one over all of ``batches``)."""
+    names = sorted(program.datasets() | {r.dataset for r in program.runs})
+    used = {d: batches[d] for d in names}
+
+    def executor(b: dict[str, Batch]) -> Executor:
+        return Executor(model, b, dict(vectors), metric_position, max_tokens=None,  # type: ignore[arg-type]
+                        max_memory=max_memory)
+
+    n = {len(b) for b in used.values()}
+    size = shard_size(model, used, memory.budget_bytes(model.device, max_memory))  # type: ignore[attr-defined]
+    if len(n) != 1 or size >= n.pop() or unshardable(program) is not None:
+        ex = whole or executor(dict(batches))
+        ex.progress = progress or ex.progress
+        return ex.execute(program, readout(ex, dict(batches)))
+    rows = len(program.runs)
+    tick = (lambda done, total: progress(done * rows, total * rows)) if progress else None
+    return execute_sharded(program, used, size, executor, readout, tick)
