@@ -208,10 +208,12 @@ def test_files_that_are_not_text(tmp_path: Path, name: str, files: dict[str, Any
     run_table(tmp_path, files, want, name=next((n for n in files if n.startswith("s.")), "s.yaml"))
 
 
-def test_check_prints_no_traceback_for_a_binary_spec(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["check", "compile", "run"])
+def test_no_command_prints_a_traceback_for_a_binary_spec(tmp_path: Path, command: str) -> None:
     write(tmp_path, {"s.yaml": bytes(range(256)) * 4})
-    r = CliRunner().invoke(app, ["check", str(tmp_path / "s.yaml")])
-    assert r.exit_code == 1 and "E061" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(app, [command, str(tmp_path / "s.yaml")])
+    assert r.exit_code == 1 and f"{tmp_path / 's.yaml'}:1:1: E061" in r.output, r.output
+    assert r.exception is None or isinstance(r.exception, SystemExit)
 
 
 # ------------------------------------------------------------------------------ 3. output paths
