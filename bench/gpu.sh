@@ -9,6 +9,13 @@
 #   $OUT/summary.txt  the machine, each step's command, exit status and last lines
 # Usage: bench/gpu.sh [OUT_DIR]   (default: $OUT, else bench/gpu-results); PYTHON=... to choose
 # the interpreter (default .venv/bin/python, else python3). About 8 minutes on an H200.
+# On this project's lent H200 (the `device` tool): its python3 has torch, transformers and
+# accelerate but not pydantic, gguf or nnsight, and nothing can be fetched there: carry their
+# wheels (pydantic pydantic-core annotated-types typing-inspection gguf graphviz; see the tool's
+# README) and run `pip install --target /tmp/site .whl/*.whl; PYTHONPATH=/tmp/site bench/gpu.sh`.
+# The embedded models' files exceed what a call can carry, so there the real-model steps log
+# "not installed" and the `random-smollm2` step (SmolLM2-135M's shapes, random weights) gives
+# the fused-vs-hooks speed and the bf16 agreement.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}"
@@ -35,6 +42,7 @@ step() {  # step NAME SECONDS COMMAND...
 } >> "$SUM" 2>&1
 
 step tests-gpu 240 "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu.py
+step precision-random-smollm2 120 "$PY" -m bench.scale precision --model random-smollm2 --device cuda --peers
 for model in smollm2-135m gemma3-270m; do
   step "head-sweep-$model" 150 "$PY" -m bench.head_sweep --model "$model" --device cuda --repeat 3
   step "precision-$model" 90 "$PY" -m bench.scale precision --model "$model" --device cuda --peers

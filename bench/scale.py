@@ -10,7 +10,8 @@ over random 16-token prompts. ``workers``: the same program in one process and s
 cluster, timed, and the numbers compared bit for bit. ``memory``: the sweep through
 :func:`intervene.shards.run` (what ``intervene run`` does) in a fresh process each, uncapped
 and under ``--cap``; each child reports its peak resident set (``ru_maxrss``). ``precision``:
-the fused head sweep of an embedded model in float32 and bfloat16 (and, with ``--peers``, the
+the fused head sweep of an embedded model (or ``random-smollm2``: SmolLM2-135M's shapes with
+random weights, for a machine without the model files) in float32 and bfloat16 (and, with ``--peers``, the
 plain-hooks baseline in both), times and the largest difference to float32.
 """
 
@@ -44,6 +45,16 @@ def model(layers: int = 4, heads: int = 4, d_model: int = 128) -> Any:
     return from_config(LlamaConfig(num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads // 2,
                                    hidden_size=d_model, intermediate_size=3 * d_model, vocab_size=VOCAB),
                        seed=0, scale=0.05)
+
+
+def random_smollm2() -> Any:
+    """A random model of SmolLM2-135M's shapes (30 layers, 9 heads, 3 key/value groups, d_model
+    576, tied embeddings): its speed, without its weights (the GPU machine may not have them)."""
+    from transformers import LlamaConfig
+
+    return from_config(LlamaConfig(num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                                   hidden_size=576, intermediate_size=1536, vocab_size=49152,
+                                   tie_word_embeddings=True), seed=0, scale=0.02)
 
 
 def batches(n: int, T: int = 16) -> dict[str, Batch]:
@@ -125,14 +136,26 @@ def cmd_precision(a: argparse.Namespace) -> None:
     from bench.baselines import hooks_sweep, ioi_batch
     from bench.head_sweep import fused_sweep
     from intervene.models.adapters import adapt
+    from intervene import devices
     from intervene.models.loading import cast, load_model
 
-    lm = load_model(a.model, device=a.device)
-    b = {k: v.to(lm.adapter.device) if isinstance(v, torch.Tensor) else v for k, v in ioi_batch(lm.tokenizer).items()}
+    if a.model == "random-smollm2":  # SmolLM2-135M's shapes, random weights, random prompts: no files needed
+        adapter = random_smollm2().hf.to(devices.resolve_device(a.device))
+        adapter = adapt(adapter)
+        g = torch.Generator().manual_seed(0)
+        ids = lambda: torch.randint(1, 49152, (8, 16), generator=g)  # noqa: E731
+        mask = torch.ones(8, 16, dtype=torch.long)
+        b = dict(clean_ids=ids(), clean_mask=mask, corrupt_ids=ids(), corrupt_mask=mask.clone(),
+                 end_pos=torch.full((8,), 15), io_ids=ids()[:, 0], s_ids=ids()[:, 0])
+    else:
+        lm = load_model(a.model, device=a.device)
+        adapter = lm.adapter
+        b = ioi_batch(lm.tokenizer)
+    b = {k: v.to(adapter.device) if isinstance(v, torch.Tensor) else v for k, v in b.items()}
     rows = []
     ref = None
     for name, dt in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
-        ad = lm.adapter if dt == torch.float32 else adapt(cast(copy.deepcopy(lm.adapter.hf), dt))
+        ad = adapter if dt == torch.float32 else adapt(cast(copy.deepcopy(adapter.hf), dt))
         for impl in ("fused", "hooks") if a.peers else ("fused",):
             fn = (lambda: fused_sweep(ad, b)) if impl == "fused" else \
                 (lambda: hooks_sweep(ad.hf, **{k: v for k, v in b.items() if k != "tokens"}))
@@ -151,7 +174,7 @@ def cmd_precision(a: argparse.Namespace) -> None:
                          "max_abs_diff_to_fp32_fused": round(float((out - ref).abs().max()), 5),
                          "scale": round(float(ref.abs().max()), 3)})
     for r in rows:
-        print(json.dumps({"model": a.model, "device": str(lm.adapter.device), **r}))
+        print(json.dumps({"model": a.model, "device": str(adapter.device), **r}))
 
 
 def main() -> None:
@@ -172,7 +195,8 @@ def main() -> None:
     c.add_argument("--examples", type=int, default=2000)
     c.add_argument("--cap", default=None)
     p = sub.add_parser("precision")
-    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--model", default="smollm2-135m", help="an embedded model, or random-smollm2 (its shapes, "
+                   "random weights)")
     p.add_argument("--device", default="auto")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--peers", action="store_true", help="also the plain-hooks baseline in both types")

@@ -119,9 +119,10 @@ class Worker:
     """One Ray actor: a model loaded once, an executor over the shipped data, and the program
     being run (see the module docstring)."""
 
-    def __init__(self, model_factory: ModelFactory, batches: dict[str, BatchLike], vectors: dict[str, Tensor],
+    def __init__(self, model_factory: ModelFactory, data: tuple[dict[str, BatchLike], dict[str, Tensor]],
                  metric_position: str, max_tokens: int, max_edge_bytes: int, threads: int) -> None:
         torch.set_num_threads(threads)
+        batches, vectors = data
         model = model_factory()
         self.ex = Executor(model, {k: b.to(model.device) if hasattr(b, "to") else b for k, b in batches.items()},
                            {k: v.to(model.device, model.dtype) for k, v in vectors.items()}, metric_position,
@@ -194,8 +195,8 @@ class RayExecutor(Executor):
         return self._readout
 
     def _start(self) -> Any:
-        batches, vectors = self.ray.get(self._data)
-        return self._actor_cls.remote(self.model_factory, batches, vectors, self.metric_position, self.max_tokens,
+        # the data travel once to the object store; each worker reads them from there
+        return self._actor_cls.remote(self.model_factory, self._data, self.metric_position, self.max_tokens,
                                       self.max_edge_bytes, torch.get_num_threads())
 
     def execute(self, program: ir.Program, readout: Readout) -> list[Tensor | None]:
