@@ -14,9 +14,11 @@ with the number of edges it ablates: per layer it is one batched matmul over the
 In blocks that normalise their attention write (Gemma 2/3, OLMo 2; DESIGN.md §1) heads are not
 additive: their differences are mixed per receiver inside the block's norm instead,
 
-    input_r(j) += post_norm(own_attn + Σ_h w[j, h, t] · (y_σ(h) − y_r(h))) − post_norm(own_attn),
+    input_r(j) += post_norm(Σ_h [y_r(h) + w[j, h, t] · (y_σ(h) − y_r(h))] + b) − post_norm(Σ_h y_r(h) + b),
 
-with ``own_attn`` the row's own attention output before the norm (:attr:`Mixer.own_attn`).
+with ``y_r(h)`` the row's own head outputs (:attr:`Mixer.own_heads`). Each head's term is formed
+before the heads are summed, so a block whose heads all read zero sums exact zeros: the norm of
+a near-zero vector would magnify any rounding left over from cancelling sums.
 
 Senders are indexed in forward order (``graph.all_nodes``: input, then per layer its heads and
 its MLP); receivers in ``graph.receivers`` order (per layer: q of every head, k and v of every
@@ -139,10 +141,12 @@ class Mixer:
 
     def __init__(self, layout: Layout, tables: list[Table], row_pos: list[list[Tensor]], n_tokens: int,
                  d: int, dtype: torch.dtype, device: torch.device,
-                 post_norm: Callable[[int, Tensor], Tensor] | None = None) -> None:
+                 post_norm: Callable[[int, Tensor], Tensor] | None = None,
+                 biases: list[Tensor | None] | None = None) -> None:
         e = len(tables)
         self.layout = layout
         self.post_norm = post_norm
+        self.biases = biases or [None] * layout.shape.n_layers
         self.dtype = dtype
         dtype = accumulation_dtype(dtype)
         self.nodes = torch.from_numpy(np.stack([t.nodes for t in tables])).to(device)  # [e, S] bool
@@ -167,8 +171,9 @@ class Mixer:
         if post_norm is not None:  # heads of normalised blocks are mixed inside their block's norm
             for l in range(layout.shape.n_layers):
                 self.lin[layout.head_cols(l)] = 0
-            # each edge row's own attention output (before the post-norm) per layer
-            self.own_attn = torch.zeros(e, layout.shape.n_layers, n_tokens, d, dtype=dtype, device=device)
+            # each edge row's own head outputs (before the post-norm) per layer
+            s = layout.shape
+            self.own_heads = torch.zeros(e, s.n_layers, s.n_heads, n_tokens, d, dtype=dtype, device=device)
 
     def _weights(self, e: int, rows: slice | list[int], cols: slice, flat: Tensor, E: int, T: int, d: int
                  ) -> Tensor:
@@ -195,10 +200,19 @@ class Mixer:
             w = self.base[:e][:, rows, cols].any() or any(m[:e][:, rows, cols].any() for m, _ in self.slots)
             if not w:
                 continue
-            mixed = self._weights(e, rows, cols, self.diff[:e, cols].reshape(E, -1, T * d), E, T, d)
-            own = self.own_attn[:e, l][:, None]  # [E, 1, T, d]
-            out += self.post_norm(l, own + mixed) - self.post_norm(l, own)
+            own, D = self.own_heads[:e, l], self.diff[:e, cols]  # [E, H, T, d]
+            y = own[:, None] + self.base[:e][:, rows, cols][..., None, None] * D[:, None]  # [E, R, H, T, d]
+            for m, tm in self.slots:
+                y += (m[:e][:, rows, cols][..., None, None] * tm[:e, None, None, :, None]) * D[:, None]
+            out += self._renorm(l, y.sum(2), own.sum(1)[:, None])
         return out.to(self.dtype)
+
+    def _renorm(self, l: int, mixed: Tensor, own: Tensor) -> Tensor:
+        """post_norm(mixed + b) − post_norm(own + b) for layer l's attention block."""
+        b = self.biases[l]
+        if b is not None:
+            mixed, own = mixed + b, own + b
+        return self.post_norm(l, mixed) - self.post_norm(l, own)  # type: ignore[misc]
 
     def logits_delta(self, end: Tensor) -> Tensor:
         """Correction [e, d] to the final residual at each edge row's token ``end`` (window-local)."""
@@ -217,7 +231,10 @@ class Mixer:
         out = weighted(slice(None), D * self.lin[:, None])
         for l in range(self.layout.shape.n_layers):
             cols = self.layout.head_cols(l)
-            own = self.own_attn[ar, l, end]  # [e, d]
-            out += self.post_norm(l, own + weighted(cols, D[:, cols])) - self.post_norm(l, own)
+            own = self.own_heads[ar, l, :, end]  # [e, H, d]
+            w = self.base[:, -1, cols]
+            for m, tm in self.slots:
+                w = w + m[:, -1, cols] * tm[ar, end][:, None]
+            out += self._renorm(l, (own + w[..., None] * D[:, cols]).sum(1), own.sum(1))
         return out.to(self.dtype)
 

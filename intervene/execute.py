@@ -143,10 +143,8 @@ class Executor(Scheduler):
                     store("z", l, z.transpose(1, 2))
                 recv.sends("z", l, z)
 
-            def on_attn(attn: Tensor, z: Tensor, l: int = l, e: int = e) -> None:
+            def on_attn(attn: Tensor, z: Tensor, l: int = l) -> None:
                 self._apply_head_edits(layer_ops, attn, z, l, ds, inp)
-                if e and m.post_norm_attn_write:
-                    mix.record_attn(l, attn)  # type: ignore[union-attr]
                 recv.sends("attn", l, attn)
 
             def on_mlp(y: Tensor, l: int = l, e: int = e) -> None:
@@ -227,7 +225,8 @@ class Executor(Scheduler):
             groups.append((entries.source, entries, np.arange(a, b)))
         m = self.model
         mix = edgemix.Mixer(self.layout, tables, row_pos, width, m.shape.d_model, m.dtype, m.device,
-                            post_norm=m.post_norm_attn if m.post_norm_attn_write else None)
+                            post_norm=m.post_norm_attn if m.post_norm_attn_write else None,
+                            biases=[m.o_bias(l) for l in range(m.shape.n_layers)])
         return EdgeRows(self, ds, idx, inp, slots, mix, groups)
 
     def _table(self, entries: ir.EdgeEntries) -> edgemix.Table:

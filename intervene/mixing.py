@@ -189,6 +189,8 @@ class EdgeRows:
         d = src - own
         if kind == "z":  # heads' outputs are linear in z: one projection of the difference
             d = torch.einsum("ehtk,hkd->ehtd", d, self.exe.model.o_weight(l))
+            if self.mix.post_norm is not None:  # mixed inside the block's norm: keep the own outputs too
+                self.mix.own_heads[e0:e1, l] = torch.einsum("ehtk,hkd->ehtd", own, self.exe.model.o_weight(l))
         self.mix.diff[e0:e1, self._cols(kind, l)] = d
 
     def join(self, lo: int, hi: int, l: int) -> None:
@@ -204,8 +206,6 @@ class EdgeRows:
             own = layer_values(c, kind, k)[exd, P:T]
             own = own.transpose(1, 2) if kind == "z" else own
             self._write(kind, k, e0, e1, self._src(kind, k, e0, e1), own)
-            if kind == "z" and self.mix.post_norm is not None:
-                self.mix.own_attn[e0:e1, k] = self.exe.model.attention_out(k, own)
 
     def _own(self, kind: str, l: int, values: Tensor, cols: slice | int) -> tuple[int, Tensor | None, Tensor]:
         """Replace the outputs of node rows of the table (whole senders read from the source) in
@@ -231,13 +231,6 @@ class EdgeRows:
         e, src, own = self._own(kind, l, values, self._cols(kind, l))
         if self.mix.has_edges and e:
             self._write(kind, l, 0, e, src, own)  # type: ignore[arg-type]
-
-    def record_attn(self, l: int, attn: Tensor) -> None:
-        """The active rows' attention output of layer l before its post-norm (``attn`` holds all
-        active rows): the edge rows' own, inside which their heads' differences are mixed."""
-        if self.mix.has_edges:
-            e = self.n_active(attn.shape[0])
-            self.mix.own_attn[:e, l] = attn[self.rows_d[:e]]
 
     def receiver_qkv(self, l: int, qkv: QKV, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> None:
         """Recompute the edge rows' queries, keys and values, each receiver from its own input."""
