@@ -200,6 +200,8 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
             written = [("--out", outputs.results)] + ([("--report", outputs.report)] if outputs.report else [])
             # E063/E064 before the model loads (figures go beside --out: its folder is checked)
             intervene.outputs.check(written, intervene.outputs.inputs(spec), [DEFAULT_OUT])
+            if out_path is None:
+                outputs.results.parent.mkdir(parents=True, exist_ok=True)  # the default folder, out/
             err.print(f"loading model {spec.model.name} …", markup=False, highlight=False)
             p = api.prepare(spec, device=device)
     except InterveneError as e:  # a spec error, or the model could not be loaded

@@ -264,6 +264,7 @@ def scrub_distributions(e: ScrubbingResult, path: str | Path, about: About = Abo
     ax.axvline(1, color="#999999", lw=0.7, ls=":")
     ax.set_yticks(range(1, len(hyps) + 1), [h.hypothesis for h in hyps], fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel("loss recovered per example (0: random, 1: the model); ◆ mean")
-    title(fig, f"{e.name}: causal scrubbing on {e.dataset}", about.line())
+    ax.set_xlabel("loss recovered per example")
+    title(fig, f"{e.name}: causal scrubbing on {e.dataset} (0: random, 1: the model; box: quartiles, "
+          "whiskers: 10th-90th percentile; ◆: mean)", about.line())
     return save(fig, path)
