@@ -28,8 +28,8 @@ What it owns: the gradient pass and the contraction that turn it into edge score
 
 Cost, in passes over the examples: EAP one forward and one backward pass (the clean senders'
 outputs are recorded on the way) plus the source's base pass (shared with everything else
-that reads it); EAP-IG ``steps`` of each (``inputs``) or ``steps · (2L + 1)``
-(``activations``), plus the clean base pass.
+that reads it); EAP-IG ``steps`` gradient passes (``inputs``) or ``1 + (steps − 1)(2L + 1)``
+(``activations``: the clean point is one pass for every group), plus the source's base pass.
 """
 
 from __future__ import annotations
@@ -231,8 +231,11 @@ def attribute(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: i
     layout = Layout(m.shape)
     L = m.shape.n_layers
     points = _points(method, steps, ig, L)
-    clean_only = all(a == 1.0 for a, _ in points)  # EAP: the clean outputs come from the gradient pass
-    ensure_bases(src, [None if clean_only else dataset, source.dataset])
+    # the clean point (α = 1) is one pass however often it occurs; it runs first and records the
+    # clean senders' outputs, so no clean base pass is needed
+    n_clean = sum(a == 1.0 for a, _ in points)
+    others = [(a, g) for a, g in points if a != 1.0]
+    ensure_bases(src, [source.dataset])
     batch = batches[dataset]
     N = batch.input_ids.shape[0]
     total = torch.zeros(layout.n_recv, layout.n_send, dtype=torch.float64, device=m.device)
@@ -241,28 +244,29 @@ def attribute(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: i
     for lo in range(0, N, chunk):
         ex = torch.arange(lo, min(N, lo + chunk))
         with torch.no_grad():
-            own = None if clean_only else sender_outputs(src, layout, dataset, None, ex)
             other = sender_outputs(src, layout, dataset, source, ex)
-        diff = None if own is None else other.values - own.values
-        acc = None
+        acc, clean_vals, pre, rec = receiver_grads(m, batch, ex, metric, position, None, record=True)
+        own = rec
+        diff = other.values - own.values  # type: ignore[union-attr]
+        acc.mul_(n_clean)
         normed: dict[int, tuple[np.ndarray, Tensor]] = {}  # layer -> (rows, Σ_passes [rows, H])
-        for alpha, group in points:
-            override = None if alpha == 1.0 else _override(m, layout, own, other, alpha, group)  # type: ignore[arg-type]
-            g, vals, pre, rec = receiver_grads(m, batch, ex, metric, position, override, record=diff is None)
-            if diff is None:
-                diff = other.values - rec.values  # type: ignore[union-attr]
-                clean_vals = vals
+        passes += 1
+
+        def add_normed(pre: list[Tensor], g: Tensor, weight: float) -> None:
             for l, a in enumerate(pre):
                 rows, u = _through_post_norm(m, layout, l, a, g)
-                part = _contract_heads(u, diff[:, layout.head_cols(l)])
+                part = _contract_heads(u, diff[:, layout.head_cols(l)]) * weight
                 normed[l] = (rows, part if l not in normed else normed[l][1] + part)
-            acc = g if acc is None else acc.add_(g)
+
+        add_normed(pre, acc / n_clean, n_clean)
+        for alpha, group in others:
+            g, _, pre, _ = receiver_grads(m, batch, ex, metric, position,
+                                          _override(m, layout, own, other, alpha, group))  # type: ignore[arg-type]
+            add_normed(pre, g, 1.0)
+            acc.add_(g)
             passes += 1
-        if not clean_only:
-            with torch.no_grad():
-                clean_vals = metric_at_clean(m, src, dataset, ex, metric, position)
         clean_metric.append(clean_vals.double().cpu().numpy())
-        part = contract(acc / len(points), diff)  # type: ignore[operator]
+        part = contract(acc / len(points), diff)
         for l, (rows, heads) in normed.items():
             cols = layout.head_cols(l)
             part[torch.from_numpy(rows).to(part.device)[:, None],
@@ -284,12 +288,6 @@ def ensure_bases(src: Sources, datasets: list[str | None]) -> None:
             del src._bases[ds]
         with torch.no_grad():
             src.base(ds)
-
-
-def metric_at_clean(m: Adapter, src: Sources, dataset: str, ex: Tensor, metric: MetricFn, position: str) -> Tensor:
-    """The metric of the clean run on examples ``ex`` (from the base pass's logits)."""
-    logits = src.base(dataset).logits[ex.to(m.device)]  # type: ignore[index]
-    return metric(logits, ex)
 
 
 def _points(method: str, steps: int, ig: str, L: int) -> list[tuple[float, tuple[str, int] | None]]:
