@@ -16,7 +16,7 @@ import torch
 from test_discover_methods import SRC, LinearGPT2, data, metric_fn
 from tiny import random_batch, tiny
 
-from intervene import graph, ir, metrics
+from intervene import graph, metrics
 from intervene.circuit import Circuit
 from intervene.discover import acdc
 from intervene.discover.atp import atp_star

@@ -85,8 +85,10 @@ class DiscoveryResult(_Experiment):
         n = circ.size_of(size, len(self.labels))
         label = name or f"top_{n}"
         shape = self.model_shape
-        if self.level == "nodes":
-            order = circ.ranked(self.labels, self.scores, signed)[:n]
+        if self.level == "nodes":  # heads and MLPs only (AtP*'s query and key items are not nodes)
+            keep = [i for i, x in enumerate(self.labels) if "<" not in x]
+            order = [keep[j] for j in circ.ranked([self.labels[i] for i in keep],
+                                                  [self.scores[i] for i in keep], signed)[:n]]
             nodes = []
             for i in order:
                 p = parse_pattern(self.labels[i])
@@ -95,38 +97,39 @@ class DiscoveryResult(_Experiment):
             return Circuit.from_nodes(nodes, shape, name=label)
         return circ.top_circuit(self.labels, self.scores, n, shape, signed, label)
 
+    def _chosen(self, sizes: list[int | float] | None, signed: bool | None) -> dict[str, Circuit]:
+        """The circuits of ``sizes`` (default: the experiment's own, as found), by name."""
+        if sizes is None:
+            return {k: Circuit(frozenset(circ.parse_edge(e) for e in v), name=k) for k, v in self.circuits.items()}
+        out = {}
+        for s in sizes:
+            c = self.circuit(s, signed)
+            out[c.name] = c
+        return out
+
     def spec_text(self, sizes: list[int | float] | None = None, signed: bool | None = None) -> str:
         """A ``circuits:`` block with the circuit of each size (default: the experiment's)."""
-        if sizes is None:
-            cs = {k: Circuit(frozenset(circ.parse_edge(e) for e in v), name=k) for k, v in self.circuits.items()}
-        else:
-            cs = {}
-            for s in sizes:
-                c = self.circuit(s, signed)
-                cs[c.name] = c
         head = (f"# circuits found by intervene: {self.method} on {self.dataset}, source {self.source}\n"
                 f"# settings: {self.settings}\n")
-        return head + circ.circuit_yaml(cs)
+        return head + circ.circuit_yaml(self._chosen(sizes, signed))
 
     def write_spec(self, path: str | Path, header: str = "", sizes: list[int | float] | None = None,
                    experiments: bool = True, ablate: dict[str, Any] | None = None) -> Path:
         """Write a spec file: ``header`` (version, model, datasets, metric: the discovering spec's
         own), the circuits, and (``experiments``) a ``kind: circuit`` experiment per circuit
         ablating from ``ablate`` (default: the discovery's source), so ``intervene run`` scores
-        them."""
-        text = header.rstrip("\n") + "\n" if header else ""
-        body = self.spec_text(sizes)
-        text += body
-        names = [line.strip()[:-1] for line in body.splitlines() if line.startswith("  ") and
-                 not line.startswith("   ") and line.strip().endswith(":")]
-        if experiments and names:
-            import yaml
+        them. Circuits that pruning left empty are written as comments only."""
+        import yaml
 
+        chosen = self._chosen(sizes, None)
+        text = (header.rstrip("\n") + "\n" if header else "") + self.spec_text(sizes)
+        names = [n for n, c in chosen.items() if len(c)]
+        if experiments and names:
             src = ablate or self.settings.get("source_spec") or {"kind": "dataset", "dataset": self.dataset}
-            text += "experiments:\n"
-            for n in names:
-                text += f"  - name: score_{n}\n    kind: circuit\n    dataset: {self.dataset}\n    circuit: {n}\n"
-                text += f"    ablate: {yaml.safe_dump(src, default_flow_style=True).strip()}\n"
+            flow = yaml.safe_dump(src, default_flow_style=True).strip()
+            text += "experiments:\n" + "".join(
+                f"  - name: score_{n}\n    kind: circuit\n    dataset: {self.dataset}\n    circuit: {n}\n"
+                f"    ablate: {flow}\n" for n in names)
         p = Path(path)
         p.write_text(text, encoding="utf-8")
         return p
