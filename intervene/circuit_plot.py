@@ -59,7 +59,11 @@ class _Arrow:
     kinds: set[str] = field(default_factory=set)  # q, k, v, mlp, logits
     everywhere: bool = False
     positions: set[str] = field(default_factory=set)
-    n_edges: int = 0
+    edges: set[tuple[Node, Receiver]] = field(default_factory=set)  # the circuit's edges it stands for
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
 
 
 INPUT = _Vertex("input", (-1, 0), 0, None)
@@ -100,7 +104,7 @@ def _arrows(circuit: Circuit, shape: ModelShape | None) -> dict[tuple[_Vertex, _
         for t in _targets(r, present, shape):
             a = out.setdefault((_vertex(s), t), _Arrow())
             a.kinds.add(r.kind)
-            a.n_edges += 1
+            a.edges.add((s, r))
             if pos is None:
                 a.everywhere = True
             else:
@@ -123,9 +127,9 @@ def _colour(sender: _Vertex, kinds: set[str]) -> tuple[str, str]:
 
 
 def _strength(v: _Vertex, minimality: dict[Node, float]) -> float:
-    if v.unit is None:
+    if v is INPUT or v is LOGITS or v.label in ("input", "logits"):
         return float("inf")
-    return minimality.get(v.unit, float("-inf"))
+    return minimality.get(v.unit, float("-inf")) if v.unit is not None else float("-inf")
 
 
 def _fill(value: float, top: float) -> tuple[str, str]:
@@ -204,7 +208,7 @@ def dot_source(circuit: Circuit, scores: CircuitScores | CircuitResult | None = 
     if minimality:
         legend += '<TR><TD COLSPAN="2">node colour and number: minimality</TD></TR>'
     if hidden:
-        n_hidden = sum(x.n_edges for _, x in hidden)
+        n_hidden = len(set().union(*(x.edges for _, x in hidden)) - set().union(*(x.edges for _, x in shown)))
         names = ", ".join(v.label for v in lost[:12]) + (f", … ({len(lost)} in all)" if len(lost) > 12 else "")
         legend += (f'<TR><TD COLSPAN="2" ALIGN="LEFT">not drawn: {len(hidden)} arrows ({n_hidden} edges)'
                    + (f"<BR ALIGN='LEFT'/>nodes left without arrows: {html.escape(names)}" if lost else "")

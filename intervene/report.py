@@ -226,6 +226,14 @@ def shape_of(res: R.Results) -> tuple[int, int]:
     return max(layers) + 1, max(heads) + 1
 
 
+def model_shape(res: R.Results) -> Any:
+    """The model's :class:`intervene.graph.ModelShape` from the results' meta (None if absent)."""
+    from intervene.graph import ModelShape
+
+    s = (res.meta.get("model") or {}).get("shape")
+    return ModelShape(**s) if s else None
+
+
 def circuits_of(res: R.Results) -> dict[str, Any]:
     """Each circuit experiment's circuit, rebuilt from the spec the results file holds and the
     model's shape (empty for a file without them)."""
@@ -268,7 +276,8 @@ def figures(res: R.Results, e: R.Experiment, stem: str | Path, circuit: Any = No
                                      token_order(res, e.dataset)))
     elif isinstance(e, R.CircuitResult):
         if circuit is not None:
-            out.append(plot.draw_circuit(circuit, stem.with_name(f"{stem.name}-circuit"), e, title=e.name))
+            out.append(plot.draw_circuit(circuit, stem.with_name(f"{stem.name}-circuit"), e, title=e.name,
+                                         shape=model_shape(res)))
         out.append(plot.faithfulness_curve(e, stem.with_name(f"{stem.name}-faithfulness"), about))
     elif isinstance(e, R.ScrubbingResult):
         out.append(plot.scrub_distributions(e, stem.with_name(f"{stem.name}-per-example"), about))
