@@ -452,16 +452,18 @@ IOI_PAIRS: list[tuple[str, tuple[str, str, str], tuple[str, str, str]]] = [
 ]
 
 
-def ioi_batch(tokenizer: Any) -> dict[str, torch.Tensor]:
-    """Tokenize :data:`IOI_PAIRS` into the sweep's inputs (right-padded).
+def ioi_batch(tokenizer: Any, bos: bool = False) -> dict[str, torch.Tensor]:
+    """Tokenize :data:`IOI_PAIRS` into the sweep's inputs (right-padded), each prompt
+    after the tokenizer's BOS token when ``bos`` (Gemma needs it).
 
     Returns ``clean_ids, clean_mask, corrupt_ids, corrupt_mask, end_pos, io_ids,
     s_ids``. Raises if a pair does not tokenize to one length or a name is not a
     single token."""
     clean_rows, corrupt_rows, io, s = [], [], [], []
+    first = [tokenizer.bos_token_id] if bos else []
     for template, (a, b, subj), corrupt_names in IOI_PAIRS:
-        clean = tokenizer(template.format(a, b, subj), add_special_tokens=False).input_ids
-        corrupt = tokenizer(template.format(*corrupt_names), add_special_tokens=False).input_ids
+        clean = first + tokenizer(template.format(a, b, subj), add_special_tokens=False).input_ids
+        corrupt = first + tokenizer(template.format(*corrupt_names), add_special_tokens=False).input_ids
         if len(clean) != len(corrupt):
             raise ValueError(f"pair {template!r} tokenizes to {len(clean)} vs {len(corrupt)}")
         answer = b if subj == a else a

@@ -1,14 +1,18 @@
 """Benchmark: the fused head-patching sweep vs. one hooked forward per head, nnsight and pyvene.
 
-All 270 heads of SmolLM2-135M-Instruct (the embedded default model), 8 IOI prompts, each
-head's output patched from the ABC-corrupted prompt at every position, metric logit
-difference at END. The implementations run side by side in one process on the same
-tensors; their [layers, heads] tables must agree (asserted) before any time is printed.
+Every head of an embedded model (``--model``: SmolLM2-135M-Instruct's 270 heads by default,
+``gemma3-270m`` for Gemma-3-270M's 72), 8 IOI prompts (after the BOS token where the model's
+tokenizer adds one), each head's output patched from the ABC-corrupted prompt at every
+position, metric logit difference at END. The implementations run side by side in one process
+on the same tensors; their [layers, heads] tables must agree (asserted) before any time is
+printed.
 
-    python -m bench.head_sweep [--repeat 3] [--device auto] [--skip nnsight pyvene]
+    python -m bench.head_sweep [--model gemma3-270m] [--repeat 3] [--device auto] [--skip nnsight pyvene]
 
 Prints each implementation's wall-clock seconds per repeat, the medians, the ratios of the
-baselines' medians to the fused sweep's, and the machine.
+baselines' medians to the fused sweep's, each one's peak memory above what the process held
+before it ran (CUDA: ``torch.cuda.max_memory_allocated``; CPU: the peak resident set, VmHWM,
+reset before each call through /proc/self/clear_refs on Linux), and the machine.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -51,8 +57,40 @@ def fused_sweep(adapter, b: dict[str, torch.Tensor]) -> torch.Tensor:  # type: i
     return torch.stack([v.mean() for v in vals]).view(shape.n_layers, shape.n_heads)
 
 
+def _proc_kib(key: str) -> int:
+    """A ``/proc/self/status`` entry in KiB (``VmRSS``, ``VmHWM``)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+    return int(line.split()[1])
+
+
+def measured(fn: Callable[[], torch.Tensor], dev: torch.device) -> tuple[torch.Tensor, float, float]:
+    """``fn()``'s table, its wall-clock seconds and its peak memory in MiB above what was held
+    before it ran (nan where the platform cannot tell)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev)
+    else:
+        try:  # "5" resets the peak resident set size (Linux >= 4.0)
+            Path("/proc/self/clear_refs").write_text("5")
+            before = _proc_kib("VmRSS") * 1024
+        except (OSError, StopIteration):
+            before = None
+    t0 = time.perf_counter()
+    table = fn().float().cpu()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - t0
+    if dev.type == "cuda":
+        peak = torch.cuda.max_memory_allocated(dev) - before
+    else:
+        peak = float("nan") if before is None else _proc_kib("VmHWM") * 1024 - before
+    return table, seconds, peak / 2**20
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="smollm2-135m", help="an embedded model: smollm2-135m or gemma3-270m")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None)
@@ -61,9 +99,10 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    lm = load_model("smollm2-135m", device=args.device)
-    hf, dev = lm.adapter.hf, lm.adapter.device
-    b = {k: v.to(dev) for k, v in ioi_batch(lm.tokenizer).items()}
+    lm = load_model(args.model, device=args.device)
+    hf, dev, tok = lm.adapter.hf, lm.adapter.device, lm.tokenizer
+    bos = tok.bos_token_id is not None and tok("x").input_ids[:1] == [tok.bos_token_id]  # as intervene tokenises
+    b = {k: v.to(dev) for k, v in ioi_batch(tok, bos=bos).items()}
     impls = {"fused (intervene)": lambda: fused_sweep(lm.adapter, b)}
     if "hooks" not in args.skip:
         impls["one forward per head (hooks)"] = lambda: hooks_sweep(hf, **b)
@@ -75,26 +114,27 @@ def main() -> None:
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cpus, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {dev}"
           + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
-    print(f"inputs: {tuple(b['clean_ids'].shape)} tokens, {lm.adapter.shape.n_layers * lm.adapter.shape.n_heads} heads")
+    print(f"model: {lm.model_id}; inputs: {tuple(b['clean_ids'].shape)} tokens"
+          f"{' (BOS first)' if bos else ''}, {lm.adapter.shape.n_layers * lm.adapter.shape.n_heads} heads, "
+          f"vocabulary {hf.config.vocab_size}")
     times: dict[str, list[float]] = {k: [] for k in impls}
-    tables: dict[str, torch.Tensor] = {}
+    peaks: dict[str, list[float]] = {k: [] for k in impls}
+    tables: dict[str, Any] = {}
     for rep in range(args.repeat):
         for name, fn in impls.items():  # interleaved, so drift in machine load hits all alike
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            tables[name] = fn().float().cpu()
-            if dev.type == "cuda":
-                torch.cuda.synchronize()
-            times[name].append(time.perf_counter() - t0)
-            print(f"  repeat {rep + 1}: {name:<40} {times[name][-1]:7.2f} s", flush=True)
-    ref = tables["fused (intervene)"]
-    for name, t in tables.items():
-        err = (t - ref).abs().max().item()
-        print(f"max |{name} - fused| = {err:.2e}")
-        assert err < 2e-3, f"{name} disagrees with the fused sweep by {err}"
+            tables[name], seconds, peak = measured(fn, dev)
+            times[name].append(seconds)
+            peaks[name].append(peak)
+            print(f"  repeat {rep + 1}: {name:<40} {seconds:7.2f} s  peak {peak:8.0f} MiB", flush=True)
+        ref = tables["fused (intervene)"]
+        for name, t in tables.items():  # checked every repeat, so a run cut short has checked its tables
+            err = (t - ref).abs().max().item()
+            print(f"  repeat {rep + 1}: max |{name} - fused| = {err:.2e}", flush=True)
+            assert err < 2e-3, f"{name} disagrees with the fused sweep by {err}"
     med = {k: statistics.median(v) for k, v in times.items()}
     print("\nmedian seconds" + "".join(f"\n  {k:<40} {v:7.2f}" for k, v in med.items()))
+    print("peak memory above the start, MiB (largest of the repeats)"
+          + "".join(f"\n  {k:<40} {max(v):7.0f}" for k, v in peaks.items()))
     fused = med["fused (intervene)"]
     for k, v in med.items():
         if k != "fused (intervene)":
