@@ -101,6 +101,6 @@ def test_ray_missing_or_unreachable_is_E093(monkeypatch: pytest.MonkeyPatch) -> 
     real = builtins.__import__
     monkeypatch.setattr(builtins, "__import__",
                         lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name == "ray" else real(name, *a, **k))
-    with pytest.raises(distributed.RayUnavailable, match=r"intervene\[ray\]") as e:
+    with pytest.raises(distributed.RayUnavailable, match=r"intervene-lm\[ray\]") as e:
         distributed.connect("auto")
     assert e.value.code == ErrorCode.E093
