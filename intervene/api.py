@@ -521,8 +521,8 @@ def run_prepared(p: Prepared, *, out: str | Path | None = None, progress: progre
     ``out`` is given. ``progress(tick)`` is called per chunk with rows done of the spec's total
     (:class:`intervene.progress.Tick`), ``on_circuit(name)`` before each circuit experiment's
     searches."""
-    if out is not None:  # E063/E064 before any work, not after it
-        outputs.check([("out", Path(out))], outputs.inputs(p.spec))
+    if out is not None:  # E063/E064 before any work, not after it (a missing folder is created, as ever)
+        outputs.check([("out", Path(out))], outputs.inputs(p.spec), [Path(out).absolute().parent])
     t0 = time.perf_counter()
     executed = execute(p, progress=progress, on_circuit=on_circuit, scale=scale)
     res = assemble(p, executed, time.perf_counter() - t0)
