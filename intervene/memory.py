@@ -81,7 +81,9 @@ def bytes_per_token(model: Any, seq_len: int) -> int:
     """Bytes one token of a chunk row holds while one layer runs (an upper estimate): the
     residual and its norm, queries, keys and values, the attention scores and probabilities
     over ``seq_len`` keys (probabilities in fp32), head outputs, the MLP's hidden units (gate,
-    up, activation) and its output; and the float32 logits row read out at the end."""
+    up, activation) and its output; and the float32 logits row read out at the end, counted four
+    times: the readout's KL to the unpatched run holds both rows' log-probabilities and their
+    difference besides the logits (a 262k vocabulary makes this the largest term)."""
     shape, cfg = model.shape, model.config
     d, H = shape.d_model, shape.n_heads
     G = _width(cfg, "num_key_value_heads") or H
@@ -91,7 +93,7 @@ def bytes_per_token(model: Any, seq_len: int) -> int:
     elt = torch.finfo(model.dtype).bits // 8
     acts = 4 * d + (2 * H + 2 * G) * dh + 3 * ff
     scores = H * seq_len * (elt + 4)
-    return int(acts * elt + scores + 4 * vocab // max(seq_len, 1))
+    return int(acts * elt + scores + 4 * 4 * vocab // max(seq_len, 1))
 
 
 def token_budget(model: Any, seq_len: int, cap: str | int | None = None, fraction: float = FRACTION) -> int:
