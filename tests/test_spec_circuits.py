@@ -393,3 +393,11 @@ def test_one_group_cycle_error_per_set_of_groups_naming_each_other() -> None:
         load("    groups:\n      a: [b]\n      b: [c, a]\n      c: [b]\n    nodes: [a]\n")
     assert [(d.key, d.message) for d in e.value.diagnostics] == [
         (("E024", 12, 11), "groups name each other in a cycle: b -> c -> b")]
+
+
+def test_positions_with_an_offset_parse_as_one_name() -> None:
+    """The IOI generator's ``S1+1`` (the token after S1) can be written after ``@``."""
+    from intervene.spec.circuit_syntax import parse_nodes
+
+    (one, two) = parse_nodes("a4.h1@S1+1, a9.h9@{IO,S1+1}")
+    assert one.positions == ("S1+1",) and two.positions == ("IO", "S1+1")

@@ -13,7 +13,7 @@ Grammar (whitespace is free between tokens)::
     base        := "complement(" term ("," term)* ")" | atom
     atom        := ( [A-Za-z0-9_.*] | "{" ... "}" )+                    # a9.h9, a{0..5}.h*, name_movers
     port        := "<q>" | "<k>" | "<v>"
-    positions   := "@" NAME | "@{" NAME ("," NAME)* "}"                  # @END, @{IO,END}
+    positions   := "@" NAME | "@{" NAME ("," NAME)* "}"                  # @END, @{IO,END}, @S1+1
 
 A ``complement(`` that starts an edges item is an edge complement when an ``->`` occurs
 before its closing parenthesis, else a node complement (a sender).
@@ -100,7 +100,7 @@ class EdgeComplement:
 EdgeEntry = Union[Statement, EdgeComplement]
 
 _ATOM = re.compile(r"(?:[A-Za-z0-9_.*]|\{[^{}]*\})+")
-_POSITION = re.compile(r"[A-Za-z0-9_]+")
+_POSITION = re.compile(r"[A-Za-z0-9_]+(?:[+-][0-9]+)*")  # IO, END, S1+1 (the IOI token after S1)
 _PORT = re.compile(r"<([qkv])>")
 _COMPLEMENT = re.compile(r"complement\s*\(")
 _SYNTAX_HINT = ("node expressions are names (a9.h9, m3, a*.h*, m{0..5}, a group), complement(...), "
