@@ -16,7 +16,10 @@ from intervene.execute import attention_mask
 from intervene.graph import Node, Receiver, all_nodes, edge_error, receivers
 from intervene.models.adapters import Adapter
 
-Where = dict[tuple[Node, Receiver], Tensor]  # edge -> [B, T] bool: read the source there
+Where = dict[tuple[Node, Receiver], Tensor]
+"""edge -> [B, T] bool (read the source there), or a float weight between the run's own output
+(0) and the source's (1): discovery's edge-weighted model, where EAP's score of an edge is ∂m/∂w_e
+at w = 0 (plain autograd on the weights) and the exact score m(w = e_e) − m(0)."""
 
 
 def run(m: Adapter, batch, src: dict[Node, Tensor] | None = None, where: Where | None = None  # type: ignore[no-untyped-def]
@@ -35,7 +38,11 @@ def run(m: Adapter, batch, src: dict[Node, Tensor] | None = None, where: Where |
 
     def val(n: Node, r: Receiver) -> Tensor:
         w = where.get((n, r))
-        return own[n] if w is None else torch.where(w[..., None], src[n], own[n])  # type: ignore[index]
+        if w is None:
+            return own[n]
+        if w.dtype == torch.bool:
+            return torch.where(w[..., None], src[n], own[n])  # type: ignore[index]
+        return own[n] + w * (src[n] - own[n])  # type: ignore[index]
 
     def inp(r: Receiver) -> Tensor:
         """DESIGN.md §1: the sum of every upstream block's write, each (in a block that

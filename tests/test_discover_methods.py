@@ -1,6 +1,6 @@
 """Discovery methods against references and each other (DESIGN.md §4 "Discovery", invariant 9).
 
-* EAP equals ∂m/∂w_e of a literal edge-weighted model (``discover_reference.py``: plain
+* EAP equals ∂m/∂w_e of a literal edge-weighted model (``reference.py`` with float edge weights: plain
   autograd, no executor) on every tiny family;
 * EAP-IG with one step equals EAP (both ``ig`` modes), and more steps change the scores;
 * exact scores (one run per edge, fused) equal the literal model with one edge read from the
@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from discover_reference import outputs
+from reference import run
 from tiny import FAMILIES, random_batch, tiny
 
 from intervene import graph, ir, metrics
@@ -41,7 +41,7 @@ def metric_fn(batch):  # type: ignore[no-untyped-def]
 
 
 def ref_metric(m, batch, weights=None, src=None) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    logits, _ = outputs(m, batch, weights, src)
+    logits, _ = run(m, batch, src, weights)
     end = batch.positions["END"]
     return metric_fn(batch)(logits[torch.arange(len(end)), end], torch.arange(len(end))).mean()
 
@@ -57,7 +57,7 @@ def test_eap_equals_autograd_on_edge_weights(family: str) -> None:
     bs = data()
     edges = graph.edges(m.shape)
     with torch.no_grad():
-        _, src = outputs(m, bs["corr"])
+        _, src = run(m, bs["corr"])
     w = {e: torch.zeros((), requires_grad=True) for e in edges}
     with torch.enable_grad():
         val = ref_metric(m, bs["clean"], w, src)
@@ -88,8 +88,8 @@ def test_eap_ig_inputs_matches_a_riemann_sum_by_hand() -> None:
     f = metric_fn(bs["clean"])
     edges = [e for e in graph.edges(m.shape) if e[1].kind == "logits"]
     with torch.no_grad():
-        _, src = outputs(m, bs["corr"])
-        _, own = outputs(m, bs["clean"])
+        _, src = run(m, bs["corr"])
+        _, own = run(m, bs["clean"])
     x_clean, x_src = own[graph.Node("input")], src[graph.Node("input")]
     total = np.zeros(len(edges))
     for k in (1, 2):
@@ -101,7 +101,7 @@ def test_eap_ig_inputs_matches_a_riemann_sum_by_hand() -> None:
         try:
             w = {e: torch.zeros((), requires_grad=True) for e in edges}
             with torch.enable_grad():
-                _, own_a = outputs(m, bs["clean"])
+                _, own_a = run(m, bs["clean"])
                 # the weights act on the clean run's differences: in_r += w (src − clean)
                 shift = {n: own_a[n] + (src[n] - own[n]) for n in own_a}
                 val = ref_metric(m, bs["clean"], w, shift)
@@ -130,7 +130,7 @@ def test_exact_equals_one_edge_at_a_time(family: str) -> None:
     pick = edges[:: max(1, len(edges) // 12)]
     fused = exact_scores(m, bs, edges, chunked=True)
     with torch.no_grad():
-        _, src = outputs(m, bs["corr"])
+        _, src = run(m, bs["corr"])
         base = ref_metric(m, bs["clean"])
         want = np.array([float(ref_metric(m, bs["clean"], {e: torch.tensor(1.0)}, src) - base) for e in pick])
     got = np.array([fused[edges.index(e)] for e in pick])
