@@ -282,12 +282,10 @@ class LlamaAdapter(Adapter):
         c = hf.config
         if c.model_type in ("qwen2", "qwen3"):
             types = _qwen2_layer_types(c)
-            for i, t in enumerate(types):
-                if t not in cls.LAYER_TYPES:
-                    out.append(Refusal(f"layer_types[{i}]", t, f"only {' and '.join(cls.LAYER_TYPES)} layers exist "
-                                       "in this family"))
-                elif t == "sliding_attention" and not getattr(c, "sliding_window", None):
-                    out.append(Refusal(f"layer_types[{i}]", t, "a sliding layer needs sliding_window, which is unset"))
+            out += _unknown_layer_types(types, cls.LAYER_TYPES)
+            out += [Refusal(f"layer_types[{i}]", t, "a sliding layer needs sliding_window, which is unset")
+                    for i, t in enumerate(types)
+                    if t == "sliding_attention" and not getattr(c, "sliding_window", None)]
         return out
 
     def _attn_windows(self) -> list[int | None]:
@@ -471,10 +469,7 @@ class Gemma2Adapter(LlamaAdapter):
         out = common_refusals(hf, True, softcap=True)
         if getattr(c, "use_bidirectional_attention", False):
             out.append(Refusal("use_bidirectional_attention", True, "the executor's attention is causal"))
-        for i, t in enumerate(getattr(c, "layer_types", None) or []):
-            if t not in cls.LAYER_TYPES:
-                out.append(Refusal(f"layer_types[{i}]", t, f"only {' and '.join(cls.LAYER_TYPES)} layers exist "
-                                   "in this family"))
+        out += _unknown_layer_types(getattr(c, "layer_types", None) or [], cls.LAYER_TYPES)
         return out
 
     def _attn_windows(self) -> list[int | None]:
@@ -591,6 +586,12 @@ FAMILIES: dict[str, type[Adapter]] = {
     "gemma3_text": Gemma3Adapter,
     "olmo2": Olmo2Adapter,
 }
+
+
+def _unknown_layer_types(types: list[str], known: tuple[str, ...]) -> list[Refusal]:
+    """Refusals of the ``layer_types`` entries that are none of ``known``."""
+    return [Refusal(f"layer_types[{i}]", t, f"only {' and '.join(known)} layers exist in this family")
+            for i, t in enumerate(types) if t not in known]
 
 
 def _qwen2_layer_types(c: Any) -> list[str]:
