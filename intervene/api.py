@@ -38,6 +38,7 @@ from intervene.models.loading import LoadedModel, load_model
 from intervene.devices import DeviceError
 from intervene.models.support import ModelLoadError
 from intervene.spec import guards
+from intervene.sae import spec as sae_spec
 from intervene.spec.diagnostics import at
 from intervene.spec.source_map import dotted
 from intervene.scrub.features import load_functions, matching_draw, parse_features
@@ -207,8 +208,9 @@ def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool, skip: fr
         long = too_long(datasets[name], batches[name], lm.adapter.hf.config)
         if long is not None:
             diags += _dataset_diag(spec, name, long)
+    shape = sae_spec.shape_with(spec, lm.adapter.shape)  # with the spec's SAEs: latent names are nodes
     facts = ModelFacts(
-        shape=lm.adapter.shape,
+        shape=shape,
         is_single_token=single,
         dataset_positions={n: set(ds.position_names) for n, ds in datasets.items()},
         dataset_answers={n: set(ds.answer_names) for n, ds in datasets.items()},
@@ -225,7 +227,7 @@ def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool, skip: fr
 
     facts_ = DataFacts({n: len(b.lengths) for n, b in batches.items()},
                        lambda h, ds, seed: draws_for(h, datasets[ds], batches[ds], seed), resample)
-    program = compile_spec(spec, lm.adapter.shape, positions, facts_) if compile_program else ir.Program(spec.name or "")
+    program = compile_spec(spec, shape, positions, facts_) if compile_program else ir.Program(spec.name or "")
     return Prepared(spec, lm, datasets, batches, program)
 
 
@@ -277,17 +279,24 @@ class Scale:
     workers: int | None = None
 
 
-def _readout(metric: metrics.Metric, batches: Mapping[str, data.Batch], ex: Executor
-             ) -> Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The metric and KL to the unpatched run, per example, from a chunk's (float32) logits."""
+def _readout(metric: metrics.Metric, batches: Mapping[str, data.Batch], ex: Executor,
+             own: Mapping[str, metrics.Metric] | None = None) -> Callable[..., torch.Tensor]:
+    """The metric and KL to the unpatched run, per example, from a chunk's (float32) logits;
+    a run naming its own metric (``own``, by ``Run.metric``) is scored with that one."""
 
-    def readout(ds: str, logits: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def readout(ds: str, logits: torch.Tensor, idx: torch.Tensor, run: ir.Run | None = None) -> torch.Tensor:
+        m = (own or {}).get(run.metric, metric) if run is not None and run.metric else metric
         b = batches[ds]
         ans = {k: v[idx] for k, v in b.answer_ids.items()}
-        clean = ex.base(ds).logits[idx.to(logits.device)]  # type: ignore[index]
-        return torch.stack((metric(logits, ans, clean).float(), stats.kl(clean, logits)), 1)
+        clean = ex.clean_logits(ds, idx, m.position).to(logits.device)
+        return torch.stack((m(logits, ans, clean).float(), stats.kl(clean, logits)), 1)
 
     return readout
+
+
+def _own_metrics(spec: schema.Spec) -> dict[str, metrics.Metric]:
+    """The experiments' own metrics, by experiment name (what their runs' ``metric`` names)."""
+    return {e.name: metrics.of_experiment(spec, i) for i, e in enumerate(spec.experiments) if e.metric is not None}
 
 
 def _executor(p: Prepared, metric: metrics.Metric, max_tokens: int | None, scale: Scale,
@@ -302,7 +311,7 @@ def _executor(p: Prepared, metric: metrics.Metric, max_tokens: int | None, scale
     return distributed.RayExecutor(
         p.model.adapter, p.batches, resolve_vectors(p), p.program.metric_position, address=scale.ray,
         workers=scale.workers, model_factory=distributed.spec_model_factory(p.spec),
-        readout_factory=functools.partial(_readout, metric, p.batches), **kw)
+        readout_factory=functools.partial(_readout, metric, p.batches, own=_own_metrics(p.spec)), **kw)
 
 
 def _run_main(p: Prepared, ex: Executor, readout: Callable[[str, torch.Tensor, torch.Tensor], torch.Tensor],
@@ -312,7 +321,8 @@ def _run_main(p: Prepared, ex: Executor, readout: Callable[[str, torch.Tensor, t
     if not ex.memory_aware or hasattr(ex, "readout_factory"):
         return ex.execute(p.program, readout)
     return shards.run(p.program, p.batches, ex.model, ex.vectors, ex.metric_position,
-                      lambda e, b: readout if e is ex else _readout(metric, b, e), scale.max_memory, ex.progress, ex)
+                      lambda e, b: readout if e is ex else _readout(metric, b, e, _own_metrics(p.spec)),
+                      scale.max_memory, ex.progress, ex)
 
 
 def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: int | None = None,
@@ -325,7 +335,7 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
     searches included) per chunk and when a phase starts. ``max_tokens`` None: chunks are cut
     to the memory free on the device (under ``scale.max_memory``); ``scale.ray``: the fused
     program's chunks run on Ray workers, with exactly the numbers of one process."""
-    metric = metrics.from_spec(p.spec.metric)
+    metric = metrics.of_spec(p.spec)
     tally = progress_.Tally(progress) if progress else None
     n_rows = {ds: len(b.lengths) for ds, b in p.batches.items()}
     bounds = {e.name: n_rows[e.dataset] * progress_.circuit_bound(
@@ -336,7 +346,8 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
         tally.phase("fused program: " + ", ".join(e.name for e in p.spec.experiments))
     # chunks cut to the memory free (max_tokens None) or to max_tokens; spread over Ray workers (scale.ray)
     ex = _executor(p, metric, max_tokens, scale or Scale(), tally.program if tally else None)
-    readout = ex.readout() if hasattr(ex, "readout_factory") else _readout(metric, p.batches, ex)  # type: ignore[attr-defined]
+    readout = ex.readout() if hasattr(ex, "readout_factory") else \
+        _readout(metric, p.batches, ex, _own_metrics(p.spec))  # type: ignore[attr-defined]
 
     prog = p.program
     failures: dict[str, str] = {}
@@ -350,7 +361,7 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
                 read = set().union(*(prog.runs[i].reads() for i in idx))
                 idx = sorted(set(idx) | {i for i, r in enumerate(prog.runs) if r.name in read})
                 sub = ir.Program(prog.name, [prog.runs[i] for i in idx], prog.vectors, prog.metric_position,
-                                 indices=prog.indices)
+                                 indices=prog.indices, metrics=prog.metrics)
                 try:
                     for i, v in zip(idx, ex.execute(sub, readout)):
                         got[i] = v
@@ -376,7 +387,7 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
             v = measured[key]
             cache[scores.circuit_key(c)] = scores.Measured(v[:, 0].double().numpy(), v[:, 1].double().numpy())
         views = [r for r in prog.runs if src.run is not None and r.name == src.run]
-        ev = CircuitEvaluator(p.model.adapter, p.batches, e.dataset, src, metric, executor=ex,
+        ev = CircuitEvaluator(p.model.adapter, p.batches, e.dataset, src, metrics.of_experiment(p.spec, i), executor=ex,
                               origin=p.spec.where(("experiments", i, "circuit")), views=views,
                               indices={r.input: prog.indices[r.input] for r in views if r.input})
         try:
@@ -488,7 +499,7 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
         "seed": p.spec.seed,
         "versions": files.environment(),
     }
-    return results.Results(p.spec.name or "spec", str(metrics.from_spec(p.spec.metric)), exps,
+    return results.Results(p.spec.name or "spec", str(metrics.of_spec(p.spec)), exps,
                            files.jsonable(meta), str(p.program), files.jsonable(_dump_datasets(p)), seconds)
 
 

@@ -25,14 +25,16 @@ All experiments of a spec go into one program, so the executor fuses them into s
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from intervene import graph, ir
+from intervene import functions, graph, ir
 from intervene.circuit import Circuit, Edge
 from intervene.circuit import readers as circuit_readers
 from intervene.graph import Node
 from intervene.spec import schema
+from intervene.sae.spec import program_saes
 from intervene.discover.lower import lower as lower_discovery
 from intervene.scrub.hypothesis import Hypothesis
 from intervene.scrub.lower import lower as lower_hypothesis
@@ -64,6 +66,24 @@ def lower_source(src: Any, default_dataset: str) -> ir.Source:
         pp = None if src.per_position == "auto" else bool(src.per_position)
         return ir.Source("mean", src.dataset or default_dataset, per_position=pp)
     return ir.Source("zero")
+
+
+def user_function(spec: schema.Spec, ref: str, origin: str) -> Callable[..., Any] | None:
+    """The function a spec's ``module:function`` names, imported from the spec's folder first
+    (None when user code is off: ``intervene check --no-user-code``). Its import problems were
+    reported by :func:`intervene.bind.bind` (E110); here they are internal errors."""
+    if not functions.USER_CODE.get():
+        return None
+    try:
+        return functions.import_function(ref, spec.path.parent if spec.path else None, f"{ref} ({origin})")
+    except functions.FunctionError as e:
+        raise ValueError(f"{origin}: {e.message}") from None
+
+
+def metric_text(m: Any) -> str:
+    """A metric block as the program prints it: ``logit_diff(IO, S)@END``."""
+    args = [a for a in (getattr(m, f, None) for f in ("answer", "wrong", "expr", "function")) if a]
+    return f"{m.kind}({', '.join(args)})@{m.position}"
 
 
 def _positions(p: Any) -> tuple[str, ...] | None:
@@ -105,11 +125,15 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
     dataset's named positions (what ``positions: all`` means for a per-position sweep), and
     ``data`` what scrub experiments draw their inputs from."""
     prog = ir.Program(name=spec.name or "spec", metric_position=spec.metric.position)
+    prog.saes = program_saes(spec)  # SAEs spliced in: their latents are nodes (docs/sae.md)
     for i, exp in enumerate(spec.experiments):
         loc = ("experiments", i)
+        first = len(prog.runs)
+        metric, _ = spec.metric_of(i)
+        position = metric.position
         if exp.kind == "sweep":
             src = lower_source(exp.source, exp.dataset)
-            prog.runs += baseline_runs(exp.name, exp.dataset, src, spec.metric.position, shape.n_layers)
+            prog.runs += baseline_runs(exp.name, exp.dataset, src, position, shape.n_layers)
             origin = spec.where(loc + ("targets",))
             nodes = graph.expand_all(exp.targets, shape)
             pos = _positions(exp.positions)
@@ -125,7 +149,7 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
                     prog.runs.append(ir.Run(str(node), exp.dataset, (op,), exp.name, (str(node),)))
         elif exp.kind == "path_patch":
             src = lower_source(exp.source, exp.dataset)
-            prog.runs += baseline_runs(exp.name, exp.dataset, src, spec.metric.position, shape.n_layers)
+            prog.runs += baseline_runs(exp.name, exp.dataset, src, position, shape.n_layers)
             origin = spec.where(loc + ("senders",))
             senders = graph.expand_all(exp.senders, shape)
             recvs = list(dict.fromkeys(r for t in exp.receivers for r in graph.expand_receivers(t, shape)))
@@ -150,7 +174,7 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
             prog.meta.setdefault("scrub", {})[exp.name] = lowered
         elif exp.kind == "discover":
             src = lower_source(exp.source, exp.dataset)
-            base = baseline_runs(exp.name, exp.dataset, src, spec.metric.position, shape.n_layers)
+            base = baseline_runs(exp.name, exp.dataset, src, position, shape.n_layers)
             prog.runs += lower_discovery(exp, src, shape, base, spec.where(loc + ("source",)))
         elif exp.kind == "circuit":
             src = lower_source(exp.ablate, exp.dataset)
@@ -176,13 +200,24 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
                     elif iv.kind == "add":
                         v = _vector(iv.vector, prog.vectors, unit=iv.vector.token is not None)
                         ops.append(ir.Op("add", node, pos, vector=v, scale=iv.scale, origin=origin))
+                    elif iv.kind in ("clamp", "steer"):  # SAE latents (intervene.sae.apply)
+                        ops.append(ir.Op("set" if iv.kind == "clamp" else "add", node, pos,
+                                         vector=None if iv.kind == "clamp" else "W_dec",
+                                         scale=float(iv.value if iv.kind == "clamp" else iv.scale), origin=origin))
+                    elif iv.kind == "function":
+                        ops.append(ir.Op("function", node, pos, origin=origin, function=iv.function,
+                                         fn=user_function(spec, iv.function, origin)))
                     else:
                         v = _vector(iv.direction, prog.vectors, unit=True)
                         ops.append(ir.Op("project_out", node, pos, vector=v, origin=origin))
             uniq = list(dict.fromkeys(sources))
             prog.runs += baseline_runs(exp.name, exp.dataset, uniq[0] if len(uniq) == 1 else None,
-                                       spec.metric.position, shape.n_layers)
+                                       position, shape.n_layers)
             prog.runs.append(ir.Run(exp.name, exp.dataset, tuple(ops), exp.name, ("patched",)))
+        if exp.metric is not None:  # the experiment's own metric: its runs name it
+            prog.metrics[exp.name] = ir.Reading(exp.name, metric_text(exp.metric), position)
+            prog.runs[first:] = [dataclasses.replace(r, metric=exp.name) if r.experiment == exp.name else r
+                                 for r in prog.runs[first:]]
     _resample_views(prog, data)
     return prog
 

@@ -102,6 +102,26 @@ class ErrorCode(str, Enum):
     E091 = "E091"  # bad-device-map
     E092 = "E092"  # bad-memory-cap
     E093 = "E093"  # ray-unavailable
+    # Recording (intervene.spec.record, intervene.record).
+    E100 = "E100"  # empty-record
+    E101 = "E101"  # no-attention-pattern
+    E102 = "E102"  # duplicate-record-run
+    E103 = "E103"  # table-needs-answers
+    E104 = "E104"  # record-too-large
+    # User functions, per-experiment metrics, multi-token answers (intervene.functions, intervene.metrics).
+    E110 = "E110"  # function-not-importable
+    E111 = "E111"  # function-failed
+    E112 = "E112"  # bad-function-result
+    E113 = "E113"  # metric-not-for-experiment
+    # Sparse autoencoders (intervene.sae).
+    E120 = "E120"  # sae-not-found
+    E121 = "E121"  # bad-sae-config
+    E122 = "E122"  # unsupported-sae
+    E123 = "E123"  # sae-size-mismatch
+    E124 = "E124"  # bad-sae-site
+    E125 = "E125"  # no-sae-at-site
+    E126 = "E126"  # latent-out-of-range
+    E127 = "E127"  # sae-unsupported-use
 
     @property
     def slug(self) -> str:
@@ -183,6 +203,23 @@ _SLUGS: dict[ErrorCode, str] = {
     ErrorCode.E091: "bad-device-map",
     ErrorCode.E092: "bad-memory-cap",
     ErrorCode.E093: "ray-unavailable",
+    ErrorCode.E100: "empty-record",
+    ErrorCode.E101: "no-attention-pattern",
+    ErrorCode.E102: "duplicate-record-run",
+    ErrorCode.E103: "table-needs-answers",
+    ErrorCode.E104: "record-too-large",
+    ErrorCode.E110: "function-not-importable",
+    ErrorCode.E111: "function-failed",
+    ErrorCode.E112: "bad-function-result",
+    ErrorCode.E113: "metric-not-for-experiment",
+    ErrorCode.E120: "sae-not-found",
+    ErrorCode.E121: "bad-sae-config",
+    ErrorCode.E122: "unsupported-sae",
+    ErrorCode.E123: "sae-size-mismatch",
+    ErrorCode.E124: "bad-sae-site",
+    ErrorCode.E125: "no-sae-at-site",
+    ErrorCode.E126: "latent-out-of-range",
+    ErrorCode.E127: "sae-unsupported-use",
 }
 
 

@@ -27,17 +27,20 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from intervene import devices, edgemix, ir
+from intervene import devices, edgemix, functions, ir
 from intervene.errors import ExecutionError  # noqa: F401  (re-export: defined with the other errors)
 from intervene.models.adapters import QKV, Adapter
 from intervene.models.block import Mask, block
 from intervene.models.block import attend, attention_mask, forward  # noqa: F401  (re-exports: moved to models.block)
 from intervene.mixing import EdgeRows, Receivers
+from intervene.sae import apply as sae_apply
 from intervene.schedule import Scheduler
 from intervene.sources import BaseCache, BatchLike, Rows, first_token, gather_positions, segments  # noqa: F401
 
-Readout = Callable[[str, Tensor, Tensor], Tensor]
-"""readout(dataset, logits [n, V] at the metric position, example indices [n]) -> values [n]."""
+Readout = Callable[..., Tensor]
+"""readout(dataset, logits [n, V] at the metric position, example indices [n]) -> values [n];
+for a program whose runs name their own metrics (``Program.metrics``), called once per run's
+rows with the run as a fourth argument, the logits read at that run's metric position."""
 
 
 
@@ -53,12 +56,15 @@ class Executor(Scheduler):
         self.vectors = vectors or {}
         self.progress = progress
         self._tables: dict[int, tuple[ir.EdgeEntries, edgemix.Table]] = {}
+        # the values runs with records (kind record) saved: run name -> place -> [N, T, ...]
+        self.recorded: dict[str, dict[ir.Place, Tensor]] = {}
 
     def execute(self, program: ir.Program, readout: Readout) -> list[Tensor | None]:
         """Per-example readout values of every scored run (None for runs that are only read):
         a list aligned with ``program.runs``. Runs are computed in waves (:meth:`Program.levels`):
         a run after the runs it reads, whose read places are recorded as they are computed."""
         waves = self._plan(program)  # checks, base passes, chunks per wave (intervene.schedule)
+        self._sae_refs = program.saes  # SAEs spliced in at sites (intervene.sae.apply loads them)
         out: list[Tensor | None] = [None] * len(program.runs)
         total = sum(len(rows.run) for w in waves for _, rows in w)  # progress in rows: one run on one example
         vals: dict[int, list[tuple[Tensor, Tensor]]] = {}
@@ -79,20 +85,21 @@ class Executor(Scheduler):
                 continue
             ex = torch.cat([p[0] for p in parts])
             out[ri] = torch.cat([p[1] for p in parts])[torch.argsort(ex)]
+        self.recorded.update({r.name: self._cache[r.name] for r in program.runs if r.records and r.name in self._cache})
         self._cache = {}
         return out
 
     def _run_chunk(self, program: ir.Program, ds: str, rows: Rows, readout: Readout) -> Tensor | None:
         m, batch = self.model, self.batches[ds]
         base = self.base(ds)
-        dev = m.device
+        dev = base.resid[min(int(rows.start[0]), self.L)].device  # the first layer's (a model split over devices)
         slots = torch.from_numpy(rows.ex)
         inp = torch.from_numpy(rows.inp)
         inpd = inp.to(dev)
         n = len(inp)
         T = int(batch.lengths[inp].max()) if bool((first_token(batch.attention_mask[inp]) == 0).all()) \
             else batch.input_ids.shape[1]
-        end = gather_positions(batch, inp, self.metric_position)
+        end = self._metric_at(program, ds, rows, inp)
         P = self._window_start(program, ds, rows, inp, slots, end)
         self._window = (P, T)
         pos_ids = batch.position_ids[inp, P:T].to(dev)
@@ -106,10 +113,15 @@ class Executor(Scheduler):
         recv = Receivers(self, program, ds, rows, inp, slots)
         record = any(self._record.get(program.runs[int(rows.run[a])].name) for a, _ in segs)
         store = (lambda kind, l, v: self._store(program, rows, kind, l, v)) if record else None
+        patterns = {l for a, _ in segs for k, l in self._record.get(program.runs[int(rows.run[a])].name, ())
+                    if k == "pattern"}
+        width = batch.input_ids.shape[1]
         active = 0
         for l in range(first, last):
             if self._layer_dev is not None and x.device != self._layer_dev[l]:  # a model split over devices
                 x, rot_full, mask, inpd = devices.move(self._layer_dev[l], x, rot_full, mask, inpd)
+            if mix is not None:  # edge rows' tables and sender differences follow the layers
+                mix.to(x.device)
             new_active = int(np.searchsorted(rows.start, l, side="right"))
             if new_active > active:  # rows joining at layer l start from the base's residual
                 x[active:new_active] = base.resid[l][inpd[active:new_active], P:T]
@@ -168,16 +180,21 @@ class Executor(Scheduler):
             def on_mlp_in(h: Tensor, l: int = l) -> None:
                 store("mlpin", l, h)  # type: ignore[misc]
 
+            def on_pattern(p: Tensor, l: int = l) -> None:  # keys [0, T) padded to the batch's width
+                store("pattern", l, torch.nn.functional.pad(p, (0, width - p.shape[-1])).transpose(1, 2))  # type: ignore[misc]
+
             block(m, l, xa, rot, mask[:active], prefix=prefix, inplace=True, on_z=on_z, on_attn=on_attn,
                   on_mlp_in=on_mlp_in if store else None,
                   on_mlp=on_mlp, on_qkv=on_qkv if has_mix or recv.at(l) else None,
-                  mlp_delta=mlp_delta if has_mix or recv.at(l, "mlp") else None)
+                  mlp_delta=mlp_delta if has_mix or recv.at(l, "mlp") else None,
+                  on_pattern=on_pattern if l in patterns else None)
         if rows.stop <= self.L:  # rows only read by other runs: done at their last read layer
             return None
         # rows that start at L (no ops before the logits): the base's final residual
         if active < n:
             x[active:] = base.resid[self.L][inpd[active:], P:T]
             if mix is not None:
+                mix.to(x.device)
                 mix.join(active, n, self.L)
         self._apply_final(program, rows, x, ds, inp, slots)
         recv.final(x)
@@ -185,10 +202,26 @@ class Executor(Scheduler):
             store("resid", self.L, x)
         final = x[torch.arange(n, device=x.device), (end - P).to(x.device)]
         if mix is not None:
-            d = mix.logits_delta((end[mix.rows] - P).to(dev))
+            d = mix.logits_delta((end[mix.rows] - P).to(x.device))
             if d is not None:
                 final[mix.rows_d] += d
-        return readout(ds, m.unembed(final).float(), slots).detach().cpu()  # metrics in fp32
+        logits = m.unembed(final).float()  # metrics in fp32
+        if not program.metrics:
+            return readout(ds, logits, slots).detach().cpu()
+        return torch.cat([readout(ds, logits[a:b], slots[a:b], program.runs[int(rows.run[a])]).detach().cpu()
+                          for a, b in segs])
+
+    def _metric_at(self, program: ir.Program, ds: str, rows: Rows, inp: Tensor) -> Tensor:
+        """Per row, the token index whose logits its run's metric reads (a run's own metric
+        in ``program.metrics``, else the executor's metric position)."""
+        batch = self.batches[ds]
+        if not program.metrics:
+            return gather_positions(batch, inp, self.metric_position)
+        out = torch.empty(len(inp), dtype=torch.long)
+        for a, b in segments(rows.run):
+            own = program.metrics.get(program.runs[int(rows.run[a])].metric or "")
+            out[a:b] = gather_positions(batch, inp[a:b], own.position if own else self.metric_position)
+        return out
 
     def _edge_state(self, program: ir.Program, ds: str, rows: Rows, inp: Tensor, slots: Tensor, width: int
                     ) -> EdgeRows | None:
@@ -196,9 +229,6 @@ class Executor(Scheduler):
         has = np.array([bool(program.runs[int(r)].edges) for r in rows.run])
         if not has.any():
             return None
-        if self._layer_dev is not None:
-            raise ExecutionError("edge entries on a model split over devices (model.device_map) are not supported "
-                                 "yet: load the model on one device")
         idx = np.flatnonzero(has)
         tables: list[edgemix.Table] = []
         row_pos: list[list[Tensor]] = []
@@ -208,7 +238,8 @@ class Executor(Scheduler):
             if len(run.edges) != 1:
                 raise ExecutionError(f"run {run.name}: one block of edge entries per run is supported")
             entries = run.edges[0]
-            if any(op.node is not None and op.node.kind == "head" and op.action != "patch" for op in run.ops):
+            if any(op.node is not None and op.node.kind == "head" and op.action in ("add", "project_out")
+                   for op in run.ops):
                 raise ExecutionError(f"run {run.name}: add / project_out on heads cannot be combined with edge "
                                      "entries in one run")
             if any(op.receiver is not None for op in run.ops):
@@ -226,7 +257,7 @@ class Executor(Scheduler):
         m = self.model
         mix = edgemix.Mixer(self.layout, tables, row_pos, width, m.shape.d_model, m.dtype, m.device,
                             post_norm=m.post_norm_attn if m.post_norm_attn_write else None,
-                            biases=[m.o_bias(l) for l in range(m.shape.n_layers)])
+                            biases=[m.o_bias(l) for l in range(m.shape.n_layers)], layer_devices=self._layer_dev)
         return EdgeRows(self, ds, idx, inp, slots, mix, groups)
 
     def _table(self, entries: ir.EdgeEntries) -> edgemix.Table:
@@ -248,12 +279,14 @@ class Executor(Scheduler):
             if op.node.kind not in kinds:
                 continue
             rows = torch.arange(a, b, device=out.device)[:, None]
-            if op.action == "patch":
+            if op.action == "function":
+                self._call_function(op, out, rows, None, ds, inp[a:b])
+            elif op.action == "patch":
                 t, v = self._replacement(ds, op, inp[a:b], slots[a:b])
                 if op.positions is None:
-                    out[a:b] = v.to(out.dtype)
+                    out[a:b] = v.to(out.device, out.dtype)
                 else:
-                    out[rows, self._local(t, out.device)] = v.to(out.dtype)
+                    out[rows, self._local(t, out.device)] = v.to(out.device, out.dtype)
             else:
                 t = self._local(self._positions(ds, op, inp[a:b], None, None)[0], out.device)
                 vec = self.vectors[op.vector].to(out.device, out.dtype)  # type: ignore[index]
@@ -262,22 +295,25 @@ class Executor(Scheduler):
                     out[rows, t] = cur + op.scale * vec
                 else:
                     out[rows, t] = cur - (cur @ vec)[..., None] * vec
+        sae_apply.apply(self, ops, kinds, out, ds, inp, slots)  # SAE latents and errors at this site
 
     def _apply_head_patches(self, ops: list[tuple[int, int, ir.Op]], z: Tensor, ds: str, inp: Tensor,
                             slots: Tensor) -> None:
         for a, b, op in ops:
-            if op.node.kind == "head" and op.action == "patch":  # type: ignore[union-attr]
+            if op.node.kind == "head" and op.action == "function":  # type: ignore[union-attr]
+                self._call_function(op, z, torch.arange(a, b, device=z.device)[:, None], op.node.head, ds, inp[a:b])  # type: ignore[union-attr]
+            elif op.node.kind == "head" and op.action == "patch":  # type: ignore[union-attr]
                 rows = torch.arange(a, b, device=z.device)[:, None]
                 t, v = self._replacement(ds, op, inp[a:b], slots[a:b])
                 if op.positions is None:  # t is arange(T) on every row: a slice write
-                    z[a:b, op.node.head] = v.to(z.dtype)
+                    z[a:b, op.node.head] = v.to(z.device, z.dtype)
                 else:
-                    z[rows, op.node.head, self._local(t, z.device)] = v.to(z.dtype)
+                    z[rows, op.node.head, self._local(t, z.device)] = v.to(z.device, z.dtype)
 
     def _apply_head_edits(self, ops: list[tuple[int, int, ir.Op]], attn: Tensor, z: Tensor, l: int, ds: str,
                           inp: Tensor) -> None:
         for a, b, op in ops:
-            if op.node.kind != "head" or op.action == "patch":  # type: ignore[union-attr]
+            if op.node.kind != "head" or op.action not in ("add", "project_out"):  # type: ignore[union-attr]
                 continue
             rows = torch.arange(a, b, device=attn.device)[:, None]
             t = self._local(self._positions(ds, op, inp[a:b], None, None)[0], attn.device)
@@ -289,4 +325,17 @@ class Executor(Scheduler):
                 coef = z[rows, op.node.head, t] @ w
                 attn[rows, t] = attn[rows, t] - coef[..., None] * vec
 
-
+    def _call_function(self, op: ir.Op, out: Tensor, rows: Tensor, head: int | None, ds: str, inp: Tensor) -> None:
+        """A function op: the node's values at its positions (a head's z slice when ``head``)
+        replaced by what the user's function returns for them (checked: intervene.functions)."""
+        if op.fn is None:
+            raise ExecutionError(f"{op.function} was not imported (user code is off)", op, op.origin)
+        t = self._positions(ds, op, inp, None, None)[0]
+        local = self._local(t, out.device)
+        cur = out[rows, head, local] if head is not None else out[rows, local]
+        new = functions.call_intervention(op.fn, op.function or "", cur, t.to(out.device), inp.to(out.device),
+                                          op, op.origin)
+        if head is not None:
+            out[rows, head, local] = new
+        else:
+            out[rows, local] = new

@@ -10,9 +10,13 @@ Node names (the field's circuit-tool names, so a head list can be pasted from a 
     m{l}         MLP of layer l
     r{l}         the residual stream entering layer l (r{L} is the final residual)
     logits       the output (a receiver only)
+    r{l}.sae[i]  latent i of the sparse autoencoder attached at r{l} (m{l}.sae[i]: at m{l})
+    r{l}.sae.err that SAE's error node: the site's value minus the SAE's reconstruction
 
 Patterns select nodes: ``a*.h*`` (every head), ``a9.*`` (every head of layer 9), ``m*``,
-``m{0..5}`` (a range, inclusive), ``a{3,5}.h{0..2}`` (sets and ranges), ``r*``.
+``m{0..5}`` (a range, inclusive), ``a{3,5}.h{0..2}`` (sets and ranges), ``r*``,
+``r3.sae[*]`` (every latent of the SAE at r3), ``r3.sae[0..99]`` or ``r3.sae[{0..99}]``.
+Latent names are checked against the SAEs a spec attaches (:attr:`ModelShape.saes`).
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import re
 from dataclasses import dataclass
 from typing import Iterable, Literal
 
-NodeKind = Literal["input", "head", "mlp", "resid", "logits"]
+NodeKind = Literal["input", "head", "mlp", "resid", "logits", "resid_latent", "mlp_latent", "resid_err", "mlp_err"]
+LATENT_KINDS = ("resid_latent", "mlp_latent", "resid_err", "mlp_err")
+"""Nodes of a sparse autoencoder spliced in at a residual (``r{l}``) or an MLP output (``m{l}``)."""
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,12 @@ class ModelShape:
     n_kv_heads: int
     d_model: int
     parallel: bool = False
+    saes: tuple[tuple[str, int], ...] = ()
+    """(site, d_sae) of each SAE attached (``("r3", 512)``): what latent names are checked against."""
+
+    def sae_size(self, site: str) -> int | None:
+        """Latents of the SAE attached at ``site`` (``r3``, ``m2``), None when there is none."""
+        return dict(self.saes).get(site)
 
     @property
     def group_size(self) -> int:
@@ -57,12 +69,24 @@ class Node:
             return f"m{self.layer}"
         if self.kind == "resid":
             return f"r{self.layer}"
+        if self.kind in LATENT_KINDS:
+            site = f"{self.kind[0]}{self.layer}"
+            return f"{site}.sae.err" if self.kind.endswith("err") else f"{site}.sae[{self.head}]"
         return self.kind
 
     @property
-    def sort_key(self) -> tuple[int, int, int]:
-        """Order in the forward pass: input, then per layer r, heads, mlp; logits last."""
-        rank = {"input": (-1, 0), "resid": (0, 0), "head": (0, 1), "mlp": (0, 2), "logits": (10**9, 0)}
+    def site(self) -> Node | None:
+        """The residual or MLP node an SAE node belongs to (None for other nodes)."""
+        if self.kind not in LATENT_KINDS:
+            return None
+        return Node("resid" if self.kind.startswith("resid") else "mlp", self.layer)
+
+    @property
+    def sort_key(self) -> tuple[int, float, int]:
+        """Order in the forward pass: input, then per layer r, heads, mlp; logits last (an SAE's
+        nodes right after their site)."""
+        rank = {"input": (-1, 0), "resid": (0, 0), "head": (0, 1), "mlp": (0, 2), "logits": (10**9, 0),
+                "resid_err": (0, 0.1), "resid_latent": (0, 0.2), "mlp_err": (0, 2.1), "mlp_latent": (0, 2.2)}
         base, sub = rank[self.kind]
         return (self.layer + base if self.kind not in ("input", "logits") else base, sub, self.head)
 
@@ -92,6 +116,10 @@ _PATTERNS: dict[str, re.Pattern[str]] = {
     "head": re.compile(rf"^a{_IDX}\.(?:h{_IDX}|\*)$"),
     "mlp": re.compile(rf"^m{_IDX}$"),
     "resid": re.compile(rf"^r{_IDX}$"),
+    "resid_latent": re.compile(rf"^r{_IDX}\.sae\[([^\]]*)\]$"),
+    "mlp_latent": re.compile(rf"^m{_IDX}\.sae\[([^\]]*)\]$"),
+    "resid_err": re.compile(rf"^r{_IDX}\.sae\.err$"),
+    "mlp_err": re.compile(rf"^m{_IDX}\.sae\.err$"),
 }
 
 
@@ -153,10 +181,15 @@ def parse_pattern(text: str) -> Pattern:
             heads = None
             if kind == "head" and m.group(2) is not None:
                 heads = _parse_index(m.group(2), t)
+            if kind.endswith("latent"):  # r3.sae[7], [*], [0..9], [{0..9}], [1,5]
+                inner = m.group(2).strip()
+                heads = _parse_index(inner if inner == "*" or inner.isdigit() or inner.startswith("{")
+                                     else "{" + inner + "}", t)
             return Pattern(t, kind, layers, heads)  # type: ignore[arg-type]
     close = difflib.get_close_matches(t, ["input", "logits", "a0.h0", "m0", "r0", "a*.h*", "m*"], n=1)
     ours = from_transformer_lens(t)
-    hint = "nodes are input, a{layer}.h{head}, m{layer}, r{layer}, logits; wildcards a*.h*, m{0..5}"
+    hint = ("nodes are input, a{layer}.h{head}, m{layer}, r{layer}, logits, SAE latents r{layer}.sae[i] and "
+            "r{layer}.sae.err; wildcards a*.h*, m{0..5}, r3.sae[*]")
     if ours:
         hint = f'did you mean "{ours}"? (that is a TransformerLens name) ' + hint
     elif close:
@@ -216,6 +249,8 @@ def expand(pattern: Pattern | str, shape: ModelShape) -> list[Node]:
     p = parse_pattern(pattern) if isinstance(pattern, str) else pattern
     if p.kind in ("input", "logits"):
         return [Node(p.kind)]
+    if p.kind in LATENT_KINDS:
+        return _expand_sae(p, shape)
     n_layers = shape.n_layers + (1 if p.kind == "resid" else 0)
     layers = p.layers if p.layers is not None else tuple(range(n_layers))
     try:
@@ -231,6 +266,33 @@ def expand(pattern: Pattern | str, shape: ModelShape) -> list[Node]:
             e.hint = f'did you mean "{e.hint}"?'
         raise
     return [Node(p.kind, l) for l in layers]
+
+
+def _expand_sae(p: Pattern, shape: ModelShape) -> list[Node]:
+    """An SAE pattern's nodes: explicit layers must have an SAE at that site; ``*`` layers mean
+    every site of the kind that has one."""
+    letter = p.kind[0]
+    if p.layers is None:
+        layers = tuple(sorted(int(s[1:]) for s, _ in shape.saes if s[0] == letter))
+    else:
+        layers = p.layers
+    out: list[Node] = []
+    for l in layers:
+        size = shape.sae_size(f"{letter}{l}")
+        if size is None:
+            have = ", ".join(s for s, _ in shape.saes) or "none"
+            raise NodeRangeError(f'no SAE is attached at {letter}{l} (in "{p.text}")',
+                                 f"SAEs are attached at: {have}; attach one under saes:", "no-sae-at-site")
+        if p.kind.endswith("err"):
+            out.append(Node(p.kind, l))  # type: ignore[arg-type]
+            continue
+        idx = p.heads if p.heads is not None else tuple(range(size))
+        bad = [i for i in idx if i >= size]
+        if bad:
+            raise NodeRangeError(f"latent {bad[0]} is out of range for the SAE at {letter}{l} ({size} latents: "
+                                 f"0-{size - 1})", None, "latent-out-of-range")
+        out += [Node(p.kind, l, i) for i in idx]  # type: ignore[arg-type]
+    return out
 
 
 def expand_all(patterns: Iterable[str], shape: ModelShape) -> list[Node]:

@@ -14,7 +14,9 @@ the unpatched pass:
   the model ablated). One block holds any number of edges; the executor turns it into a
   dense [receivers × senders] mask, so its cost does not grow with the number of edges.
 * ``add``: a vector added to the node's output (steering);
-* ``project_out``: the component of the node's output along a unit direction removed.
+* ``project_out``: the component of the node's output along a unit direction removed;
+* ``function``: the node's output replaced by what a user function (``module:function``,
+  :mod:`intervene.functions`) returns for it (a head's z; see docs/concepts.md).
 
 A ``patch`` op may also name a :class:`~intervene.graph.Receiver`: with no node, the
 receiver's whole input is read from the source (its row of the table: every edge into it);
@@ -29,6 +31,11 @@ only read (``scored`` false) stops after the last layer anything reads from it (
 Causal scrubbing lowers to such runs: every treeified instance is a run, its claims are ops
 reading the runs of the instances below it.
 
+**Records.** A run may also save values as it computes them (:class:`Record`: node outputs,
+receiver inputs, attention patterns at named positions), through the same recorded places
+as runs that read runs; recording adds no forward pass. ``str(program)`` lists them under
+their run (``record a9.h9, m3@END``, ``record pattern a9.h9@END``, ``table dla: …``).
+
 Ops are closed over the node kinds of :mod:`intervene.graph`; each remembers the spec line it
 came from. A run that only departs from its base at layer l starts from the base's cached
 residual at layer l (:meth:`Run.start_layer`). The module imports neither torch nor pydantic;
@@ -38,14 +45,14 @@ residual at layer l (:meth:`Run.start_layer`). The module imports neither torch 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 import networkx as nx
 
 from intervene.circuit import Circuit
 from intervene.graph import Node, Receiver
 
-Action = Literal["patch", "add", "project_out"]
+Action = Literal["patch", "add", "project_out", "set", "function"]  # set: an SAE latent clamped to ``Op.scale``
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,8 @@ class Op:
     scale: float = 1.0  # add
     origin: str = ""  # "specs/x.yaml:14"
     receiver: Receiver | None = None  # patch only: a receiver's input, or one edge into it
+    function: str | None = None  # function: the user's ``module:function`` (intervene.functions)
+    fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)  # function: it, imported
 
     def __post_init__(self) -> None:
         if self.node is None and self.receiver is None:
@@ -128,6 +137,10 @@ class Op:
             body = f"{node} ← {self.source}"
         elif self.action == "add":
             body = f"{node} += {self.scale:g}·{self.vector}"
+        elif self.action == "set":
+            body = f"{node} := {self.scale:g}"
+        elif self.action == "function":
+            body = f"{node} ← {self.function}({self.node})"
         else:
             body = f"{node} ⟂ {self.vector}"
         return body
@@ -136,16 +149,17 @@ class Op:
 Edge = tuple[Node, Receiver]
 
 Place = tuple[str, int]
-"""A place in a run whose values another run may read: (``z`` (a layer's heads), ``mlp`` (its
-output), ``input``, ``resid`` (entering layer l; l = L the final residual) or ``mlpin`` (the
-MLP's input), layer)."""
+"""A place in a run whose values another run may read (or a record saves): (``z`` (a layer's
+heads), ``mlp`` (its output), ``input``, ``resid`` (entering layer l; l = L the final residual),
+``mlpin`` (the MLP's input) or ``pattern`` (the layer's attention probabilities, recorded
+only), layer)."""
 
 
 def read_place(op: Op, n_layers: int) -> Place:
     """The place a patch op reads in its source: the node's output (for an edge, its sender's),
     or the receiver's input."""
     if op.node is not None:
-        n = op.node
+        n = op.node.site or op.node  # an SAE's latents and error are read from their site's values
         if n.kind == "head":
             return ("z", n.layer)
         if n.kind == "mlp":
@@ -244,6 +258,8 @@ class Run:
     input: str | None = None  # name of an Index in Program.indices (None: slot i is example i)
     scored: bool = True  # False: only read by other runs (no metric), computed up to ``stop``
     stop: int | None = None  # the layer after the last one computed (None: all, then the logits)
+    metric: str | None = None  # a key of Program.metrics: the run's own metric (None: the program's)
+    records: tuple[Record, ...] = ()  # places this run saves as it computes them (kind: record)
 
     def start_layer(self, n_layers: int) -> int:
         """The first layer this run departs from its base at (n_layers if it never does). Edge
@@ -259,6 +275,89 @@ class Run:
     def is_view(self) -> bool:
         """A run with no ops: its values are its dataset's unpatched pass at its input index."""
         return not self.ops and not self.edges
+
+
+RECORD_TABLES = ("logit_lens", "dla")
+
+
+@dataclass(frozen=True)
+class Record:
+    """A value a run saves as it computes it (experiment kind ``record``): a node's output
+    (a head's ``z·W_O[h]``, an MLP's write, ``input``, a residual ``r{l}``), a receiver's
+    input (``a3.h1<q>``: the residual its layer reads; ``m3``: the MLP's input), or with
+    ``pattern`` a head's attention probabilities (queries at ``positions``, every key).
+    ``table`` marks places a ready-made table (``logit_lens``, ``dla``) reads; they are
+    recorded at the table's position and not written out as tensors of their own."""
+
+    what: Node | Receiver
+    positions: tuple[str, ...] | None = None  # None: every position
+    pattern: bool = False
+    table: str | None = None
+    origin: str = ""
+
+    def place(self, n_layers: int) -> Place:
+        """The place (:data:`Place`) whose values hold it: ``z`` for heads and their patterns'
+        layer (``pattern``), ``mlp``, ``input``, ``resid`` (receivers q/k/v and ``logits``),
+        ``mlpin`` (an MLP receiver)."""
+        w = self.what
+        if isinstance(w, Receiver):
+            if w.kind == "logits":
+                return ("resid", n_layers)
+            return ("mlpin", w.layer) if w.kind == "mlp" else ("resid", w.layer)  # type: ignore[return-value]
+        if self.pattern:
+            return ("pattern", w.layer)
+        if w.kind == "head":
+            return ("z", w.layer)
+        if w.kind == "mlp":
+            return ("mlp", w.layer)
+        return ("input", 0) if w.kind == "input" else ("resid", w.layer)
+
+    @property
+    def label(self) -> str:
+        """What the record is called in the index and the tensor file: ``a3.h1``, ``m2``,
+        ``a3.h1<q>``, ``m2<in>``, ``logits<in>`` (receivers' inputs), ``pattern a3.h1``."""
+        w = self.what
+        if isinstance(w, Receiver) and w.kind in ("mlp", "logits"):
+            return f"{w}<in>"
+        return f"pattern {w}" if self.pattern else str(w)
+
+
+def _record_lines(records: tuple[Record, ...]) -> list[tuple[str, str]]:
+    """Listing lines of a run's records: one per (kind, positions, table, spec line), the
+    names listed when there are at most four, else counted by kind."""
+    groups: dict[tuple[bool, tuple[str, ...] | None, str | None, str], list[Record]] = {}
+    for r in records:
+        groups.setdefault((r.pattern, r.positions, r.table, r.origin), []).append(r)
+    out: list[tuple[str, str]] = []
+    for (pattern, pos, table, origin), rs in groups.items():
+        where = "@" + ",".join(pos) if pos else "@*"
+        names = [str(r.what) for r in rs]
+        if len(names) > 4:
+            kinds: dict[str, int] = {}
+            for r in rs:
+                k = "receivers" if isinstance(r.what, Receiver) else {"head": "heads", "mlp": "MLPs",
+                                                                       "resid": "residuals"}.get(r.what.kind, r.what.kind)
+                kinds[k] = kinds.get(k, 0) + 1
+            body = ", ".join(k if k == "input" else f"{c} {k}" for k, c in kinds.items())
+            shown = f"{body} ({names[0]} … {names[-1]})"
+        else:
+            shown = ", ".join(names)
+        verb = f"table {table}:" if table else ("record pattern" if pattern else "record")
+        out.append((f"{verb} {shown}{where}", origin))
+    return out
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A metric some runs are scored with instead of the program's (an experiment's own
+    ``metric``): its printed form and the named position whose logits it reads."""
+
+    name: str
+    text: str
+    position: str
+
+    def __str__(self) -> str:
+        return f"metric {self.name} = {self.text}"
 
 
 @dataclass(frozen=True)
@@ -291,12 +390,29 @@ def _grouped(ops: tuple[Op, ...]) -> list[tuple[str, str]]:
             kinds: dict[str, int] = {}
             for n in nodes:
                 kinds[n.kind] = kinds.get(n.kind, 0) + 1  # type: ignore[union-attr]
-            names = {"head": "heads", "mlp": "MLPs", "resid": "residuals", "input": "input"}
+            names = {"head": "heads", "mlp": "MLPs", "resid": "residuals", "input": "input",
+                     "resid_latent": "latents", "mlp_latent": "latents", "resid_err": "SAE errors",
+                     "mlp_err": "SAE errors"}
             body = ", ".join(k if k == "input" else f"{c} {names[k]}" for k, c in kinds.items())
             where = "@" + ",".join(op.positions) if op.positions else "@*"
             out.append((f"{body} ({nodes[0]} … {nodes[-1]}){where} ← {op.source}", op.origin))
         i = j
     return out
+
+
+@dataclass(frozen=True)
+class Sae:
+    """A sparse autoencoder spliced in at ``site`` (``r3``, ``m2``): its nodes are the site's
+    latents and error (:mod:`intervene.sae`); ``path`` is its SAELens-format folder."""
+
+    name: str
+    site: str
+    path: str
+    architecture: str = ""
+    d_sae: int = 0
+
+    def __str__(self) -> str:
+        return f"sae {self.name} at {self.site} = {self.path} ({self.architecture}, {self.d_sae} latents)"
 
 
 @dataclass
@@ -310,6 +426,8 @@ class Program:
     circuits: dict[str, Circuit] = field(default_factory=dict)  # circuit experiment -> its circuit
     indices: dict[str, Index] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # what passes learnt (scrub: lowered hypotheses)
+    metrics: dict[str, Reading] = field(default_factory=dict)  # runs' own metrics (Run.metric), by name
+    saes: dict[str, Sae] = field(default_factory=dict)  # site (r3, m2) -> the SAE spliced in there
 
     def run_named(self, name: str) -> Run:
         """The run called ``name`` (KeyError if none)."""
@@ -351,6 +469,8 @@ class Program:
         for v in self.vectors.values():
             what = f"token {v.token!r}" if v.token else (f"file {v.file}" if v.file else f"{len(v.values or ())} values")
             lines.append(f"  vector {v.name} = {what}{' (unit)' if v.unit else ''}")
+        lines += [f"  {sae}" for sae in self.saes.values()]
+        lines += [f"  {m}" for m in self.metrics.values()]
         lines += [f"  {ix}" for ix in self.indices.values()]
         waves = self.levels() if any(r.reads() for r in self.runs) else []
         if len(waves) > 1:
@@ -358,9 +478,10 @@ class Program:
         width = max((len(r.name) for r in self.runs), default=0)
         for i, r in enumerate(self.runs):
             on = r.dataset if r.input is None else f"{r.dataset}[{r.input}]"
+            on += f" [{r.metric}]" if r.metric else ""
             tail = "" if r.scored else f"  (read only{f', layers < {r.stop}' if r.stop is not None else ''})"
             head = f"  #{i:<4} {r.name:<{width}}  on {on}"  # '#': run ids cannot be read as node names (r2)
-            items = _grouped(r.ops) + [(str(e), e.origin) for e in r.edges]
+            items = _grouped(r.ops) + [(str(e), e.origin) for e in r.edges] + _record_lines(r.records)
             if not items:
                 lines.append(head + tail)
             for j, (text, origin) in enumerate(items):

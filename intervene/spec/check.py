@@ -35,6 +35,7 @@ from pydantic.fields import FieldInfo
 from intervene import graph
 from intervene.errors import Diagnostic, ErrorCode, SpecError
 from intervene.spec import circuits, discovery, guards, hypotheses, schema
+from intervene.sae import spec as sae_spec
 from intervene.spec.diagnostics import at as _at
 from intervene.spec.diagnostics import dedupe as _dedupe
 from intervene.spec.diagnostics import did_you_mean as _did_you_mean
@@ -307,7 +308,7 @@ def _static_checks(data: dict[str, Any], src: SourceMap | None, base: Path) -> l
     checker.experiments()
     return (checker.out + guards.check(data, src, base) + circuits.check_static(data, src)
             + hypotheses.check_static(data, src)
-            + discovery.check_static(data, src))
+            + discovery.check_static(data, src) + sae_spec.check_static(data, src, base))
 
 
 @dataclass
@@ -369,12 +370,16 @@ class _Static:
                                     f"ioi datasets: {', '.join(iois)}" if iois else "add a kind: ioi dataset", of))
 
     def metric(self) -> None:
-        expr = _get(self.data, ("metric", "expr"))
-        if _get(self.data, ("metric", "kind")) == "expression" and isinstance(expr, str) and expr.strip():
-            try:
-                parse_expression(expr)
-            except ExpressionError as e:
-                self.out.append(_expr_diag(self.src, ("metric", "expr"), expr, e))
+        experiments = self.data.get("experiments")
+        own = [("experiments", i, "metric") for i, e in enumerate(experiments if isinstance(experiments, list) else [])
+               if isinstance(e, dict) and isinstance(e.get("metric"), dict)]
+        for loc in [("metric",)] + own:
+            expr = _get(self.data, loc + ("expr",))
+            if _get(self.data, loc + ("kind",)) == "expression" and isinstance(expr, str) and expr.strip():
+                try:
+                    parse_expression(expr)
+                except ExpressionError as e:
+                    self.out.append(_expr_diag(self.src, loc + ("expr",), expr, e))
 
     def experiments(self) -> None:
         experiments = self.data.get("experiments")
@@ -480,6 +485,7 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
     _check_metric(spec, facts, src, out, positions)
     out += circuits.check_against_model(spec, facts)
     out += hypotheses.check_against_model(spec, facts)
+    out += sae_spec.check_against_model(spec, facts)
     return sorted(_dedupe(out), key=lambda d: (d.line, d.col))
 
 
@@ -489,28 +495,42 @@ def _source_dataset(source: Any) -> str | None:
 
 def _check_metric(spec: schema.Spec, facts: ModelFacts, src: SourceMap | None, out: list[Diagnostic],
                   positions: Callable[[Loc, Any, Iterable[str | None]], None]) -> None:
-    metric = spec.metric
-    used = list(dict.fromkeys(e.dataset for e in spec.experiments))
-    positions(("metric", "position"), metric.position, used)
-    for ds in used:
-        known = facts.dataset_answers.get(ds)
-        if known is None:
-            continue
-        for fld in ("answer", "wrong"):
-            name = getattr(metric, fld, None)
-            if name is not None and name not in known:
-                out.append(_at(src, ("metric", fld), ErrorCode.E016, f'answer "{name}" is not defined by dataset '
-                               f'"{ds}"', _did_you_mean(name, known, f"answers of {ds}"), name))
-        if isinstance(metric, schema.ExpressionMetric):
-            try:
-                symbols = sorted(str(s) for s in parse_expression(metric.expr).free_symbols)
-            except ExpressionError as e:
-                out.append(_expr_diag(src, ("metric", "expr"), metric.expr, e))
+    """Each metric block against the datasets it reads: the spec's ``metric`` against every
+    experiment that uses it, an experiment's own ``metric`` against its dataset. Which answers
+    must be one token is checked against the tokenised data (:func:`intervene.bind.bind`)."""
+    users: dict[tuple[str | int, ...], list[str]] = {}
+    for i, e in enumerate(spec.experiments):
+        users.setdefault(spec.metric_of(i)[1], []).append(e.dataset)
+    if ("metric",) not in users:  # every experiment has its own: the spec's still reads its datasets
+        users[("metric",)] = list(dict.fromkeys(e.dataset for e in spec.experiments))
+    for mloc, used in users.items():
+        metric = _get_metric(spec, mloc)
+        used = list(dict.fromkeys(used))
+        positions(mloc + ("position",), metric.position, used)
+        for ds in used:
+            known = facts.dataset_answers.get(ds)
+            if known is None:
                 continue
-            for name in symbols:
-                if name not in known:
-                    offset, width = _offset_in(src, ("metric", "expr"), metric.expr,
-                                               _name_offset(metric.expr, name), len(name))
-                    out.append(_at(src, ("metric", "expr"), ErrorCode.E016,
-                                   f'answer "{name}" is not defined by dataset "{ds}"',
-                                   _did_you_mean(name, known, f"answers of {ds}"), name, offset=offset, width=width))
+            for fld in ("answer", "wrong"):
+                name = getattr(metric, fld, None)
+                if name is not None and name not in known:
+                    out.append(_at(src, mloc + (fld,), ErrorCode.E016, f'answer "{name}" is not defined by dataset '
+                                   f'"{ds}"', _did_you_mean(name, known, f"answers of {ds}"), name))
+            if isinstance(metric, schema.ExpressionMetric):
+                try:
+                    symbols = sorted(str(s) for s in parse_expression(metric.expr).free_symbols)
+                except ExpressionError as e:
+                    out.append(_expr_diag(src, mloc + ("expr",), metric.expr, e))
+                    continue
+                for name in symbols:
+                    if name not in known:
+                        offset, width = _offset_in(src, mloc + ("expr",), metric.expr,
+                                                   _name_offset(metric.expr, name), len(name))
+                        out.append(_at(src, mloc + ("expr",), ErrorCode.E016,
+                                       f'answer "{name}" is not defined by dataset "{ds}"',
+                                       _did_you_mean(name, known, f"answers of {ds}"), name, offset=offset,
+                                       width=width))
+
+
+def _get_metric(spec: schema.Spec, loc: tuple[str | int, ...]) -> Any:
+    return spec.metric if loc == ("metric",) else spec.experiments[int(loc[1])].metric

@@ -83,6 +83,8 @@ def dedupe(diags: Iterable[Diagnostic]) -> list[Diagnostic]:
 
 def range_hint(e: graph.NodeRangeError, text: str, shape: graph.ModelShape) -> str | None:
     """graph's did-you-mean plus the valid range."""
+    if e.code in ("no-sae-at-site", "latent-out-of-range"):  # SAE latents say their own range
+        return e.hint
     extra = f"layers are 0-{shape.n_layers - 1}"
     m = re.match(r"^a(\d+)\.", text.strip())
     if e.code == "head-out-of-range" and m:

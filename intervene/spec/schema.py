@@ -197,8 +197,43 @@ class ExpressionMetric(_AtPosition):
     """A formula over answer names (their logits), parsed with sympy, never evaluated as Python: `IO - S`, `log(exp(IO) + exp(S))`; functions exp, log, abs, max, min."""
 
 
+FUNCTION_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$"
+FunctionRef = Annotated[str, StringConstraints(strict=True, pattern=FUNCTION_PATTERN)]
+
+
+class FunctionMetric(_AtPosition):
+    """A user function ``module:function`` (imported, never evaluated) of the logits at
+    ``position`` and the example's answer ids: one value per example (docs/concepts.md §4)."""
+
+    kind: Literal["function"]
+    """`function`: your own `module:function(logits, answers)`, one value per example."""
+    function: FunctionRef
+    """`module:function` (the spec's folder is searched first), called with `logits` [examples, vocab] (float32) at `position` and `answers` {name: token ids [examples]} (a multi-token answer: its first token); returns [examples]."""
+
+
+class ContinuationLogprobMetric(_AtPosition):
+    """Σ log p(answer tokens), teacher-forced: the prompt continued by the answer's tokens."""
+
+    kind: Literal["continuation_logprob"]
+    """`continuation_logprob`: the sum of the log-probabilities of the answer's tokens (any number), read at `position` (the prompt's last token) and the continuation's positions after it."""
+    answer: NonEmptyStr
+    """The answer name whose tokens continue the prompt."""
+
+
+class LogprobDiffMetric(_AtPosition):
+    """Σ log p(answer tokens) − Σ log p(wrong tokens), each teacher-forced on its own continuation."""
+
+    kind: Literal["logprob_diff"]
+    """`logprob_diff`: continuation_logprob(answer) − continuation_logprob(wrong); each run is computed on both continuations (two rows per example)."""
+    answer: NonEmptyStr
+    """The answer name of the correct continuation."""
+    wrong: NonEmptyStr
+    """The answer name of the wrong continuation."""
+
+
 Metric = Annotated[Union[LogitDiffMetric, ProbDiffMetric, LogprobMetric, KlToCleanMetric, AccuracyMetric,
-                         ExpressionMetric], Field(discriminator="kind")]
+                         ExpressionMetric, FunctionMetric, ContinuationLogprobMetric, LogprobDiffMetric],
+                   Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------ sources, vectors
@@ -313,7 +348,47 @@ class ProjectOutIntervention(_Model):
     """The direction removed (normalised first)."""
 
 
-Intervention = Annotated[Union[PatchIntervention, AddIntervention, ProjectOutIntervention],
+class FunctionIntervention(_Model):
+    """Replace the nodes' outputs by what a user function returns for them (docs/concepts.md §3)."""
+
+    kind: Literal["function"]
+    """`function`: each node's output (a head's z) goes through your `module:function`, which returns its replacement."""
+    nodes: NodePatterns
+    """Node names or patterns (as for patch)."""
+    positions: Positions = "all"
+    """`all`, or a list of named positions (the function sees only those)."""
+    function: FunctionRef
+    """`module:function` (the spec's folder is searched first), called as `f(x, positions=..., examples=...)`: `x` [rows, positions, width] is the node's output (a head: its z, width d_head; else d_model), `positions` [rows, positions] the token indices, `examples` [rows] the example indices; it returns a tensor of `x`'s shape."""
+
+
+class ClampIntervention(_Model):
+    """Set SAE latents to a value (docs/sae.md)."""
+
+    kind: Literal["clamp"]
+    """`clamp`: set SAE latents (`r3.sae[12]`) to `value`; the site changes by (value − latent) × the latent's decoder direction."""
+    nodes: NodePatterns
+    """SAE latent names or patterns: `r3.sae[12]`, `m2.sae[{0..9}]`."""
+    positions: Positions = "all"
+    """`all`, or a list of named positions."""
+    value: Union[StrictFloat, StrictInt]
+    """The latents' new value."""
+
+
+class SteerIntervention(_Model):
+    """Add ``scale`` times an SAE latent's decoder direction to its site (docs/sae.md)."""
+
+    kind: Literal["steer"]
+    """`steer`: add `scale` × the decoder direction of each latent (`r3.sae[12]`) to its site: the latent's value grows by `scale`."""
+    nodes: NodePatterns
+    """SAE latent names or patterns: `r3.sae[12]`."""
+    positions: Positions = "all"
+    """`all`, or a list of named positions."""
+    scale: Union[StrictFloat, StrictInt] = 1.0
+    """The multiplier of the decoder direction (negative: steer away)."""
+
+
+Intervention = Annotated[Union[PatchIntervention, AddIntervention, ProjectOutIntervention, FunctionIntervention,
+                               ClampIntervention, SteerIntervention],
                          Field(discriminator="kind")]
 
 
@@ -329,6 +404,8 @@ class SweepExperiment(_Model):
     """`sweep`: one run per target node (activation patching)."""
     dataset: Identifier
     """The dataset the runs are on (the clean run)."""
+    metric: Metric | None = None
+    """This experiment's own metric (any metric block); default: the spec's `metric`."""
     targets: NodePatterns
     """Node patterns; each node they name is patched in a run of its own: `a*.h*` (every head), `m*`, `r*`, `a{20..29}.h*`."""
     positions: Positions = "all"
@@ -348,6 +425,8 @@ class PatchExperiment(_Model):
     """`patch`: one run with every intervention applied together."""
     dataset: Identifier
     """The dataset the run is on."""
+    metric: Metric | None = None
+    """This experiment's own metric (any metric block); default: the spec's `metric`."""
     interventions: Annotated[tuple[Intervention, ...], Field(min_length=1)]
     """The interventions (patch, add, project_out), applied together."""
 
@@ -364,6 +443,8 @@ class PathPatchExperiment(_Model):
     """`path_patch`: the effect of senders on receivers through direct paths only."""
     dataset: Identifier
     """The dataset the runs are on."""
+    metric: Metric | None = None
+    """This experiment's own metric (any metric block); default: the spec's `metric`."""
     senders: NodePatterns
     """Node patterns of the senders (`a{16..29}.h*`)."""
     receivers: NodePatterns
@@ -403,6 +484,8 @@ class CircuitExperiment(_Model):
     """`circuit`: score a circuit: faithfulness, m(C)/m(M), KL, completeness and minimality."""
     dataset: Identifier
     """The dataset the circuit is scored on."""
+    metric: Metric | None = None
+    """This experiment's own metric (any metric block); default: the spec's `metric`."""
     circuit: Identifier
     """A key of `circuits`."""
     ablate: Source
@@ -424,6 +507,8 @@ class ScrubExperiment(_Model):
     """`scrub`: causal scrubbing of each hypothesis (loss recovered)."""
     dataset: Identifier
     """The reference examples (and the pool draws come from)."""
+    metric: Metric | None = None
+    """This experiment's own metric (any metric block); default: the spec's `metric`."""
     hypotheses: Annotated[tuple[Identifier, ...], Field(min_length=1)]
     """Keys of `hypotheses`."""
     seed: StrictInt | None = None
@@ -456,6 +541,8 @@ class DiscoverExperiment(_Model):
     """`discover`: rank edges or nodes by attribution and build circuits from the ranking."""
     dataset: Identifier
     """The dataset attributions are computed on."""
+    metric: Metric | None = None
+    """This experiment's own metric (any metric block); default: the spec's `metric`."""
     source: Source
     """Where the patched (corrupted) values come from."""
     method: Literal["exact", "eap", "eap_ig", "atp_star", "acdc"] = "eap_ig"
@@ -545,6 +632,18 @@ class HypothesisDef(_Model):
     """The interpretation nodes, by name."""
 
 
+# ------------------------------------------------------------------------------ SAEs
+
+
+class SaeDef(_Model):
+    """A sparse autoencoder in SAELens's folder format, spliced in at ``site`` (docs/sae.md)."""
+
+    path: NonEmptyStr
+    """The SAE's folder (`cfg.json` and `sae_weights.safetensors`), relative to the spec file; nothing is downloaded."""
+    site: Annotated[str, StringConstraints(strict=True, pattern=r"^[rm]\d+$")]
+    """Where it reads and writes: a residual stream `r{layer}` (entering that layer) or an MLP's output `m{layer}`. Its latents are then nodes `r3.sae[i]` and its error `r3.sae.err`."""
+
+
 # ------------------------------------------------------------------------------ the spec
 
 
@@ -562,11 +661,13 @@ class Spec(_Model):
     datasets: Annotated[dict[Identifier, Dataset], Field(min_length=1)]
     """Datasets by name."""
     metric: Metric
-    """The metric every run is scored with."""
+    """The metric runs are scored with (an experiment may name its own `metric`)."""
     circuits: dict[Identifier, CircuitDef] = {}
     """Circuits by name (for `circuit` experiments)."""
     hypotheses: dict[Identifier, HypothesisDef] = {}
     """Causal-scrubbing hypotheses by name (for `scrub` experiments)."""
+    saes: dict[Identifier, SaeDef] = {}
+    """Sparse autoencoders by name, each at its own site: their latents become nodes (docs/sae.md)."""
     experiments: Annotated[tuple[Experiment, ...], Field(min_length=1)]
     """The experiments, compiled together into one program."""
     # expectations checked by the pytest plugin (syntax: intervene.testing.expect, docs/testing.md)
@@ -604,6 +705,11 @@ class Spec(_Model):
         if self._source_map is None:
             return "<spec>"
         return self._source_map.where(loc)
+
+    def metric_of(self, index: int) -> tuple[Any, tuple[str | int, ...]]:
+        """Experiment ``index``'s metric block and where it is: its own ``metric``, else the spec's."""
+        own = self.experiments[index].metric
+        return (own, ("experiments", index, "metric")) if own is not None else (self.metric, ("metric",))
 
     def model_path(self) -> str:
         """``model.name`` as the loader reads it: a folder relative to the spec file's folder

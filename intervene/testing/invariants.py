@@ -80,11 +80,12 @@ def _logits_readout(ds: str, logits: torch.Tensor, idx: torch.Tensor) -> torch.T
 
 def _execute(model: Adapter, batches: Mapping[str, Batch], runs: Sequence[ir.Run],
              vectors: Mapping[str, torch.Tensor] | None = None, max_tokens: int = 4096,
-             position: str = "END") -> list[torch.Tensor]:
-    """Logits at ``position`` of every run (a fresh executor: nothing cached between calls)."""
+             position: str = "END", saes: Mapping[str, ir.Sae] | None = None) -> list[torch.Tensor]:
+    """Logits at ``position`` of every run (a fresh executor: nothing cached between calls);
+    ``saes``: the SAEs the runs' SAE nodes belong to (a program's ``saes``)."""
     ex = Executor(model, dict(batches), dict(vectors or {}), position, max_tokens=max_tokens)
     with torch.no_grad():
-        return ex.execute(ir.Program("check", list(runs)), _logits_readout)
+        return ex.execute(ir.Program("check", list(runs), saes=dict(saes or {})), _logits_readout)
 
 
 # ------------------------------------------------------------------------------ inputs
@@ -168,9 +169,9 @@ def fused_equals_sequential(model: Adapter, batches: Mapping[str, Batch], progra
                             atol: float = 1e-5, rtol: float = 1e-5) -> None:
     """§6.7: the program's runs fused (chunks of ``max_tokens`` tokens, rows joining at their
     start layer) equal each run executed alone."""
-    fused = _execute(model, batches, program.runs, vectors, max_tokens=max_tokens)
+    fused = _execute(model, batches, program.runs, vectors, max_tokens=max_tokens, saes=program.saes)
     for run, v in zip(program.runs, fused):
-        (alone,) = _execute(model, batches, [run], vectors)
+        (alone,) = _execute(model, batches, [run], vectors, saes=program.saes)
         _close(v, alone, atol, rtol, f"fused equals sequential (§6.7): run {run.name} "
                f"({'; '.join(map(str, run.ops + run.edges))}) fused vs alone")
 

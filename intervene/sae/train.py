@@ -1,0 +1,47 @@
+"""A small SAE trainer, for tests and examples: a few hundred Adam steps on a few hundred vectors.
+
+What it owns: :func:`train`, which fits a ``standard`` (ReLU, L1 penalty on latents weighted by
+their decoder norms) or ``topk`` SAE to activations held in memory. It is meant to produce an
+SAE to try the library with (``examples/sae_steering.py``, the real-model test), not a good
+dictionary: real SAEs are trained on millions of tokens (SAELens) and loaded from their folders.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from intervene.sae.model import Sae
+
+
+def train(acts: Tensor, d_sae: int, architecture: str = "standard", k: int | None = None, steps: int = 300,
+          lr: float = 1e-2, l1: float = 1e-3, seed: int = 0) -> Sae:
+    """An SAE fitted to ``acts`` [N, d] (float32, CPU or any device): decoder rows start as random
+    unit vectors, the encoder as their transpose, ``b_dec`` as the mean activation."""
+    if architecture not in ("standard", "topk"):
+        raise ValueError(f"train fits standard or topk SAEs, not {architecture!r}")
+    if architecture == "topk" and not (isinstance(k, int) and 1 <= k <= d_sae):
+        raise ValueError(f"a topk SAE needs 1 <= k <= d_sae, got k={k!r}")
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    acts = acts.detach().float()
+    d = acts.shape[1]
+    W_dec = torch.randn(d_sae, d, generator=g)
+    W_dec = (W_dec / W_dec.norm(dim=1, keepdim=True)).to(acts.device)
+    params = {"W_enc": W_dec.T.clone(), "b_enc": torch.zeros(d_sae, device=acts.device), "W_dec": W_dec,
+              "b_dec": acts.mean(0)}
+    for p in params.values():
+        p.requires_grad_(True)
+    opt = torch.optim.Adam(list(params.values()), lr=lr)
+    scale = acts.norm(dim=1).mean().clamp_min(1e-6)  # the loss in units of the activations' size
+    with torch.enable_grad():
+        for _ in range(steps):
+            sae = Sae(architecture, params["W_enc"], params["b_enc"], params["W_dec"], params["b_dec"], k=k)
+            f = sae.encode(acts)
+            loss = ((sae.decode(f) - acts) ** 2).sum(1).mean() / scale**2
+            if architecture == "standard":
+                loss = loss + l1 * (f * params["W_dec"].norm(dim=1)).sum(1).mean() / scale
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    done = {name: p.detach().clone() for name, p in params.items()}
+    return Sae(architecture, done["W_enc"], done["b_enc"], done["W_dec"], done["b_dec"], k=k)
