@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from intervene import data, graph, ir
+from intervene import data, functions, graph, ir
 from intervene.compile import lower_source
 from intervene.errors import Diagnostic, ErrorCode, SpecError
 from intervene.scrub.features import Feature, FeatureError, load_functions, matching_draw, parse_feature
@@ -77,9 +77,53 @@ def bind(spec: schema.Spec, facts: ModelFacts, datasets: Mapping[str, data.Datas
                 sources.check(read)
     out += sources.out
     out += _vectors(spec, facts.shape.d_model)
+    out += _functions(spec)
+    out += _metrics(spec)
     out += _features(spec, facts.shape, datasets, batches)
     out += expectations(spec, facts.shape, named)
     return sorted(dedupe(out), key=lambda d: (d.file, d.line, d.col))
+
+
+# ------------------------------------------------------------------------------ functions, metrics
+
+
+def _functions(spec: schema.Spec) -> list[Diagnostic]:
+    """Every ``module:function`` of a function intervention or metric imports (``E110``;
+    ``E066`` when importing it raised). Not with user code off (``--no-user-code``)."""
+    if not functions.USER_CODE.get():
+        return []
+    refs: list[tuple[Loc, str]] = []
+    blocks: list[tuple[Loc, Any]] = [(("metric",), spec.metric)]
+    for i, exp in enumerate(spec.experiments):
+        blocks.append((("experiments", i, "metric"), exp.metric))
+        for k, iv in enumerate(getattr(exp, "interventions", ())):
+            if iv.kind == "function":
+                refs.append((("experiments", i, "interventions", k, "function"), iv.function))
+    refs += [(loc + ("function",), m.function) for loc, m in blocks if m is not None and m.kind == "function"]
+    out = []
+    base = spec.path.parent if spec.path else None
+    for loc, ref in refs:
+        try:
+            functions.import_function(ref, base, ref)
+        except functions.FunctionError as e:
+            out.append(at(spec.source_map, loc, e.code or ErrorCode.E110, e.message, e.hint, ref))
+    return out
+
+
+def _metrics(spec: schema.Spec) -> list[Diagnostic]:
+    """An experiment's own metric can score it (``E113``): circuit and discover experiments
+    score further programs at the spec metric's position, so their own reads there too."""
+    out = []
+    for i, exp in enumerate(spec.experiments):
+        own = exp.metric
+        if own is None:
+            continue
+        if exp.kind in ("circuit", "discover") and own.position != spec.metric.position:
+            out.append(at(spec.source_map, ("experiments", i, "metric", "position"), ErrorCode.E113,
+                          f'{exp.kind} experiment "{exp.name}" reads its metric at {own.position}, the spec\'s '
+                          f"metric at {spec.metric.position}: a {exp.kind} experiment's searches read one position",
+                          f"use position: {spec.metric.position}", own.position))
+    return out
 
 
 # ------------------------------------------------------------------------------ sources
@@ -130,7 +174,7 @@ class Read:
 def reads(spec: schema.Spec, i: int, exp: Any, dataset_positions: Mapping[str, tuple[str, ...]]) -> list[Read]:
     """How experiment ``i`` reads its sources, as the compiler lowers it (runs and baselines)."""
     here: Loc = ("experiments", i)
-    metric_at = (spec.metric.position,)
+    metric_at = (spec.metric_of(i)[0].position,)
     if exp.kind in ("sweep", "path_patch"):
         src = lower_source(exp.source, exp.dataset)
         loc = here + ("source",)
@@ -190,7 +234,8 @@ class _Sources:
     def _positions(self, r: Read) -> None:
         missing = [p for p in r.at or () if p not in self.positions[r.source.dataset]]
         if missing:
-            what = "the metric position" if r.at == (self.spec.metric.position,) else "position"
+            own = self.spec.metric_of(int(r.loc[1]))[0].position
+            what = "the metric position" if r.at == (own,) else "position"
             self._diag(r, ErrorCode.E014, f'{what} "{missing[0]}" is not defined by source dataset '
                        f'"{r.source.dataset}" (experiment "{r.experiment}" reads it there)',
                        did_you_mean(missing[0], self.positions[r.source.dataset],

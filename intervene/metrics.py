@@ -8,14 +8,16 @@ walking the tree into torch operations: nothing is ever ``eval``'d.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import sympy
 import torch
 from torch import Tensor
 
-from intervene import stats
+from intervene import functions, stats
+from intervene.errors import ExecutionError
 
 
 def _expression_fn(expr: Any) -> Callable[[dict[str, Tensor]], Tensor]:
@@ -61,13 +63,17 @@ def _expression_fn(expr: Any) -> Callable[[dict[str, Tensor]], Tensor]:
 
 @dataclass(frozen=True)
 class Metric:
-    """One of logit_diff, prob_diff, logprob, kl_to_clean, accuracy, expression."""
+    """One of logit_diff, prob_diff, logprob, kl_to_clean, accuracy, expression, function
+    (``fn``: the imported ``function``; ``origin``: the spec line its errors name)."""
 
     kind: str
     answer: str | None = None
     wrong: str | None = None
     expr: str | None = None
     position: str = "END"
+    function: str | None = None
+    fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
+    origin: str = field(default="", compare=False)
 
     def __post_init__(self) -> None:
         if self.kind == "expression":
@@ -91,6 +97,8 @@ class Metric:
             return f"{self.kind}({self.answer})@{self.position}"
         if self.kind == "expression":
             return f"{self.expr} @{self.position}"
+        if self.kind == "function":
+            return f"{self.function}@{self.position}"
         return f"{self.kind}@{self.position}"
 
     def __call__(self, logits: Tensor, answers: dict[str, Tensor], clean_logits: Tensor) -> Tensor:
@@ -112,10 +120,34 @@ class Metric:
         if self.kind == "expression":
             env = {n: pick(n) for n in self.answers_used}
             return self._fn(env)  # type: ignore[attr-defined]
+        if self.kind == "function":
+            if self.fn is None:
+                raise ExecutionError(f"metric {self.function} was not imported (user code is off)", None, self.origin)
+            return functions.call_metric(self.fn, self.function or "", logits, answers, self.origin)
         raise ValueError(f"unknown metric kind {self.kind!r}")
 
 
-def from_spec(m: Any) -> Metric:
-    """The metric of a spec's ``metric`` block."""
+def from_spec(m: Any, base: Path | None = None, origin: str = "") -> Metric:
+    """The metric of a spec's ``metric`` block; a function metric's ``module:function`` is
+    imported from ``base`` (the spec's folder) first, its errors naming ``origin``."""
+    ref = getattr(m, "function", None)
+    fn = None
+    if ref is not None and functions.USER_CODE.get():
+        try:
+            fn = functions.import_function(ref, base, f"metric {ref}")
+        except functions.FunctionError as e:  # reported at check time (E110): here an internal error
+            raise ExecutionError(e.message, f"metric {ref}", origin) from None
     return Metric(kind=m.kind, answer=getattr(m, "answer", None), wrong=getattr(m, "wrong", None),
-                  expr=getattr(m, "expr", None), position=m.position)
+                  expr=getattr(m, "expr", None), position=m.position, function=ref, fn=fn, origin=origin)
+
+
+def of_experiment(spec: Any, index: int) -> Metric:
+    """Experiment ``index``'s metric (its own ``metric``, else the spec's), its function
+    imported from the spec's folder and its errors naming the block's spec line."""
+    block, loc = spec.metric_of(index)
+    return from_spec(block, spec.path.parent if spec.path else None, spec.where(loc))
+
+
+def of_spec(spec: Any) -> Metric:
+    """The spec's own ``metric`` (the default of every experiment)."""
+    return from_spec(spec.metric, spec.path.parent if spec.path else None, spec.where(("metric",)))

@@ -12,7 +12,8 @@ What it owns (the :class:`Sources` half of the executor, :mod:`intervene.execute
 * **Rows** (:class:`Rows`): the rows of one chunk, each a (run, slot, input example).
 * **Runs read by runs**: each run's input examples, the places of computed runs that later
   runs read (:meth:`Sources._record_sites`), and their values, recorded as the run computes
-  them (:meth:`Sources._store`) on top of its base values.
+  them (:meth:`Sources._store`) on top of its base values. A run's records (experiment kind
+  ``record``, :class:`intervene.ir.Record`) are such places too, attention patterns included.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class BaseCache:
     mlp: dict[int, Tensor] = field(default_factory=dict)  # [B, T, d]
     mlpin: dict[int, Tensor] = field(default_factory=dict)  # the MLP's input [B, T, d]
     kv: dict[int, tuple[Tensor, Tensor]] = field(default_factory=dict)  # rotated k, v [B, G, T, dh]
+    pattern: dict[int, Tensor] = field(default_factory=dict)  # attention probabilities [B, T, H, T] (records)
     logits: Tensor | None = None  # [B, V] at the metric position
 
 
@@ -121,9 +123,10 @@ class Sources:
         self._inputs: dict[str, np.ndarray] = {}
         self._record: dict[str, set[Site]] = {}
         self._cache: dict[str, dict[Site, Tensor]] = {}
+        self._clean: dict[tuple[str, str], Tensor] = {}  # (dataset, position) -> unpatched logits [B, V]
 
     def _needs(self, ds: str | None, kind: str, layers: Iterable[int]) -> None:
-        if ds is not None and kind in ("z", "mlp", "mlpin"):
+        if ds is not None and kind in ("z", "mlp", "mlpin", "pattern"):
             self._need.setdefault(ds, {}).setdefault(kind, set()).update(layers)
 
     def _plan_needs(self, program: ir.Program) -> None:
@@ -168,6 +171,7 @@ class Sources:
             z={l: cat([p.z[l] for p in parts]) for l in parts[0].z},
             mlp={l: cat([p.mlp[l] for p in parts]) for l in parts[0].mlp},
             mlpin={l: cat([p.mlpin[l] for p in parts]) for l in parts[0].mlpin},
+            pattern={l: cat([p.pattern[l] for p in parts]) for l in parts[0].pattern},
             kv={l: (cat([p.kv[l][0] for p in parts]), cat([p.kv[l][1] for p in parts])) for l in parts[0].kv},
             logits=cat([p.logits for p in parts]),  # type: ignore[misc]
         )
@@ -184,6 +188,7 @@ class Sources:
         rot = m.rotary(x, pos_ids)
         need = self._need.get(dataset, {})
         need_z, need_mlp, need_in = need.get("z", set()), need.get("mlp", set()), need.get("mlpin", set())
+        need_pat = need.get("pattern", set())
         cache = BaseCache(resid=[])
         for l in range(self.L):
             if self._layer_dev is not None and x.device != self._layer_dev[l]:  # a model split over devices
@@ -193,11 +198,25 @@ class Sources:
                       on_z=(lambda z, l=l: cache.z.__setitem__(l, z)) if l in need_z else None,
                       on_mlp_in=(lambda h, l=l: cache.mlpin.__setitem__(l, h.clone())) if l in need_in else None,
                       on_mlp=(lambda y, l=l: cache.mlp.__setitem__(l, y)) if l in need_mlp else None,
-                      on_kv=lambda k, v, l=l: cache.kv.__setitem__(l, (k, v)))
+                      on_kv=lambda k, v, l=l: cache.kv.__setitem__(l, (k, v)),
+                      on_pattern=(lambda p, l=l: cache.pattern.__setitem__(l, p.transpose(1, 2)))
+                      if l in need_pat else None)
         cache.resid.append(x)
         end = gather_positions(batch, ex, self.metric_position).to(x.device)
         cache.logits = m.unembed(x[torch.arange(len(ex), device=x.device), end]).float()  # metrics in fp32
         return cache
+
+    def clean_logits(self, dataset: str, ex: Tensor, position: str | None = None) -> Tensor:
+        """The unpatched pass's logits [n, V] (float32) of examples ``ex`` at a named position
+        (default: the metric position, cached with the base pass)."""
+        if position is None or position == self.metric_position:
+            return self.base(dataset).logits[ex.to(self.model.device)]  # type: ignore[index]
+        key = (dataset, position)
+        if key not in self._clean:
+            final = self.base(dataset).resid[self.L]
+            at = gather_positions(self.batches[dataset], torch.arange(final.shape[0]), position).to(final.device)
+            self._clean[key] = self.model.unembed(final[torch.arange(final.shape[0], device=final.device), at]).float()
+        return self._clean[key][ex.to(self._clean[key].device)]
 
     def _pairing(self, run_ds: str, src: ir.Source, ex: Tensor, same_length: bool) -> Tensor:
         """Source example index for each slot ``ex`` of a run (resampled ones of the same token
@@ -374,14 +393,18 @@ class Sources:
                 if e.source.run is not None and not self._runs[e.source.run].is_view:
                     raise ExecutionError(f"run {run.name}: edge entries read datasets or views of them, not "
                                          "computed runs; write reads of computed runs as ops", e, e.origin)
+        for run in program.runs:  # records (kind record): every place, the layers below the start too
+            if run.records:
+                out.setdefault(run.name, set()).update(r.place(self.L) for r in run.records)
         return out
 
     def _start_record(self, name: str) -> None:
         """Storage for a run's recorded places, holding its base values until computed."""
         run = self._runs[name]
-        inp = torch.from_numpy(self._inputs[name]).to(self.model.device)
+        inp = torch.from_numpy(self._inputs[name])
         base = self.base(run.dataset)
-        self._cache[name] = {(kind, l): layer_values(base, kind, l)[inp].clone() for kind, l in self._record[name]}
+        self._cache[name] = {(kind, l): (t := layer_values(base, kind, l))[inp.to(t.device)].clone()
+                             for kind, l in self._record[name]}  # each on its layer's device
 
     def _store(self, program: ir.Program, rows: Rows, kind: str, l: int, values: Tensor) -> None:
         """Record the active rows' ``values`` (tokens second, window [P, T)) of place (kind, l)
@@ -392,7 +415,7 @@ class Sources:
             name = program.runs[int(rows.run[a])].name
             dst = self._cache.get(name, {}).get((kind, l))
             if dst is not None:
-                dst[torch.from_numpy(rows.ex[a:b]).to(dst.device), P:T] = values[a:b]
+                dst[torch.from_numpy(rows.ex[a:b]).to(dst.device), P:T] = values[a:b].to(dst.device)
 
     def _source_index(self, run_ds: str, src: ir.Source, inp: Tensor, slots: Tensor, origin: str) -> Tensor | None:
         """Where a source's values for rows computing on ``inp`` in slots ``slots`` are read,
@@ -414,17 +437,18 @@ class Sources:
         (kind ``z``), MLP outputs [n, T, d] (``mlp``) or the input embedding [n, T, d] (``input``)."""
         P, T = self._window or (0, 0)
         H, dh, d = self.model.shape.n_heads, self.model.d_head, self.model.shape.d_model
-        dev, dt = self.model.device, self.model.dtype
+        dt = self.model.dtype
+        dev = self.model.device if self._layer_dev is None else self._layer_dev[min(l, self.L - 1)]
         if src.kind == "zero":
             return torch.zeros((n, H, T - P, dh) if kind == "z" else (n, T - P, d), dtype=dt, device=dev)
         if src.kind == "run":
             table = layer_values(self.base(src.dataset), kind, l)  # type: ignore[arg-type]
-            w = where.to(dev)  # type: ignore[union-attr]
+            w = where.to(table.device)  # type: ignore[union-attr]
             vals = table[w[..., 0], w[..., 1]]
         else:
             mean, per_pos = self._layer_mean(src, kind, l)
             if per_pos:
-                vals = mean[where.clamp(0, mean.shape[0] - 1).to(dev)]  # type: ignore[union-attr]
+                vals = mean[where.clamp(0, mean.shape[0] - 1).to(mean.device)]  # type: ignore[union-attr]
             else:
                 vals = mean.expand(n, T - P, *mean.shape)
         return vals.transpose(1, 2) if kind == "z" else vals
@@ -443,7 +467,10 @@ class Sources:
 def layer_values(c: BaseCache, kind: str, l: int) -> Tensor:
     """A base pass's values of a place (:data:`Site`) with tokens second: head z's [B, T, H, dh]
     (``z``), MLP outputs or inputs [B, T, d] (``mlp``, ``mlpin``), the residual entering layer l
-    (``resid``) or the input embedding [B, T, d] (``input``)."""
+    (``resid``), the input embedding [B, T, d] (``input``) or attention probabilities
+    [B, T, H, T] (``pattern``: queries second, keys last)."""
+    if kind == "pattern":
+        return c.pattern[l]
     if kind == "z":
         return c.z[l].transpose(1, 2)
     if kind == "mlp":

@@ -60,7 +60,7 @@ def discover(p: Any, index: int, values: list[torch.Tensor | None], executor: Ex
     model = p.model.adapter
     shape = model.shape
     src = lower_source(exp.source, exp.dataset)
-    metric = metrics.from_spec(p.spec.metric)
+    metric = metrics.of_experiment(p.spec, index)  # its position is the spec's (E113)
     by_key = _values(p, exp, values)
     clean, source = by_key[("clean",)], by_key[("source",)]
     seed = p.spec.seed

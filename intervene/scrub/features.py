@@ -24,10 +24,7 @@ in the spec is evaluated as code.
 from __future__ import annotations
 
 import difflib
-import importlib
 import re
-import sys
-from contextvars import ContextVar
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from intervene import functions
 from intervene.errors import ErrorCode
 
 if TYPE_CHECKING:
@@ -62,19 +60,9 @@ class FeatureError(ValueError):
         self.message, self.hint, self.offset, self.width, self.code = message, hint, offset, width, code
 
 
-USER_CODE: ContextVar[bool] = ContextVar("intervene_user_code", default=True)
-"""Whether ``module:function`` features are imported (``intervene check --no-user-code``
-sets it false: they are then not imported, and count as one group for the checks)."""
-IMPORTED: list[str] = []
-"""The ``module:function`` features imported in this process, in order (``intervene check``
-says that it imported them)."""
-
-
-def _user_failure(e: BaseException) -> str:
-    if isinstance(e, SystemExit):  # its code may be any object: never print its repr
-        code = e.code if isinstance(e.code, (int, str)) or e.code is None else f"<{type(e.code).__name__}>"
-        return f"called sys.exit({str(code)[:60] if code is not None else ''})"
-    return f"raised {type(e).__name__}: {str(e)[:200]}"
+USER_CODE = functions.USER_CODE  # whether module:function features are imported (--no-user-code)
+IMPORTED = functions.IMPORTED  # the module:function references imported in this process
+_user_failure = functions.user_failure
 
 
 @dataclass(frozen=True)
@@ -224,34 +212,12 @@ def load_functions(feature: Feature, base: Path | None = None) -> Feature:
         return Feature("all", parts=tuple(load_functions(p, base) for p in feature.parts))
     if feature.kind != "function":
         return feature
-    module, name = str(feature.arg).split(":")
     if not USER_CODE.get():
         return feature
-    added = base is not None and str(base) not in sys.path
-    if added:
-        sys.path.insert(0, str(base))
     try:
-        mod = importlib.import_module(module)
-    except ImportError as e:
-        where = f" (searched {base} and the installed packages)" if base else ""
-        raise FeatureError(f'cannot import module "{module}" for feature {feature.arg}{where}: {e}',
-                           "put the module beside the spec file or install it", 0, len(module)) from e
-    except KeyboardInterrupt:
-        raise
-    except BaseException as e:  # importing runs the module: it may raise or exit
-        raise FeatureError(f'importing module "{module}" for feature {feature.arg} {_user_failure(e)}',
-                           "fix the module: importing it must only define functions", 0, len(module),
-                           ErrorCode.E066) from None
-    finally:
-        if added:
-            sys.path.remove(str(base))
-    fn = getattr(mod, name, None)
-    if fn is None or not callable(fn):
-        have = [k for k in vars(mod) if not k.startswith("_") and callable(getattr(mod, k))]
-        close = difflib.get_close_matches(name, have, n=1)
-        hint = (f'did you mean "{close[0]}"? ' if close else "") + f"functions: {', '.join(sorted(have)) or 'none'}"
-        raise FeatureError(f'module "{module}" has no function "{name}"', hint, len(module) + 1, len(name))
-    IMPORTED.append(str(feature.arg))
+        fn = functions.import_function(str(feature.arg), base, f"feature {feature.arg}")
+    except functions.FunctionError as e:
+        raise FeatureError(e.message, e.hint, e.offset, e.width, e.code) from e
     return Feature("function", feature.arg, fn=fn)
 
 

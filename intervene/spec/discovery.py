@@ -55,8 +55,11 @@ def check_static(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic
             out.append(at(src, at_method, ErrorCode.E081, "method acdc needs a threshold τ (an edge is removed "
                           "when removing it raises the divergence by less than τ)", "add e.g. threshold: 0.01",
                           method, fld=here + ("threshold",)))
-        if method in GRADIENT and metric_kind == "accuracy":
-            out.append(at(src, ("metric", "kind"), ErrorCode.E082, f"method {method} of experiment "
+        own = exp.get("metric")
+        kind_here, kind_at = (own.get("kind"), here + ("metric", "kind")) if isinstance(own, dict) else \
+            (metric_kind, ("metric", "kind"))
+        if method in GRADIENT and kind_here == "accuracy":
+            out.append(at(src, kind_at, ErrorCode.E082, f"method {method} of experiment "
                           f'"{exp.get("name")}" takes gradients of the metric, and accuracy has none',
                           "use logit_diff, prob_diff or logprob, or method: exact", "accuracy"))
         source = exp.get("source")
