@@ -31,6 +31,8 @@ def unshardable(program: ir.Program) -> str | None:
     for run in program.runs:
         if run.input is not None:
             return f"run {run.name} computes on an input index"
+        if run.records:  # the executor holds what it saved over all of its examples
+            return f"run {run.name} records values"
         sources = [op.source for op in run.ops if op.source is not None] + [e.source for e in run.edges]
         for s in sources:
             if s.kind == "mean":

@@ -9,7 +9,8 @@ post-norm hooks ``post_norm_attn`` / ``post_norm_mlp`` (identity unless the fami
 
 The block has named sites where the executor acts (the callbacks of :func:`block`):
 ``on_qkv`` (replace receivers' queries/keys/values), ``on_kv`` (cache keys/values),
-``on_z`` (head outputs before the output projection), ``on_attn`` (the attention output,
+``on_pattern`` (attention probabilities, computed only when asked), ``on_z`` (head outputs
+before the output projection), ``on_attn`` (the attention output,
 before any post-norm), ``on_mlp_in`` (the residual the MLP reads, after the attention's
 normalised write), ``mlp_delta`` (added to the MLP's input only) and ``on_mlp`` (the MLP's
 write). ``prefix`` supplies keys and values of positions computed elsewhere.
@@ -103,13 +104,16 @@ def layer_mask(m: Adapter, l: int, mask: Mask | Tensor) -> Tensor:
 def attend(m: Adapter, l: int, x_normed: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Mask | Tensor,
            prefix: tuple[Tensor, Tensor] | None = None,
            on_kv: Callable[[Tensor, Tensor], None] | None = None,
-           on_qkv: Callable[[QKV], None] | None = None) -> Tensor:
+           on_qkv: Callable[[QKV], None] | None = None,
+           on_pattern: Callable[[Tensor], None] | None = None) -> Tensor:
     """Per-head z [B, H, T, dh]: attention-weighted values, before the output projection.
 
     ``prefix`` holds keys and values [B, G, P, dh] of P earlier positions (from a base pass)
     that ``x_normed`` continues; the mask then starts at P. ``on_kv`` sees the keys and values
     computed here (for caching); ``on_qkv`` may replace some heads' queries or groups'
-    keys/values in place (receiver-level edge entries)."""
+    keys/values in place (receiver-level edge entries). ``on_pattern`` (the attention-pattern
+    site) sees every query head's probabilities [B, H, T - P, T] (each head of a key/value
+    group its own), computed only when it is given; z is computed as without it."""
     qkv = m.qkv(l, x_normed, rot)
     if on_qkv:
         on_qkv(qkv)
@@ -120,10 +124,25 @@ def attend(m: Adapter, l: int, x_normed: Tensor, rot: tuple[Tensor, Tensor] | No
         k, v = torch.cat((prefix[0], k), 2), torch.cat((prefix[1], v), 2)
     bias = layer_mask(m, l, mask)
     cap = m.attn_softcap(l)
+    if on_pattern is not None:
+        on_pattern(probabilities(qkv.q, k, bias, m.attn_scale(l), cap))
     if cap is None:
         return torch.nn.functional.scaled_dot_product_attention(
             qkv.q, k, v, attn_mask=bias, scale=m.attn_scale(l), enable_gqa=m.shape.group_size > 1)
     return _capped_attention(qkv.q, k, v, bias, m.attn_scale(l), cap)
+
+
+def probabilities(q: Tensor, k: Tensor, bias: Tensor, scale: float, cap: float | None) -> Tensor:
+    """Attention probabilities [B, H, Tq, Tk] of every query head (keys repeated over a
+    key/value group), soft-capped when ``cap`` is set, masked after the cap and normalised in
+    fp32, in Hugging Face's eager order of operations; returned in the queries' dtype."""
+    g = q.shape[1] // k.shape[1]
+    if g > 1:
+        k = k.repeat_interleave(g, dim=1)
+    s = (q @ k.transpose(-1, -2)) * scale
+    if cap is not None:
+        s = torch.tanh(s / cap) * cap
+    return torch.softmax(s + bias, dim=-1, dtype=torch.float32).to(q.dtype)
 
 
 def _capped_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: float, cap: float) -> Tensor:
@@ -131,10 +150,8 @@ def _capped_attention(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, scale: floa
     cap and normalised in fp32, in Hugging Face's (Gemma 2's) order of operations."""
     g = q.shape[1] // k.shape[1]
     if g > 1:
-        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
-    s = torch.tanh((q @ k.transpose(-1, -2)) * scale / cap) * cap + bias
-    p = torch.softmax(s, dim=-1, dtype=torch.float32).to(q.dtype)
-    return p @ v
+        v = v.repeat_interleave(g, dim=1)
+    return probabilities(q, k, bias, scale, cap) @ v
 
 
 def block(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Mask | Tensor,
@@ -146,7 +163,8 @@ def block(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask
           on_qkv: Callable[[QKV], None] | None = None,
           mlp_delta: Callable[[], Tensor | None] | None = None,
           on_mlp_in: Callable[[Tensor], None] | None = None,
-          inplace: bool = False) -> Tensor:
+          inplace: bool = False,
+          on_pattern: Callable[[Tensor], None] | None = None) -> Tensor:
     """One transformer block on residual x; the callbacks may edit z, the attention output and
     the MLP output in place (sequential or parallel layout as the model has it), replace
     receivers' q/k/v, and add a delta to the MLP's input only. With ``inplace`` the residual
@@ -154,7 +172,7 @@ def block(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask
 
     Sequential: ``x += post_attn(attn(norm_attn(x)))``, then ``x += post_mlp(mlp(norm_mlp(x)))``.
     Parallel: both read the block's input x and both writes are added to it."""
-    z = attend(m, l, m.norm_attn(l, x), rot, mask, prefix, on_kv, on_qkv)
+    z = attend(m, l, m.norm_attn(l, x), rot, mask, prefix, on_kv, on_qkv, on_pattern)
     if on_z:
         on_z(z)
     attn = m.attention_out(l, z)
