@@ -228,6 +228,8 @@ def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool, skip: fr
     facts_ = DataFacts({n: len(b.lengths) for n, b in batches.items()},
                        lambda h, ds, seed: draws_for(h, datasets[ds], batches[ds], seed), resample)
     program = compile_spec(spec, shape, positions, facts_) if compile_program else ir.Program(spec.name or "")
+    for name, (ds, reader, answer) in program.meta.get("continued", {}).items():  # prompts + answer tokens
+        batches[name] = data.continued(batches[ds], batches[reader], answer)
     return Prepared(spec, lm, datasets, batches, program)
 
 
@@ -265,6 +267,7 @@ class Executed:
     programs: dict[str, list[str]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     discoveries: dict[str, Any] = field(default_factory=dict)  # name -> intervene.discover.result.DiscoveryResult
+    recordings: dict[str, Any] = field(default_factory=dict)  # name -> intervene.record.Recording
 
 
 @dataclass(frozen=True)
@@ -287,16 +290,17 @@ def _readout(metric: metrics.Metric, batches: Mapping[str, data.Batch], ex: Exec
     def readout(ds: str, logits: torch.Tensor, idx: torch.Tensor, run: ir.Run | None = None) -> torch.Tensor:
         m = (own or {}).get(run.metric, metric) if run is not None and run.metric else metric
         b = batches[ds]
-        ans = {k: v[idx] for k, v in b.answer_ids.items()}
+        teacher = logits.dim() == 3  # along a continuation: [n, K, V], the metric position first
+        ans = {k: v[idx] for k, v in (b.answer_tokens if teacher else b.answer_ids).items()}
         clean = ex.clean_logits(ds, idx, m.position).to(logits.device)
-        return torch.stack((m(logits, ans, clean).float(), stats.kl(clean, logits)), 1)
+        return torch.stack((m(logits, ans, clean).float(), stats.kl(clean, logits[:, 0] if teacher else logits)), 1)
 
     return readout
 
 
 def _own_metrics(spec: schema.Spec) -> dict[str, metrics.Metric]:
-    """The experiments' own metrics, by experiment name (what their runs' ``metric`` names)."""
-    return {e.name: metrics.of_experiment(spec, i) for i, e in enumerate(spec.experiments) if e.metric is not None}
+    """The metrics runs name (``Run.metric``): experiments' own and continuation metrics."""
+    return metrics.per_run(spec)
 
 
 def _executor(p: Prepared, metric: metrics.Metric, max_tokens: int | None, scale: Scale,
@@ -368,6 +372,10 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
                 except ExecutionError as e:
                     failures[name] = str(e)
     values = [None if v is None else v[:, 0] for v in got]
+    for main, twin in prog.meta.get("twins", ()):  # logprob_diff: the answer's continuation minus the wrong one's
+        if values[main] is not None and values[twin] is not None:
+            values[main] = values[main] - values[twin]  # type: ignore[operator]
+        values[twin] = None
     shape = p.model.adapter.shape
     full, empty = Circuit.full(shape), Circuit(frozenset(), name="∅")
     caches: dict[tuple[str, ir.Source], dict[Any, scores.Measured]] = {}
@@ -416,9 +424,33 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
             found[e.name] = discover(p, i, values, ex)
         except ExecutionError as err:
             failures[e.name] = str(err)
+    recorded = _recordings(p, ex, failures)
     if hasattr(ex, "close"):  # Ray workers: stopped once the spec's programs are done
         ex.close()  # type: ignore[attr-defined]
-    return Executed(values, out, scrubbed, programs, failures, found)
+    return Executed(values, out, scrubbed, programs, failures, found, recorded)
+
+
+def _recordings(p: Prepared, ex: Executor, failures: dict[str, str]) -> dict[str, Any]:
+    """Each record experiment's :class:`intervene.record.Recording`, from what its runs saved
+    in the fused program (a failure where it cannot be made: on Ray workers, whose executors
+    keep what they saved)."""
+    from intervene import record
+
+    out: dict[str, Any] = {}
+    for i, e in enumerate(p.spec.experiments):
+        if e.kind != "record" or e.name in failures:
+            continue
+        if hasattr(ex, "readout_factory"):
+            failures[e.name] = "record experiments run in one process: run the spec without --ray"
+            continue
+        metric = p.spec.metric_of(i)[0]
+        try:
+            out[e.name] = record.collect(p.program, e.name, e.dataset, ex.recorded, p.model.adapter,
+                                         p.batches[e.dataset], getattr(metric, "answer", None),
+                                         getattr(metric, "wrong", None))
+        except ExecutionError as err:
+            failures[e.name] = str(err)
+    return out
 
 
 def _source_warnings(p: Prepared, srcs: list[ir.Source]) -> list[str]:
@@ -439,7 +471,7 @@ def _patching(p: Prepared, exp: Any, values: list[torch.Tensor | None]) -> resul
     """A sweep, path patching or patch experiment: baselines and one row per run."""
     seed = p.spec.seed
     runs = [(r, values[j].double().numpy()) for j, r in enumerate(p.program.runs)  # type: ignore[union-attr]
-            if r.experiment == exp.name]
+            if r.experiment == exp.name and values[j] is not None]  # a logprob_diff twin: in its run's value
     keep = finite.finite_rows([v for _, v in runs])
     if keep.any() and not keep.all():  # means over the examples finite in every run (E067 says which are not)
         runs = [(r, v[keep]) for r, v in runs]
@@ -477,6 +509,8 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
             exps.append(_scrubbing(exp, executed.scrubs[exp.name]))
         elif exp.kind == "discover":
             exps.append(executed.discoveries[exp.name])
+        elif exp.kind == "record":
+            exps.append(_recorded(p, exp, executed))
         elif exp.kind == "circuit":
             src = lower_source(exp.ablate, exp.dataset)
             exps.append(results.CircuitResult.from_scores(exp.name, exp.dataset, str(src), executed.circuits[exp.name],
@@ -501,6 +535,30 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
     }
     return results.Results(p.spec.name or "spec", str(metrics.of_spec(p.spec)), exps,
                            files.jsonable(meta), str(p.program), files.jsonable(_dump_datasets(p)), seconds)
+
+
+def _recorded(p: Prepared, exp: Any, executed: Executed) -> Any:
+    """A record experiment's result: its recording, each run's metric, the tables' intervals."""
+    from intervene.record_result import RecordResult
+
+    runs = [(r, v) for r, v in zip(p.program.runs, executed.values) if r.experiment == exp.name and v is not None]
+    metric = {r.key[0]: v.double().numpy() for r, v in runs}
+    own = p.program.metrics.get(runs[0][0].metric or "") if runs else None
+    return RecordResult.from_recording(executed.recordings[exp.name], metric,
+                                       own.position if own else p.program.metric_position, p.spec.seed)
+
+
+def write_recordings(res: results.Results, out: str | Path) -> list[Path]:
+    """Each record experiment's tensors next to the results file ``out``, as
+    ``<stem>.<experiment>.safetensors`` (its result's ``file`` set to that name); the paths."""
+    written = []
+    for e in res.experiments:
+        rec = getattr(e, "recording", None)
+        if e.kind == "record" and rec is not None:
+            path = Path(out).with_name(f"{Path(out).stem}.{e.name}.safetensors")
+            written.append(rec.save(path))
+            e.file = path.name  # type: ignore[union-attr]
+    return written
 
 
 def _dump_datasets(p: Prepared) -> dict[str, list[dict[str, Any]]]:
@@ -538,6 +596,7 @@ def run_prepared(p: Prepared, *, out: str | Path | None = None, progress: progre
     executed = execute(p, progress=progress, on_circuit=on_circuit, scale=scale)
     res = assemble(p, executed, time.perf_counter() - t0)
     if out is not None:
+        write_recordings(res, out)
         res.save(out)
     return res
 
@@ -597,3 +656,49 @@ def discover(spec: schema.Spec | Mapping[str, Any] | str | Path, experiment: str
     if diags:
         raise SpecError(diags)
     return run(s.model_copy(update={"experiments": (exp,)}), model=model, device=device)[exp.name]
+
+
+def record(spec: schema.Spec | Mapping[str, Any] | str | Path, experiment: str | None = None, *,
+           model: LoadedModel | None = None, device: str | None = None, out: str | Path | None = None,
+           **settings: Any) -> Any:
+    """Run one record experiment of a spec on its model and data; returns its
+    :class:`intervene.record.Recording` (tensors by ``run/what``, their index, the logit lens
+    and DLA tables when asked). The experiment is the spec's ``kind: record`` experiment named
+    ``experiment`` (or its only one), with ``settings`` replacing its fields; or, when the spec
+    has none, the one ``settings`` describe (``dataset=``, ``nodes=``, ``patterns=``,
+    ``positions=``, ``runs=``, ``tables=`` as in a spec). Only that experiment runs; ``out``
+    writes the tensor file (safetensors).
+
+        >>> rec = intervene.record("specs/ioi_record.yaml")                     # doctest: +SKIP
+        >>> rec["clean", "pattern a9.h9"].shape, rec.dla["clean"].top(5)        # doctest: +SKIP
+    """
+    from pydantic import ValidationError
+
+    s = as_spec(spec)
+    found = [e for e in s.experiments if e.kind == "record"]
+    if experiment is not None:
+        named = [e for e in s.experiments if e.name == experiment]
+        if not named or named[0].kind != "record":
+            raise UsageError(f"record: no record experiment {experiment!r} in the spec "
+                             f"(record experiments: {', '.join(e.name for e in found) or 'none'})")
+        base: Any = named[0]
+    elif len(found) == 1:
+        base = found[0]
+    elif found and not settings:
+        raise UsageError(f"record: the spec has {len(found)} record experiments; name one: "
+                         + ", ".join(e.name for e in found))
+    else:
+        base = None
+    data_ = base.model_dump(exclude_unset=True) if base is not None else {"name": "record", "kind": "record"}
+    data_.update(settings)
+    try:
+        exp = schema.RecordExperiment.model_validate(data_)
+    except ValidationError as err:
+        raise UsageError(f"record: {err}") from None
+    res = run(s.model_copy(update={"experiments": (exp,)}), model=model, device=device)[exp.name]
+    if isinstance(res, results.FailedResult):
+        raise ExecutionError(f"record {exp.name} failed: {res.error}")
+    rec = res.recording  # type: ignore[union-attr]
+    if out is not None:
+        rec.save(out)
+    return rec

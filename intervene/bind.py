@@ -35,8 +35,9 @@ from intervene import data, functions, graph, ir
 from intervene.compile import lower_source
 from intervene.errors import Diagnostic, ErrorCode, SpecError
 from intervene.scrub.features import Feature, FeatureError, load_functions, matching_draw, parse_feature
-from intervene.spec import guards, schema
+from intervene.spec import guards, record, schema
 from intervene.spec.check import ModelFacts, check_against_model
+from intervene.spec.expression import ExpressionError, parse_expression
 from intervene.spec.circuits import resolve_circuit
 from intervene.spec.diagnostics import at, at_text, dedupe, did_you_mean
 from intervene.spec.hypotheses import resolve_hypothesis
@@ -77,8 +78,11 @@ def bind(spec: schema.Spec, facts: ModelFacts, datasets: Mapping[str, data.Datas
                 sources.check(read)
     out += sources.out
     out += _vectors(spec, facts.shape.d_model)
+    out += record.check_sizes(spec, facts.shape, {n: (len(b.lengths), int(b.input_ids.shape[1]))
+                                                  for n, b in batches.items()},
+                              4 if spec.model.dtype == "float32" else 2)
     out += _functions(spec)
-    out += _metrics(spec)
+    out += _metrics(spec, named, batches)
     out += _features(spec, facts.shape, datasets, batches)
     out += expectations(spec, facts.shape, named)
     return sorted(dedupe(out), key=lambda d: (d.file, d.line, d.col))
@@ -96,9 +100,8 @@ def _functions(spec: schema.Spec) -> list[Diagnostic]:
     blocks: list[tuple[Loc, Any]] = [(("metric",), spec.metric)]
     for i, exp in enumerate(spec.experiments):
         blocks.append((("experiments", i, "metric"), exp.metric))
-        for k, iv in enumerate(getattr(exp, "interventions", ())):
-            if iv.kind == "function":
-                refs.append((("experiments", i, "interventions", k, "function"), iv.function))
+        for loc, ivs in intervention_lists(i, exp):
+            refs += [(loc + (k, "function"), iv.function) for k, iv in enumerate(ivs) if iv.kind == "function"]
     refs += [(loc + ("function",), m.function) for loc, m in blocks if m is not None and m.kind == "function"]
     out = []
     base = spec.path.parent if spec.path else None
@@ -110,19 +113,81 @@ def _functions(spec: schema.Spec) -> list[Diagnostic]:
     return out
 
 
-def _metrics(spec: schema.Spec) -> list[Diagnostic]:
-    """An experiment's own metric can score it (``E113``): circuit and discover experiments
-    score further programs at the spec metric's position, so their own reads there too."""
-    out = []
+SINGLE_TOKEN = ("logit_diff", "prob_diff", "logprob", "accuracy", "expression")
+"""Metrics that read one token per answer (at one position)."""
+
+
+def _metrics(spec: schema.Spec, named: Mapping[str, tuple[str, ...]], batches: Mapping[str, data.Batch]
+             ) -> list[Diagnostic]:
+    """Each experiment's metric can score it (``E113``; ``E015`` for an answer of several
+    tokens that a metric reads as one): a continuation metric scores sweep, patch and
+    path_patch experiments, reads from the prompt's last token, and reads no resampled source
+    at all positions (its continuation would be another example's answer); circuit and
+    discover experiments score further programs at the spec metric's position, so their own
+    metric reads there too. Only the answers a metric reads are checked, on the experiment's
+    own dataset: a corrupted dataset's answers are never read."""
+    out: list[Diagnostic] = []
+    src = spec.source_map
     for i, exp in enumerate(spec.experiments):
-        own = exp.metric
-        if own is None:
-            continue
-        if exp.kind in ("circuit", "discover") and own.position != spec.metric.position:
-            out.append(at(spec.source_map, ("experiments", i, "metric", "position"), ErrorCode.E113,
-                          f'{exp.kind} experiment "{exp.name}" reads its metric at {own.position}, the spec\'s '
+        m, mloc = spec.metric_of(i)
+        if exp.metric is not None and exp.kind in ("circuit", "discover") and m.position != spec.metric.position:
+            out.append(at(src, mloc + ("position",), ErrorCode.E113,
+                          f'{exp.kind} experiment "{exp.name}" reads its metric at {m.position}, the spec\'s '
                           f"metric at {spec.metric.position}: a {exp.kind} experiment's searches read one position",
-                          f"use position: {spec.metric.position}", own.position))
+                          f"use position: {spec.metric.position}", m.position))
+        b = batches.get(exp.dataset)
+        if m.kind in ir.CONTINUATIONS:
+            out += _continuation(spec, i, exp, m, mloc, named, b)
+        elif m.kind in SINGLE_TOKEN and b is not None:
+            out += _single_tokens(spec, exp, m, mloc, b)
+    return out
+
+
+def _continuation(spec: schema.Spec, i: int, exp: Any, m: Any, mloc: Loc, named: Mapping[str, tuple[str, ...]],
+                  b: data.Batch | None) -> list[Diagnostic]:
+    src = spec.source_map
+    if exp.kind not in ("sweep", "patch", "path_patch"):
+        return [at(src, mloc + ("kind",), ErrorCode.E113, f"{m.kind} reads continuations, which {exp.kind} "
+                   f'experiment "{exp.name}" does not compute', "use it on sweep, patch or path_patch experiments, "
+                   "or a single-token metric here", m.kind)]
+    out = []
+    for r in reads(spec, i, exp, named):
+        if r.source.pairing == "resample" and (r.whole or r.source.by):
+            out.append(at(src, r.loc, ErrorCode.E113, f'experiment "{exp.name}" is scored on continuations, and a '
+                          "resampled source read at all positions (or by features) would be continued by another "
+                          "example's answer", "patch named positions from it, or use a dataset source", None))
+    if b is not None and m.position in b.positions:
+        off = (b.positions[m.position] != b.lengths - 1).nonzero()
+        if len(off):
+            j = int(off[0, 0])
+            out.append(at(src, mloc + ("position",), ErrorCode.E113, f'{m.kind} reads from the prompt\'s last token, '
+                          f'and position "{m.position}" is not the last token of example {j} of "{exp.dataset}"',
+                          "name the position of each prompt's last token (END)", m.position))
+    return out
+
+
+def _expression_answers(expr: str) -> list[str]:
+    try:
+        return sorted(str(x) for x in parse_expression(expr).free_symbols)
+    except ExpressionError:  # reported by the static checks (E017)
+        return []
+
+
+def _single_tokens(spec: schema.Spec, exp: Any, m: Any, mloc: Loc, b: data.Batch) -> list[Diagnostic]:
+    """``E015`` for each answer the metric reads as one token that is several in some example."""
+    fields = [("expr", n) for n in _expression_answers(m.expr)] if m.kind == "expression" else \
+        [(f, getattr(m, f)) for f in ("answer", "wrong") if getattr(m, f, None)]
+    out = []
+    for fld, name in fields:
+        toks = b.answer_tokens.get(name)
+        if toks is None or name in b.answer_ids:
+            continue
+        j = int(((toks >= 0).sum(1) > 1).nonzero()[0, 0])
+        k = int((toks[j] >= 0).sum())
+        out.append(at(spec.source_map, mloc + (fld,), ErrorCode.E015,
+                      f'answer "{name}" is {k} tokens in example {j} of dataset "{exp.dataset}", and {m.kind} reads '
+                      "one token", "use continuation_logprob or logprob_diff for answers of several tokens, or "
+                      "single-token answers", getattr(m, fld)))
     return out
 
 
@@ -171,10 +236,23 @@ class Read:
     at: tuple[str, ...] | None = None
 
 
+def intervention_lists(i: int, exp: Any) -> list[tuple[Loc, tuple[Any, ...]]]:
+    """Experiment ``i``'s lists of interventions and where they are: a patch experiment's, each
+    run's of a record experiment; none for other kinds."""
+    if exp.kind == "record":
+        return [(("experiments", i, "runs", j, "interventions"), run.interventions) for j, run in enumerate(exp.runs)]
+    return [(("experiments", i, "interventions"), tuple(getattr(exp, "interventions", ())))]
+
+
 def reads(spec: schema.Spec, i: int, exp: Any, dataset_positions: Mapping[str, tuple[str, ...]]) -> list[Read]:
     """How experiment ``i`` reads its sources, as the compiler lowers it (runs and baselines)."""
     here: Loc = ("experiments", i)
     metric_at = (spec.metric_of(i)[0].position,)
+    if exp.kind == "record":  # each run's patches, as a patch experiment's (no baseline runs)
+        return [Read(exp.name, loc + ("source",), exp.dataset, lower_source(iv.source, exp.dataset),
+                     iv.positions == "all", True, None if iv.positions == "all" else tuple(iv.positions))
+                for loc, ivs in intervention_lists(i, exp) for loc, iv in
+                ((loc + (k,), iv) for k, iv in enumerate(ivs)) if iv.kind == "patch"]
     if exp.kind in ("sweep", "path_patch"):
         src = lower_source(exp.source, exp.dataset)
         loc = here + ("source",)
@@ -308,12 +386,12 @@ def _vectors(spec: schema.Spec, d_model: int) -> list[Diagnostic]:
     out: list[Diagnostic] = []
     src = spec.source_map
     for i, exp in enumerate(spec.experiments):
-        for k, iv in enumerate(getattr(exp, "interventions", ())):
+        for k, iv, at_k in ((k, iv, loc + (k,)) for loc, ivs in intervention_lists(i, exp) for k, iv in enumerate(ivs)):
             field = {"add": "vector", "project_out": "direction"}.get(iv.kind)
             if field is None:
                 continue
             v: schema.Vector = getattr(iv, field)
-            loc = ("experiments", i, "interventions", k, field)
+            loc = at_k + (field,)
             where = f"{exp.name}.interventions[{k}].{field}"
             if v.values is not None:
                 n = len(v.values)

@@ -95,6 +95,65 @@ def _vector(v: Any, vectors: dict[str, ir.Vector], unit: bool) -> str:
     vectors[name] = ir.Vector(name, values=v.values, token=v.token, file=v.file, unit=unit)
     return name
 
+def lower_interventions(spec: schema.Spec, interventions: Any, dataset: str, loc: tuple[str | int, ...],
+                        prog: ir.Program, shape: graph.ModelShape) -> tuple[list[ir.Op], list[ir.Source]]:
+    """A list of spec interventions (at ``loc``) as ops on ``dataset``'s runs, and the patch
+    sources they read (a patch experiment's run, a record experiment's runs)."""
+    ops: list[ir.Op] = []
+    sources: list[ir.Source] = []
+    for j, iv in enumerate(interventions):
+        origin = spec.where(loc + (j,))
+        pos = _positions(iv.positions)
+        for node in graph.expand_all(iv.nodes, shape):
+            if iv.kind == "patch":
+                s = lower_source(iv.source, dataset)
+                sources.append(s)
+                ops.append(ir.Op("patch", node, pos, s, origin=origin))
+            elif iv.kind == "add":
+                v = _vector(iv.vector, prog.vectors, unit=iv.vector.token is not None)
+                ops.append(ir.Op("add", node, pos, vector=v, scale=iv.scale, origin=origin))
+            elif iv.kind in ("clamp", "steer"):  # SAE latents (intervene.sae.apply)
+                ops.append(ir.Op("set" if iv.kind == "clamp" else "add", node, pos,
+                                 vector=None if iv.kind == "clamp" else "W_dec",
+                                 scale=float(iv.value if iv.kind == "clamp" else iv.scale), origin=origin))
+            elif iv.kind == "function":
+                ops.append(ir.Op("function", node, pos, origin=origin, function=iv.function,
+                                 fn=user_function(spec, iv.function, origin)))
+            else:
+                v = _vector(iv.direction, prog.vectors, unit=True)
+                ops.append(ir.Op("project_out", node, pos, vector=v, origin=origin))
+    return ops, sources
+
+
+def record_runs(spec: schema.Spec, exp: Any, loc: tuple[str | int, ...], metric: Any, shape: graph.ModelShape,
+                prog: ir.Program) -> list[ir.Run]:
+    """A record experiment's runs (named ``experiment:run``, keyed by the run's name), each
+    with its interventions as ops and the experiment's records; the tables' places recorded at
+    the metric's position (docs/recording.md)."""
+    pos = _positions(exp.positions)
+    recs: list[ir.Record] = []
+    for fld, pattern in (("nodes", False), ("patterns", True)):
+        origin = spec.where(loc + (fld,))
+        recs += [ir.Record(n, pos, pattern, origin=origin) for n in graph.expand_all(getattr(exp, fld), shape)]
+    origin = spec.where(loc + ("receivers",))
+    recvs = dict.fromkeys(r for t in exp.receivers for r in graph.expand_receivers(t, shape))
+    recs += [ir.Record(r, pos, origin=origin) for r in recvs]
+    at = (metric.position,)
+    L = shape.n_layers
+    for table in dict.fromkeys(exp.tables):
+        origin = spec.where(loc + ("tables",))
+        what: list[Node] = [Node("resid", l) for l in range(L + 1)] if table == "logit_lens" else \
+            [Node("input")] + [Node("head", l, h) for l in range(L) for h in range(shape.n_heads)] + \
+            [Node("mlp", l) for l in range(L)] + [Node("resid", L)]
+        recs += [ir.Record(w, at, table=table, origin=origin) for w in what]
+    out = []
+    for j, run in enumerate(exp.runs):
+        ops, _ = lower_interventions(spec, run.interventions, exp.dataset, loc + ("runs", j, "interventions"), prog,
+                                     shape)
+        out.append(ir.Run(f"{exp.name}:{run.name}", exp.dataset, tuple(ops), exp.name, (run.name,),
+                          records=tuple(recs)))
+    return out
+
 
 def baseline_runs(exp_name: str, dataset: str, source: ir.Source | None, position: str, n_layers: int
                   ) -> list[ir.Run]:
@@ -186,40 +245,80 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
             prog.runs.append(circuit_run(Circuit(frozenset(), name="∅"), exp.dataset, src, every, exp.name,
                                          ("source",), spec.where(loc + ("ablate",)), shape))
             prog.runs.append(circuit_run(circuit, exp.dataset, src, every, exp.name, ("circuit",), origin, shape))
+        elif exp.kind == "record":
+            prog.runs += record_runs(spec, exp, loc, metric, shape, prog)
         else:
-            ops: list[ir.Op] = []
-            sources: list[ir.Source] = []
-            for j, iv in enumerate(exp.interventions):
-                origin = spec.where(loc + ("interventions", j))
-                pos = _positions(iv.positions)
-                for node in graph.expand_all(iv.nodes, shape):
-                    if iv.kind == "patch":
-                        s = lower_source(iv.source, exp.dataset)
-                        sources.append(s)
-                        ops.append(ir.Op("patch", node, pos, s, origin=origin))
-                    elif iv.kind == "add":
-                        v = _vector(iv.vector, prog.vectors, unit=iv.vector.token is not None)
-                        ops.append(ir.Op("add", node, pos, vector=v, scale=iv.scale, origin=origin))
-                    elif iv.kind in ("clamp", "steer"):  # SAE latents (intervene.sae.apply)
-                        ops.append(ir.Op("set" if iv.kind == "clamp" else "add", node, pos,
-                                         vector=None if iv.kind == "clamp" else "W_dec",
-                                         scale=float(iv.value if iv.kind == "clamp" else iv.scale), origin=origin))
-                    elif iv.kind == "function":
-                        ops.append(ir.Op("function", node, pos, origin=origin, function=iv.function,
-                                         fn=user_function(spec, iv.function, origin)))
-                    else:
-                        v = _vector(iv.direction, prog.vectors, unit=True)
-                        ops.append(ir.Op("project_out", node, pos, vector=v, origin=origin))
+            ops, sources = lower_interventions(spec, exp.interventions, exp.dataset, loc + ("interventions",), prog,
+                                               shape)
             uniq = list(dict.fromkeys(sources))
             prog.runs += baseline_runs(exp.name, exp.dataset, uniq[0] if len(uniq) == 1 else None,
                                        position, shape.n_layers)
             prog.runs.append(ir.Run(exp.name, exp.dataset, tuple(ops), exp.name, ("patched",)))
-        if exp.metric is not None:  # the experiment's own metric: its runs name it
-            prog.metrics[exp.name] = ir.Reading(exp.name, metric_text(exp.metric), position)
+        cont = metric.kind in ir.CONTINUATIONS
+        if exp.metric is not None or cont:  # the experiment's own metric, or one read on continuations
+            prog.metrics[exp.name] = ir.Reading(exp.name, metric_text(metric), position, cont)
+            if metric.kind == "logprob_diff":
+                prog.metrics[exp.name + ir.TWIN] = ir.Reading(exp.name + ir.TWIN, metric_text(metric.model_copy(
+                    update={"kind": "continuation_logprob", "answer": metric.wrong, "wrong": None})), position, True)
             prog.runs[first:] = [dataclasses.replace(r, metric=exp.name) if r.experiment == exp.name else r
                                  for r in prog.runs[first:]]
     _resample_views(prog, data)
+    _continuations(prog, spec)
     return prog
+
+
+def continued_name(dataset: str, reader: str, answer: str) -> str:
+    """The name of ``dataset``'s prompts continued by answer ``answer`` of ``reader``'s examples."""
+    return f"{dataset}⟨{answer}⟩" if dataset == reader else f"{dataset}⟨{reader}.{answer}⟩"
+
+
+def _continuations(prog: ir.Program, spec: schema.Spec) -> None:
+    """Runs scored by a continuation metric compute on their prompts continued by the answer's
+    tokens: the run's dataset and every dataset it reads become continued datasets (example i
+    of a source continued by the reader's answer i, so all-position patches stay token for
+    token); the baseline read from the source covers the continuation too (a resampled
+    source has none: its continuation would be another example's answer). ``logprob_diff``
+    gives each run a twin on the wrong answer's continuation, listed in ``meta["twins"]``
+    (run index pairs: the run's value is its own minus its twin's). ``meta["continued"]``
+    names each continued dataset's (dataset, reader, answer)."""
+    readings = {name: r for name, r in prog.metrics.items() if r.continuation}
+    if not readings:
+        return
+    blocks = {e.name: spec.metric_of(i)[0] for i, e in enumerate(spec.experiments)}
+    continued: dict[str, tuple[str, str, str]] = {}
+    twins: list[tuple[int, int]] = []
+    out: list[ir.Run] = []
+
+    def cont(dataset: str, reader: str, answer: str) -> str:
+        name = continued_name(dataset, reader, answer)
+        continued[name] = (dataset, reader, answer)
+        return name
+
+    def source(s: ir.Source, reader: str, answer: str) -> ir.Source:
+        return s if s.dataset is None else dataclasses.replace(s, dataset=cont(s.dataset, reader, answer))
+
+    def moved(r: ir.Run, answer: str, metric: str, name: str) -> ir.Run:
+        ops = tuple(op if op.source is None else dataclasses.replace(
+            op, source=source(op.source, r.dataset, answer), positions=None if op.origin == "baseline" else op.positions)
+            for op in r.ops)
+        edges = tuple(dataclasses.replace(e, source=source(e.source, r.dataset, answer)) for e in r.edges)
+        return dataclasses.replace(r, name=name, dataset=cont(r.dataset, r.dataset, answer), ops=ops, edges=edges,
+                                   metric=metric)
+
+    for r in prog.runs:
+        if r.metric not in readings:
+            out.append(r)
+            continue
+        if r.key == ("source",) and any(op.source is not None and op.source.pairing == "resample" for op in r.ops):
+            continue  # no baseline read from a resampled source
+        m = blocks[r.experiment]
+        out.append(moved(r, m.answer, r.metric, r.name))  # type: ignore[arg-type]
+        if m.kind == "logprob_diff":
+            twins.append((len(out) - 1, len(out)))
+            out.append(moved(r, m.wrong, r.metric + ir.TWIN, r.name + ir.TWIN))  # type: ignore[operator]
+    prog.runs = out
+    prog.meta["continued"] = continued
+    prog.meta["twins"] = twins
 
 
 def _resample_views(prog: ir.Program, data: DataFacts | None) -> None:

@@ -200,16 +200,35 @@ class Executor(Scheduler):
         recv.final(x)
         if store:
             store("resid", self.L, x)
-        final = x[torch.arange(n, device=x.device), (end - P).to(x.device)]
+        at = self._read_at(program, ds, rows, inp, end)  # [n, K]: K > 1 for continuation metrics
+        final = x[torch.arange(n, device=x.device)[:, None], (at - P).to(x.device)]
         if mix is not None:
-            d = mix.logits_delta((end[mix.rows] - P).to(x.device))
-            if d is not None:
-                final[mix.rows_d] += d
+            for j in range(at.shape[1]):
+                d = mix.logits_delta((at[mix.rows, j] - P).to(x.device))
+                if d is not None:
+                    final[mix.rows_d, j] += d
         logits = m.unembed(final).float()  # metrics in fp32
         if not program.metrics:
-            return readout(ds, logits, slots).detach().cpu()
-        return torch.cat([readout(ds, logits[a:b], slots[a:b], program.runs[int(rows.run[a])]).detach().cpu()
-                          for a, b in segs])
+            return readout(ds, logits[:, 0], slots).detach().cpu()
+        out = []
+        for a, b in segs:
+            run = program.runs[int(rows.run[a])]
+            own = program.metrics.get(run.metric or "")
+            out.append(readout(ds, logits[a:b] if own and own.continuation else logits[a:b, 0], slots[a:b],
+                               run).detach().cpu())
+        return torch.cat(out)
+
+    def _read_at(self, program: ir.Program, ds: str, rows: Rows, inp: Tensor, end: Tensor) -> Tensor:
+        """Token indices [n, K] whose logits the rows' metrics read: the metric position (K = 1)
+        and, for runs read on a continuation, the positions of its tokens but the last (a row
+        with fewer repeats its last one; the metric ignores them)."""
+        cont = [(a, b) for a, b in segments(rows.run)
+                if (r := program.metrics.get(program.runs[int(rows.run[a])].metric or "")) and r.continuation]
+        if not cont:
+            return end[:, None]
+        last = self.batches[ds].lengths[inp] - 2  # the last token whose logits predict an answer token
+        k = int(max(int((last[a:b] - end[a:b]).max()) for a, b in cont)) + 1
+        return torch.minimum(end[:, None] + torch.arange(max(k, 1)), last.clamp(min=0)[:, None].maximum(end[:, None]))
 
     def _metric_at(self, program: ir.Program, ds: str, rows: Rows, inp: Tensor) -> Tensor:
         """Per row, the token index whose logits its run's metric reads (a run's own metric

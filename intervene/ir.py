@@ -331,7 +331,7 @@ def _record_lines(records: tuple[Record, ...]) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for (pattern, pos, table, origin), rs in groups.items():
         where = "@" + ",".join(pos) if pos else "@*"
-        names = [str(r.what) for r in rs]
+        names = [str(r.what) if r.pattern else r.label for r in rs]
         if len(names) > 4:
             kinds: dict[str, int] = {}
             for r in rs:
@@ -350,14 +350,26 @@ def _record_lines(records: tuple[Record, ...]) -> list[tuple[str, str]]:
 @dataclass(frozen=True)
 class Reading:
     """A metric some runs are scored with instead of the program's (an experiment's own
-    ``metric``): its printed form and the named position whose logits it reads."""
+    ``metric``): its printed form and the named position whose logits it reads. With
+    ``continuation``, the runs compute on prompts continued by an answer's tokens and the
+    metric reads the logits at ``position`` (the prompt's last token) and at every
+    continuation token but the last (teacher forcing)."""
 
     name: str
     text: str
     position: str
+    continuation: bool = False
 
     def __str__(self) -> str:
-        return f"metric {self.name} = {self.text}"
+        return f"metric {self.name} = {self.text}{', teacher-forced' if self.continuation else ''}"
+
+
+CONTINUATIONS = ("continuation_logprob", "logprob_diff")
+"""Metrics read on the prompt continued by an answer's tokens (teacher forcing)."""
+
+TWIN = " ⟨wrong⟩"
+"""Suffix of the metric (``Run.metric``) of a run's twin on the wrong answer's continuation
+(``logprob_diff``: the run's value is its own metric minus its twin's)."""
 
 
 @dataclass(frozen=True)

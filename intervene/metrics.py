@@ -8,7 +8,7 @@ walking the tree into torch operations: nothing is ever ``eval``'d.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,7 +16,7 @@ import sympy
 import torch
 from torch import Tensor
 
-from intervene import functions, stats
+from intervene import functions, ir, stats
 from intervene.errors import ExecutionError
 
 
@@ -93,7 +93,7 @@ class Metric:
     def __str__(self) -> str:
         if self.kind in ("logit_diff", "prob_diff"):
             return f"{self.kind}({self.answer}, {self.wrong})@{self.position}"
-        if self.kind in ("logprob", "accuracy"):
+        if self.kind in ("logprob", "accuracy", "continuation_logprob"):
             return f"{self.kind}({self.answer})@{self.position}"
         if self.kind == "expression":
             return f"{self.expr} @{self.position}"
@@ -102,7 +102,10 @@ class Metric:
         return f"{self.kind}@{self.position}"
 
     def __call__(self, logits: Tensor, answers: dict[str, Tensor], clean_logits: Tensor) -> Tensor:
-        """Per-row values [n] from logits [n, V], answer ids {name: [n]}, clean logits [n, V]."""
+        """Per-row values [n] from logits [n, V], answer ids {name: [n]}, clean logits [n, V];
+        ``continuation_logprob``: logits [n, K, V] at the prompt's last token and along the
+        continuation, answers {name: tokens [n, K'] (-1 past an answer's end)}: the sum of the
+        answer tokens' log-probabilities."""
         logits = logits.float()
         rows = torch.arange(logits.shape[0], device=logits.device)
         pick = lambda name: logits[rows, answers[name].to(logits.device)]  # noqa: E731
@@ -120,6 +123,10 @@ class Metric:
         if self.kind == "expression":
             env = {n: pick(n) for n in self.answers_used}
             return self._fn(env)  # type: ignore[attr-defined]
+        if self.kind == "continuation_logprob":  # logits [n, K, V] along the continuation, answers [n, K'] (-1: none)
+            toks = answers[self.answer].to(logits.device)[:, :logits.shape[1]]  # type: ignore[index]
+            lp = logits[:, :toks.shape[1]].log_softmax(-1).gather(2, toks.clamp(min=0)[..., None])[..., 0]
+            return (lp * (toks >= 0)).sum(1)
         if self.kind == "function":
             if self.fn is None:
                 raise ExecutionError(f"metric {self.function} was not imported (user code is off)", None, self.origin)
@@ -151,3 +158,18 @@ def of_experiment(spec: Any, index: int) -> Metric:
 def of_spec(spec: Any) -> Metric:
     """The spec's own ``metric`` (the default of every experiment)."""
     return from_spec(spec.metric, spec.path.parent if spec.path else None, spec.where(("metric",)))
+
+
+def per_run(spec: Any) -> dict[str, Metric]:
+    """The metrics runs name (``Run.metric``), by name: each experiment's own metric, and
+    every continuation metric (a ``logprob_diff`` as ``continuation_logprob`` of its answer,
+    and of its wrong answer for the runs' twins, :data:`intervene.ir.TWIN`)."""
+    out: dict[str, Metric] = {}
+    for i, e in enumerate(spec.experiments):
+        m = of_experiment(spec, i)
+        if m.kind == "logprob_diff":
+            out[e.name] = replace(m, kind="continuation_logprob", wrong=None)
+            out[e.name + ir.TWIN] = replace(m, kind="continuation_logprob", answer=m.wrong, wrong=None)
+        elif e.metric is not None or m.kind in ir.CONTINUATIONS:
+            out[e.name] = m
+    return out

@@ -63,7 +63,7 @@ def slice_batch(b: Batch, lo: int, hi: int) -> Batch:
     """Examples [lo, hi) of a batch."""
     return Batch(b.input_ids[lo:hi], b.attention_mask[lo:hi], b.position_ids[lo:hi],
                  {k: v[lo:hi] for k, v in b.positions.items()}, {k: v[lo:hi] for k, v in b.answer_ids.items()},
-                 b.lengths[lo:hi], b.padding_side)
+                 b.lengths[lo:hi], b.padding_side, {k: v[lo:hi] for k, v in b.answer_tokens.items()})
 
 
 def execute_sharded(program: ir.Program, batches: Mapping[str, Batch], size: int,

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 
 from intervene.data import Batch, Dataset, DatasetError, Example, TokenIndex, ioi, tokenize
+from intervene.data.batch import continued as data_continued
 from intervene.data.batch import encode, resolve_position
 
 TOKENIZER_FILE = Path(__file__).parent / "data" / "tiny_bpe_tokenizer.json"
@@ -142,17 +143,30 @@ def test_pad_id_falls_back_pad_then_eos_then_zero() -> None:
         assert (b.attention_mask == 0).any()
 
 
-def test_multi_token_answer_is_a_located_error() -> None:
+def test_multi_token_answers_are_kept_as_tokens() -> None:
     good = Example("When Mary and John went", {"IO": " Mary"}, {"END": (22, 23)})
     text = "When Maryanne and John went"
-    bad = Example(text, {"IO": " Maryanne"}, {"END": (26, 27)}, origin=("f.jsonl", 7))
-    with pytest.raises(DatasetError) as info:
-        tokenize(Dataset("d", (good, bad)), tiny())
-    err = info.value
-    assert (err.path, err.line, err.field) == ("f.jsonl", 7, "answers.IO")
-    assert err.message == (
-        "answer \"IO\" of example 1 (\" Maryanne\") is 4 tokens: [' Mar', 'yan', 'n', 'e']"
-    )
+    long = Example(text, {"IO": " Maryanne"}, {"END": (26, 27)}, origin=("f.jsonl", 7))
+    tok = tiny()
+    b = tokenize(Dataset("d", (good, long)), tok)
+    assert "IO" not in b.answer_ids  # not one token in every example: no single-token id
+    assert b.answer_tokens["IO"][0].tolist() == tok(" Mary", add_special_tokens=False)["input_ids"] + [-1] * 3
+    assert b.answer_tokens["IO"][1].tolist() == tok(" Maryanne", add_special_tokens=False)["input_ids"]
+    single = tokenize(Dataset("d", (good,)), tok)
+    assert single.answer_ids["IO"].tolist() == [single.answer_tokens["IO"][0, 0].item()]
+
+
+def test_a_continued_batch_is_the_prompt_then_the_answer_tokens() -> None:
+    tok = tiny()
+    exs = (Example("When Mary and John went", {"IO": " Mary", "X": " Maryanne"}, {"END": (22, 23)}),
+           Example("Then John left", {"IO": " John", "X": " Jo"}, {"END": (10, 14)}))
+    b = tokenize(Dataset("d", exs), tok)
+    c = data_continued(b, b, "X")
+    for i, ex in enumerate(exs):
+        want = tok(ex.text)["input_ids"] + tok(ex.answers["X"], add_special_tokens=False)["input_ids"]
+        assert c.input_ids[i, :int(c.lengths[i])].tolist() == want
+        assert int(c.attention_mask[i].sum()) == len(want)
+    assert torch.equal(c.positions["END"], b.positions["END"])
 
 
 def test_unresolvable_positions_are_errors() -> None:

@@ -4,8 +4,8 @@
   (`intervene.data.dataset`).
 * `ioi`, `ioi_abc` -- the built-in IOI generator and its ABC corruption (`intervene.data.ioi`).
 * `load_jsonl` -- user datasets from JSON Lines, validated per line (`intervene.data.jsonl`).
-* `tokenize`, `Batch` -- a padded batch with token positions and answer ids
-  (`intervene.data.batch`).
+* `tokenize`, `Batch` -- a padded batch with token positions and answer tokens; `continued`
+  -- prompts followed by an answer's tokens (teacher forcing) (`intervene.data.batch`).
 
 >>> from intervene import data
 >>> ds = data.ioi(8, seed=0, tokenizer=tok)            # doctest: +SKIP
@@ -13,7 +13,7 @@
 >>> batch.positions["END"], batch.answer_ids["IO"]       # doctest: +SKIP
 """
 
-from intervene.data.batch import Batch, tokenize
+from intervene.data.batch import Batch, continued, tokenize
 from intervene.data.dataset import Dataset, DatasetError, Example, Position, TokenIndex
 from intervene.data.ioi import TEMPLATES, ioi, ioi_abc
 from intervene.data.jsonl import load_jsonl
@@ -26,6 +26,7 @@ __all__ = [
     "Example",
     "Position",
     "TokenIndex",
+    "continued",
     "ioi",
     "ioi_abc",
     "load_jsonl",

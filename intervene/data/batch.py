@@ -4,15 +4,20 @@ This module owns the step from characters to tokens:
 
 * `tokenize(ds, tokenizer, padding_side, add_bos)` -> `Batch`: padded `input_ids`,
   `attention_mask`, `position_ids` (cumsum of the mask minus one, clamped at 0: right for
-  either padding side), the token index of every named position in the PADDED batch, and the
-  single-token id of every named answer.
+  either padding side), the token index of every named position in the PADDED batch, the
+  tokens of every named answer (`answer_tokens`, any number each), and the token id of every
+  answer that is one token in every example (`answer_ids`).
+* `continued(batch, answers, name)` -> `Batch`: each prompt followed by the tokens of an
+  answer (teacher forcing for continuation metrics, docs/concepts.md §4).
 * `encode`, `resolve_position`, `answer_token_id`, `token_index_to_span`: the per-text pieces,
   also used by `intervene.data.jsonl` to check a file against a tokenizer while it loads.
 
 Rules. A character-span position resolves to the LAST token whose offset range overlaps the
 span (tokens with empty offsets, i.e. added special tokens, overlap nothing). A `TokenIndex`
 counts over the text's own tokens: added special tokens (a BOS) are skipped, negative indices
-count from the end. An answer must be exactly one token when encoded without special tokens.
+count from the end. An answer's tokens are its text encoded alone, without special tokens (at
+least one); whether a metric may read it as one token is checked where the metric reads it
+(`intervene.bind`), so a dataset only read as a patch source may have answers of any length.
 `add_bos=None` keeps whatever special tokens the tokenizer adds by default; `True` / `False`
 encode the bare text with / without the tokenizer's BOS token in front. The tokenizer must be
 a fast (Rust-backed) one: offsets come from `return_offsets_mapping`.
@@ -22,7 +27,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -38,9 +43,10 @@ class Batch:
     attention_mask: torch.Tensor  # long [B, T]
     position_ids: torch.Tensor  # long [B, T]
     positions: dict[str, torch.Tensor]  # name -> long [B], index into the padded row
-    answer_ids: dict[str, torch.Tensor]  # name -> long [B]
+    answer_ids: dict[str, torch.Tensor]  # name -> long [B], the answers one token in every example
     lengths: torch.Tensor  # long [B], real tokens per row
     padding_side: str
+    answer_tokens: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> long [B, K], -1 after the end
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -55,6 +61,7 @@ class Batch:
             answer_ids={k: v.to(device) for k, v in self.answer_ids.items()},
             lengths=self.lengths.to(device),
             padding_side=self.padding_side,
+            answer_tokens={k: v.to(device) for k, v in self.answer_tokens.items()},
         )
 
 
@@ -133,6 +140,12 @@ def answer_token_id(tokenizer: Any, answer: str) -> int | str:
     return f"is {len(ids)} tokens: {pieces!r}"
 
 
+def answer_tokens(tokenizer: Any, answer: str) -> list[int] | str:
+    """The token ids of `answer` encoded alone (no special tokens), or a message saying it has none."""
+    ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+    return [int(i) for i in ids] if ids else "is no token at all"
+
+
 def _error(ex: Example, field: str, message: str) -> DatasetError:
     path, line = ex.origin if ex.origin is not None else (None, None)
     return DatasetError(path, line, field, message)
@@ -147,18 +160,18 @@ def _pad_id(tokenizer: Any) -> int:
 
 def _resolve(
     ds: Dataset, encodings: list[Encoding], tokenizer: Any
-) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """Answer ids and unpadded position indices per name; all problems raised together."""
+) -> tuple[dict[str, list[list[int]]], dict[str, list[int]]]:
+    """Answer tokens and unpadded position indices per name; all problems raised together."""
     errors: list[DatasetError] = []
-    cache: dict[str, int | str] = {}
+    cache: dict[str, list[int] | str] = {}
     answer_names, position_names = ds.answer_names, ds.position_names
-    answer_ids: dict[str, list[int]] = {name: [] for name in answer_names}
+    answer_ids: dict[str, list[list[int]]] = {name: [] for name in answer_names}
     positions: dict[str, list[int]] = {name: [] for name in position_names}
     for i, (ex, enc) in enumerate(zip(ds, encodings, strict=True)):
         for name in answer_names:
             answer = ex.answers[name]
             if answer not in cache:
-                cache[answer] = answer_token_id(tokenizer, answer)
+                cache[answer] = answer_tokens(tokenizer, answer)
             got = cache[answer]
             if isinstance(got, str):
                 shown = json.dumps(answer, ensure_ascii=False)
@@ -194,7 +207,7 @@ def tokenize(
 
     Positions and answers are those all examples share (`ds.position_names`,
     `ds.answer_names`). Raises `DatasetError` (with the example's file and line when it came
-    from a file) for an answer that is not one token or a position that names no token.
+    from a file) for an answer with no token or a position that names no token.
     """
     if padding_side not in ("left", "right"):
         raise ValueError(f'padding_side must be "left" or "right", got {padding_side!r}')
@@ -213,7 +226,38 @@ def tokenize(
         attention_mask=attention_mask,
         position_ids=(attention_mask.cumsum(dim=1) - 1).clamp(min=0),
         positions={k: torch.tensor(v, dtype=torch.long) + shift for k, v in positions.items()},
-        answer_ids={k: torch.tensor(v, dtype=torch.long) for k, v in answer_ids.items()},
+        answer_ids={k: torch.tensor([t[0] for t in v], dtype=torch.long) for k, v in answer_ids.items()
+                    if all(len(t) == 1 for t in v)},
         lengths=lengths,
         padding_side=padding_side,
+        answer_tokens={k: _padded(v) for k, v in answer_ids.items()},
     )
+
+
+def _padded(rows: list[list[int]]) -> torch.Tensor:
+    width = max(len(r) for r in rows)
+    return torch.tensor([r + [-1] * (width - len(r)) for r in rows], dtype=torch.long)
+
+
+def continued(batch: Batch, answers: Batch, name: str) -> Batch:
+    """``batch``'s first n prompts (n: the smaller of the two sizes), each followed by the
+    tokens of answer ``name`` of the same-index example of ``answers`` (right padding only).
+    Positions, answers and position ids of the prompt are unchanged: under causal attention
+    the prompt's values do not depend on what follows it."""
+    if batch.padding_side != "right":
+        raise ValueError("a continued batch needs right padding")
+    toks = answers.answer_tokens[name]
+    n = min(len(batch), toks.shape[0])
+    k = (toks[:n] >= 0).sum(1)
+    lengths = batch.lengths[:n] + k
+    width = int(lengths.max())
+    ids = torch.zeros((n, width), dtype=torch.long)  # padding (masked)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i in range(n):
+        p = int(batch.lengths[i])
+        ids[i, :p] = batch.input_ids[i, :p]
+        ids[i, p:p + int(k[i])] = toks[i, :int(k[i])]
+        mask[i, :p + int(k[i])] = 1
+    return Batch(ids, mask, (mask.cumsum(dim=1) - 1).clamp(min=0), {q: v[:n] for q, v in batch.positions.items()},
+                 {q: v[:n] for q, v in batch.answer_ids.items()}, lengths, "right",
+                 {q: v[:n] for q, v in batch.answer_tokens.items()})

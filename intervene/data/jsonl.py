@@ -8,7 +8,8 @@ This module owns `load_jsonl`. Each non-blank line is one JSON object::
      "meta": {"template": 0}}
 
 * `text` (required): a non-empty string.
-* `answers`: answer name -> non-empty string (one token under the model's tokenizer).
+* `answers`: answer name -> non-empty string (any number of tokens: a metric that reads one
+  token checks it where it reads it).
 * `positions`: position name -> a character span `[start, end]` (half open, inside the
   text; its token is the last one overlapping the span, and the span must not end inside a
   token), an integer token index over the text's own tokens (no BOS; negative counts from the
@@ -36,7 +37,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from intervene.data.batch import answer_token_id, encode, resolve_position, token_index_to_span
+from intervene.data.batch import answer_tokens, encode, resolve_position, token_index_to_span
 from intervene.data.dataset import Dataset, DatasetError, Example, Position, TokenIndex
 
 FIELDS: tuple[str, ...] = ("text", "answers", "positions", "meta")
@@ -261,7 +262,7 @@ def _check_tokens(
         assert ex.origin is not None
         line = _Line(ex.origin[0], ex.origin[1], errors, (raws or {}).get(ex.origin[1], ""))
         for key, answer in ex.answers.items():
-            got = answer_token_id(tokenizer, answer)
+            got = answer_tokens(tokenizer, answer)
             if isinstance(got, str):
                 line.error(f"answers.{key}", f"answer {_show(answer)} {got}")
         positions = dict(ex.positions)
