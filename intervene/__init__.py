@@ -46,6 +46,7 @@ def run(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 from intervene import discover  # noqa: E402  (callable: intervene.discover(spec, ...) runs api.discover)
+from intervene import record  # noqa: E402  (callable: intervene.record(spec, ...) runs api.record)
 
 
-__all__ = ["load_spec", "run", "discover", "Results", "InterveneError", "SpecError", "UsageError", "ExecutionError", "__version__"]
+__all__ = ["load_spec", "run", "discover", "record", "Results", "InterveneError", "SpecError", "UsageError", "ExecutionError", "__version__"]

@@ -211,6 +211,10 @@ def run(spec_path: Path = typer.Argument(..., help="spec file"),
     res = _run_with_progress(p, outputs.results, progress, scale)
     report_.print_results(res, out, top=top or None, fmt=fmt)  # type: ignore[arg-type]
     out.print(f"results: {outputs.results}", markup=False, highlight=False)
+    for e in res.experiments:  # a record experiment's tensors, beside the results (api.write_recordings)
+        if e.kind == "record" and getattr(e, "file", None):
+            out.print(f"recorded tensors of {e.name}: {outputs.results.with_name(e.file)}", markup=False,  # type: ignore[union-attr]
+                      highlight=False)
     _write_figures(p, res, outputs)
     if outputs.report is not None:
         report_.write_report(res, outputs.report, dict(p.program.circuits))

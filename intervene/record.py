@@ -19,11 +19,16 @@ Frozen norms (:func:`frozen_norm`): a LayerNorm or RMSNorm ``f`` at a point ``x`
 found by probing ``f`` (so ``(1 + w)`` RMSNorms need no special case) and checked to reproduce
 ``f(x)``. With every scale frozen, the nodes' rows plus the bias rows sum to the run's final
 logit difference before any final soft-cap, exactly (tests/test_record.py).
+
+The module is callable: ``intervene.record(spec, ...)`` is :func:`intervene.api.record`.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -32,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from intervene import ir
+from intervene import files, ir
 from intervene.errors import ExecutionError
 from intervene.graph import Node, Receiver
 from intervene.models.adapters import Adapter
@@ -154,6 +159,7 @@ class Recording:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file(out, str(path), metadata=meta)
+        os.chmod(path, 0o666 & ~files._umask())  # the permissions of the results file beside it
         return path
 
     @classmethod
@@ -259,7 +265,8 @@ def dla(m: Adapter, resid0: Tensor, z: list[Tensor], mlp: list[Tensor], final: T
             y = _centre(y, c) * g[:, None]
             bias = _centre(bias, c) * g + b
         rows += [f"a{l}.h{h}" for h in range(H)] + [f"a{l}.bias", f"m{l}"]
-        vals += [through(y).T.reshape(H, -1)[h] for h in range(H)] + [through(bias), through(mlp[l])]
+        heads = through(y)  # [n, H]
+        vals += [heads[:, h] for h in range(H)] + [through(bias), through(mlp[l])]
     rows.append("final_norm.bias")
     vals.append((bf * u).sum(-1))
     ub = getattr(emb, "bias", None)
@@ -309,16 +316,18 @@ def collect(program: ir.Program, experiment: str, dataset: str, saved: dict[str,
             m: Adapter, batch: Any, answer: str | None = None, wrong: str | None = None) -> Recording:
     """The recording of ``experiment`` from the places its runs saved (``saved``: run name ->
     place -> values [N, T, ...], :attr:`intervene.execute.Executor.recorded`); the tables at the
-    program's metric position, of the answer names ``answer`` and ``wrong``."""
+    position of each run's metric, of the answer names ``answer`` and ``wrong``."""
     tensors: dict[str, Tensor] = {}
     index: list[Entry] = []
     lens: dict[str, LogitLens] = {}
     att: dict[str, Attribution] = {}
     N, W = batch.input_ids.shape
     L = m.shape.n_layers
-    end = batch.positions[program.metric_position][:, None]
     for run in (r for r in program.runs if r.experiment == experiment and r.records):
         label = run.key[0] if run.key else run.name
+        own = program.metrics.get(run.metric) if run.metric else None  # the experiment's own metric
+        position = own.position if own is not None else program.metric_position
+        end = batch.positions[position][:, None]
         got = saved.get(run.name)
         if got is None:
             raise ExecutionError(f"internal: run {run.name} saved nothing")
@@ -342,7 +351,7 @@ def collect(program: ir.Program, experiment: str, dataset: str, saved: dict[str,
             arr = torch.from_numpy(np.stack([lens[label].diff, lens[label].rank.astype(np.float64)]))
             key = f"{label}/logit_lens"
             tensors[key] = arr
-            index.append(Entry(key, label, "logit_lens", f"resid 0-{L}", (program.metric_position,),
+            index.append(Entry(key, label, "logit_lens", f"resid 0-{L}", (position,),
                                tuple(arr.shape), lens[label].layers))
         if "dla" in tables:
             z = [_at(got[("z", l)], end)[:, 0] for l in range(L)]
@@ -351,7 +360,19 @@ def collect(program: ir.Program, experiment: str, dataset: str, saved: dict[str,
             arr = torch.from_numpy(np.concatenate([att[label].values, att[label].total[None]]))
             key = f"{label}/dla"
             tensors[key] = arr
-            index.append(Entry(key, label, "dla", f"z, mlp 0-{L - 1}", (program.metric_position,), tuple(arr.shape),
+            index.append(Entry(key, label, "dla", f"z, mlp 0-{L - 1}", (position,), tuple(arr.shape),
                                att[label].rows + ("total",)))
     notes = [FROZEN_NORM] if att else []
     return Recording(experiment, dataset, tensors, index, [int(x) for x in batch.lengths], lens, att, notes)
+
+
+class _CallableModule(types.ModuleType):
+    """This module, callable as :func:`intervene.api.record`."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        from intervene import api
+
+        return api.record(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

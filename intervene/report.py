@@ -132,6 +132,10 @@ def tables(e: R.Experiment, top: int | None = 15) -> list[Table]:
         from intervene.discover import show
 
         return [show.table(e, top)]  # type: ignore[arg-type]
+    if e.kind == "record":
+        from intervene.record_result import tables as record_tables
+
+        return record_tables(e, top)  # type: ignore[arg-type]
     return [experiment_table(e, top)]
 
 

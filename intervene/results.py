@@ -78,6 +78,10 @@ def parse_node(text: str) -> Node | None:
         return Node("head", p.layers[0], p.heads[0])  # type: ignore[index]
     if p.kind in ("mlp", "resid") and one_layer:
         return Node(p.kind, p.layers[0])  # type: ignore[index]
+    if p.kind in ("resid_err", "mlp_err") and one_layer:  # SAE nodes (intervene.sae)
+        return Node(p.kind, p.layers[0])  # type: ignore[index]
+    if p.kind in ("resid_latent", "mlp_latent") and one_layer and p.heads is not None and len(p.heads) == 1:
+        return Node(p.kind, p.layers[0], p.heads[0])  # type: ignore[index]
     return None
 
 
@@ -611,6 +615,9 @@ class Results:
         from intervene.discover.result import DiscoveryResult  # registered here: it builds on this module
 
         KINDS.setdefault(DiscoveryResult.kind, DiscoveryResult)
+        from intervene.record_result import RecordResult  # likewise
+
+        KINDS.setdefault(RecordResult.kind, RecordResult)
         try:
             exps = []
             for e in data["experiments"]:

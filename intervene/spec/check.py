@@ -34,7 +34,7 @@ from pydantic.fields import FieldInfo
 
 from intervene import graph
 from intervene.errors import Diagnostic, ErrorCode, SpecError
-from intervene.spec import circuits, discovery, guards, hypotheses, schema
+from intervene.spec import circuits, discovery, guards, hypotheses, record, schema
 from intervene.sae import spec as sae_spec
 from intervene.spec.diagnostics import at as _at
 from intervene.spec.diagnostics import dedupe as _dedupe
@@ -308,7 +308,8 @@ def _static_checks(data: dict[str, Any], src: SourceMap | None, base: Path) -> l
     checker.experiments()
     return (checker.out + guards.check(data, src, base) + circuits.check_static(data, src)
             + hypotheses.check_static(data, src)
-            + discovery.check_static(data, src) + sae_spec.check_static(data, src, base))
+            + discovery.check_static(data, src) + sae_spec.check_static(data, src, base)
+            + record.check_static(data, src))
 
 
 @dataclass
@@ -400,13 +401,23 @@ class _Static:
             self.patterns(here + ("senders",))
             self.ref(here + ("source", "dataset"))
             self.ref(here + ("ablate", "dataset"))
-            interventions = exp.get("interventions")
-            for k in range(len(interventions) if isinstance(interventions, list) else 0):
-                at = here + ("interventions", k)
-                self.patterns(at + ("nodes",))
-                self.ref(at + ("source", "dataset"))
-                self.file_exists(at + ("vector", "file"), "vector file")
-                self.file_exists(at + ("direction", "file"), "vector file")
+            if exp.get("kind") == "record":  # its node lists; each run's interventions as a patch's
+                self.patterns(here + ("nodes",))
+                self.patterns(here + ("patterns",))
+                runs = exp.get("runs")
+                for r in range(len(runs) if isinstance(runs, list) else 0):
+                    if isinstance(runs[r], dict):
+                        self.interventions(here + ("runs", r), runs[r].get("interventions"))
+            self.interventions(here, exp.get("interventions"))
+
+    def interventions(self, here: Loc, interventions: Any) -> None:
+        """The interventions under ``here`` (an experiment's, or a record run's)."""
+        for k in range(len(interventions) if isinstance(interventions, list) else 0):
+            at = here + ("interventions", k)
+            self.patterns(at + ("nodes",))
+            self.ref(at + ("source", "dataset"))
+            self.file_exists(at + ("vector", "file"), "vector file")
+            self.file_exists(at + ("direction", "file"), "vector file")
 
 
 # ------------------------------------------------------------------------------ model facts
@@ -472,16 +483,25 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
             if exp.positions != "all":
                 positions(here + ("positions",), exp.positions, [exp.dataset, _source_dataset(exp.source)])
             continue
-        for k, iv in enumerate(exp.interventions):
-            at = here + ("interventions", k)
-            nodes(at + ("nodes",), iv.nodes)
-            extra = _source_dataset(iv.source) if isinstance(iv, schema.PatchIntervention) else None
-            if iv.positions != "all":
-                positions(at + ("positions",), iv.positions, [exp.dataset, extra])
-            if isinstance(iv, schema.AddIntervention):
-                token(at + ("vector",), iv.vector)
-            elif isinstance(iv, schema.ProjectOutIntervention):
-                token(at + ("direction",), iv.direction)
+        lists = [(here, exp.interventions)] if not isinstance(exp, schema.RecordExperiment) else \
+            [(here + ("runs", j), run.interventions) for j, run in enumerate(exp.runs)]
+        if isinstance(exp, schema.RecordExperiment):  # what it records (E101 and the rest: spec.record)
+            nodes(here + ("nodes",), exp.nodes)
+            nodes(here + ("patterns",), exp.patterns)
+            nodes(here + ("receivers",), exp.receivers, receivers=True)
+            if exp.positions != "all":
+                positions(here + ("positions",), exp.positions, [exp.dataset])
+        for base, ivs in lists:
+            for k, iv in enumerate(ivs):
+                at = base + ("interventions", k)
+                nodes(at + ("nodes",), iv.nodes)
+                extra = _source_dataset(iv.source) if isinstance(iv, schema.PatchIntervention) else None
+                if iv.positions != "all":
+                    positions(at + ("positions",), iv.positions, [exp.dataset, extra])
+                if isinstance(iv, schema.AddIntervention):
+                    token(at + ("vector",), iv.vector)
+                elif isinstance(iv, schema.ProjectOutIntervention):
+                    token(at + ("direction",), iv.direction)
     _check_metric(spec, facts, src, out, positions)
     out += circuits.check_against_model(spec, facts)
     out += hypotheses.check_against_model(spec, facts)

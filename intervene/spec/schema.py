@@ -567,8 +567,46 @@ class DiscoverExperiment(_Model):
     """A circuit spec file to write (relative to this spec)."""
 
 
+class RecordRun(_Model):
+    """One run of a record experiment: its name and the interventions applied in it (none:
+    the unpatched run)."""
+
+    name: Identifier
+    """The run's name (tensors are keyed `run/what`)."""
+    interventions: tuple[Intervention, ...] = ()
+    """Interventions applied in this run, as in a `patch` experiment (none: the clean run)."""
+
+
+class RecordExperiment(_Model):
+    """Save node outputs, receiver inputs, residual streams and attention patterns at
+    ``positions`` in each of ``runs`` (docs/recording.md), and optionally the logit lens and
+    direct logit attribution tables at the metric's position. Rides along in the fused
+    program: no forward pass is added where the values are computed anyway."""
+
+    name: Identifier
+    """The experiment's name (its tensor file is `<results stem>.<name>.safetensors`)."""
+    kind: Literal["record"]
+    """`record`: save activations and attention patterns (and the logit lens / DLA tables)."""
+    dataset: Identifier
+    """The dataset the runs are on."""
+    metric: Metric | None = None
+    """This experiment's own metric (any metric block); default: the spec's `metric`. The tables read its position and its `answer` and `wrong`."""
+    nodes: tuple[NonEmptyStr, ...] = ()
+    """Node outputs to save: `a9.h9` (the head's write, z·W_O[h]), `a*.h*`, `m3` (the MLP's write), `r5` (the residual stream entering layer 5; `r{n_layers}` is the final one), `input`."""
+    receivers: tuple[NonEmptyStr, ...] = ()
+    """Receiver inputs to save: `a9.h9<q>`, `a9.*<k>`, `a9.g1<v>` (the residual the layer's attention reads), `m3` (the MLP's input), `logits` (the final residual)."""
+    patterns: tuple[NonEmptyStr, ...] = ()
+    """Heads whose attention probabilities are saved (queries at `positions`, every key): `a9.h9`, `a{9,10}.h*`; under grouped-query attention each query head of a group has its own."""
+    positions: Positions = "all"
+    """`all`, or the named positions saved (for patterns: the query positions)."""
+    runs: Annotated[tuple[RecordRun, ...], Field(min_length=1)] = (RecordRun(name="clean"),)
+    """The runs recorded, each with its own interventions; default: one unpatched run `clean`."""
+    tables: tuple[Literal["logit_lens", "dla"], ...] = ()
+    """Ready-made tables at the metric's position: `logit_lens` (each residual through the final norm and unembedding: the answer's logit difference and rank per layer), `dla` (direct logit attribution of every node, final norm's scale frozen)."""
+
+
 Experiment = Annotated[Union[SweepExperiment, PatchExperiment, PathPatchExperiment, CircuitExperiment,
-                             ScrubExperiment, DiscoverExperiment], Field(discriminator="kind")]
+                             ScrubExperiment, DiscoverExperiment, RecordExperiment], Field(discriminator="kind")]
 
 
 # ------------------------------------------------------------------------------ circuits
