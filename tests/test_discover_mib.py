@@ -119,3 +119,16 @@ def test_import_sums_query_head_scores_when_asked() -> None:
     data["edges"]["input->a1.h1<k>"]["score"] = 0.5
     assert mib.from_mib(data, GQA)[0]["input->a1.g0<k>"] == pytest.approx(1.0)
     assert mib.from_mib(data, GQA, gqa="sum")[0]["input->a1.g0<k>"] == pytest.approx(2.0)
+
+
+def test_spearman_by_hand() -> None:
+    from intervene.discover.show import ranks, spearman
+
+    # no ties: 1 - 6 Σd² / (n (n² - 1)) = 1 - 6·2/60
+    assert spearman([1, 2, 3, 4], [1, 3, 2, 4]) == pytest.approx(0.8)
+    # ties share their mean rank: ranks (0.5, 0.5, 2) against (0, 1, 2) give r = 1.5 / √3
+    assert list(ranks([5.0, 5.0, 7.0])) == [0.5, 0.5, 2.0]
+    assert spearman([1, 1, 2], [1, 2, 3]) == pytest.approx(1.5 / 3 ** 0.5)
+    # invariant under monotone maps, unlike Pearson's r
+    xs = [0.1, 0.5, 2.0, 9.0]
+    assert spearman(xs, [x ** 3 for x in xs]) == pytest.approx(1.0)

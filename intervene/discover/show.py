@@ -110,6 +110,20 @@ def correlation(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float(np.corrcoef(x, y)[0, 1])
 
 
+def ranks(xs: Sequence[float]) -> np.ndarray:
+    """Ranks 0 .. n-1 of ``xs``, tied values sharing their mean rank."""
+    x = np.asarray(xs, float)
+    r = np.empty(len(x))
+    r[np.argsort(x, kind="stable")] = np.arange(len(x))
+    _, group = np.unique(x, return_inverse=True)
+    return (np.bincount(group, weights=r) / np.bincount(group))[group]
+
+
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Spearman's rank correlation: Pearson's r of the (tie-averaged) ranks."""
+    return correlation(ranks(xs), ranks(ys))
+
+
 def figures(e: DiscoveryResult, stem: str | Path) -> list[Path]:
     """Every figure of one discovery written beside ``stem`` (the faithfulness curve)."""
     out = faithfulness_curve(e, Path(stem).with_name(f"{Path(stem).name}-faithfulness"))
