@@ -338,7 +338,7 @@ def _record_lines(records: tuple[Record, ...]) -> list[tuple[str, str]]:
                 k = "receivers" if isinstance(r.what, Receiver) else {"head": "heads", "mlp": "MLPs",
                                                                        "resid": "residuals"}.get(r.what.kind, r.what.kind)
                 kinds[k] = kinds.get(k, 0) + 1
-            body = ", ".join(k if k == "input" else f"{c} {k}" for k, c in kinds.items())
+            body = ", ".join(k if k == "input" else f"{c} {k if c > 1 else k[:-1]}" for k, c in kinds.items())
             shown = f"{body} ({names[0]} … {names[-1]})"
         else:
             shown = ", ".join(names)
