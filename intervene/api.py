@@ -33,7 +33,7 @@ from intervene.compile import DataFacts, compile_spec, lower_source
 from intervene.errors import Diagnostic, ErrorCode, ExecutionError, SpecError, UsageError
 from intervene.evaluate import CircuitEvaluator
 from intervene.execute import Executor
-from intervene.data.checks import too_long
+from intervene.data.checks import context_length, too_long
 from intervene.models.loading import LoadedModel, load_model
 from intervene.devices import DeviceError
 from intervene.models.support import ModelLoadError
@@ -216,6 +216,7 @@ def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool, skip: fr
         dataset_answers={n: set(ds.answer_names) for n, ds in datasets.items()},
     )
     diags += bind.bind(spec, facts, datasets, batches)
+    diags += bind.continuation_lengths(spec, batches, context_length(lm.adapter.hf.config))
     if diags:
         src = spec.source_map
         raise SpecError(diags, {src.file: src.text} if src is not None else None)
@@ -226,7 +227,8 @@ def _prepare(spec: schema.Spec, lm: LoadedModel, compile_program: bool, skip: fr
         return got, len(alone)
 
     facts_ = DataFacts({n: len(b.lengths) for n, b in batches.items()},
-                       lambda h, ds, seed: draws_for(h, datasets[ds], batches[ds], seed), resample)
+                       lambda h, ds, seed: draws_for(h, datasets[ds], batches[ds], seed), resample,
+                       {n: int(b.lengths.min()) for n, b in batches.items() if len(b.lengths)})
     program = compile_spec(spec, shape, positions, facts_) if compile_program else ir.Program(spec.name or "")
     for name, (ds, reader, answer) in program.meta.get("continued", {}).items():  # prompts + answer tokens
         batches[name] = data.continued(batches[ds], batches[reader], answer)

@@ -44,7 +44,7 @@ from intervene.spec.hypotheses import resolve_hypothesis
 from intervene.spec.source_map import Loc
 from intervene.testing import expect
 
-__all__ = ["names", "bind", "expectations"]
+__all__ = ["names", "bind", "expectations", "continuation_lengths"]
 
 
 def names(spec: schema.Spec, single_token: Callable[[str], bool]) -> list[Diagnostic]:
@@ -173,6 +173,29 @@ def _expression_answers(expr: str) -> list[str]:
         return []
 
 
+def continuation_lengths(spec: schema.Spec, batches: Mapping[str, data.Batch], context: int | None
+                         ) -> list[Diagnostic]:
+    """``E068`` where a prompt continued by an answer a continuation metric reads would be
+    longer than the model's context (``context`` tokens; None: unknown, nothing checked)."""
+    out = []
+    for i, exp in enumerate(spec.experiments):
+        m, mloc = spec.metric_of(i)
+        b = batches.get(exp.dataset)
+        if context is None or b is None or m.kind not in ir.CONTINUATIONS:
+            continue
+        for fld in ("answer", "wrong"):
+            name = getattr(m, fld, None)
+            if name is None or name not in b.answer_tokens:
+                continue
+            total = b.lengths + (b.answer_tokens[name] >= 0).sum(1)
+            if bool((total > context).any()):
+                j = int((total > context).nonzero()[0, 0])
+                out.append(at(spec.source_map, mloc + (fld,), ErrorCode.E068, f"example {j} of {exp.dataset} "
+                              f"continued by its answer {name} is {int(total[j])} tokens, more than the model's "
+                              f"context of {context}", "shorten the prompts or the answers", name))
+    return out
+
+
 def _single_tokens(spec: schema.Spec, exp: Any, m: Any, mloc: Loc, b: data.Batch) -> list[Diagnostic]:
     """``E015`` for each answer the metric reads as one token that is several in some example."""
     fields = [("expr", n) for n in _expression_answers(m.expr)] if m.kind == "expression" else \
@@ -258,7 +281,9 @@ def reads(spec: schema.Spec, i: int, exp: Any, dataset_positions: Mapping[str, t
         loc = here + ("source",)
         edges = exp.kind == "path_patch"
         named = None if exp.positions == "all" else tuple(exp.positions)
-        if exp.kind == "sweep" and exp.per_position and named is None:
+        if exp.kind == "sweep" and exp.per_position == "tokens":  # each example's own last tokens: no names
+            whole = False
+        elif exp.kind == "sweep" and exp.per_position and named is None:
             named = dataset_positions.get(exp.dataset)
             whole = False
         else:

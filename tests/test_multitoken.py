@@ -238,3 +238,19 @@ def test_continuation_metrics_where_they_cannot_score(tmp_path: Path) -> None:
     assert (ErrorCode.E113, _line(spec, "source: {kind: resample")) in got
     assert (ErrorCode.E113, _line(spec, "position: MID")) in got
     assert len(got) == 3
+
+
+def test_a_continuation_longer_than_the_context_is_refused(tmp_path: Path) -> None:
+    spec = _write(tmp_path, """
+    experiments:
+      - name: long
+        kind: sweep
+        dataset: clean
+        targets: [a1.h0]
+        source: {kind: zero}
+        metric: {kind: continuation_logprob, answer: B}
+    """)
+    rows = _rows(1)
+    rows[3]["answers"]["B"] = "".join(f" t{i}" for i in range(30))  # 10 + 30 tokens: the context is 32
+    (tmp_path / "clean.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert _codes(spec) == [(ErrorCode.E068, _line(spec, "answer: B"))]
