@@ -108,6 +108,7 @@ class ErrorCode(str, Enum):
     E102 = "E102"  # duplicate-record-run
     E103 = "E103"  # table-needs-answers
     E104 = "E104"  # record-too-large
+    E105 = "E105"  # not-recordable
     # User functions, per-experiment metrics, multi-token answers (intervene.functions, intervene.metrics).
     E110 = "E110"  # function-not-importable
     E111 = "E111"  # function-failed
@@ -122,6 +123,9 @@ class ErrorCode(str, Enum):
     E125 = "E125"  # no-sae-at-site
     E126 = "E126"  # latent-out-of-range
     E127 = "E127"  # sae-unsupported-use
+    # Per-token sweeps (per_position: tokens).
+    E130 = "E130"  # tokens-with-positions
+    E131 = "E131"  # tokens-with-continuation
 
     @property
     def slug(self) -> str:
@@ -208,6 +212,7 @@ _SLUGS: dict[ErrorCode, str] = {
     ErrorCode.E102: "duplicate-record-run",
     ErrorCode.E103: "table-needs-answers",
     ErrorCode.E104: "record-too-large",
+    ErrorCode.E105: "not-recordable",
     ErrorCode.E110: "function-not-importable",
     ErrorCode.E111: "function-failed",
     ErrorCode.E112: "bad-function-result",
@@ -220,6 +225,8 @@ _SLUGS: dict[ErrorCode, str] = {
     ErrorCode.E125: "no-sae-at-site",
     ErrorCode.E126: "latent-out-of-range",
     ErrorCode.E127: "sae-unsupported-use",
+    ErrorCode.E130: "tokens-with-positions",
+    ErrorCode.E131: "tokens-with-continuation",
 }
 
 

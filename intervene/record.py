@@ -224,7 +224,8 @@ def frozen_norm(f: Callable[[Tensor], Tensor], x: Tensor, eps: float) -> tuple[T
     px = xd - xd.mean(-1, keepdim=True) if centred else xd
     g = w / (px.pow(2).mean(-1, keepdim=True) + eps).sqrt()
     got, want = g * px + b, f(x).double()
-    if not torch.allclose(got, want, rtol=1e-3, atol=1e-3 * float(want.abs().max())):
+    tol = 1e-3 if x.dtype == torch.float32 else 3e-2  # f itself rounds to bf16 / fp16
+    if not torch.allclose(got, want, rtol=tol, atol=tol * float(want.abs().max())):
         raise ExecutionError("direct logit attribution: a norm of this model is neither a LayerNorm nor an "
                              f"RMSNorm (its frozen form misses by {float((got - want).abs().max()):.3g})")
     return g, b, centred

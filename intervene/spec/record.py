@@ -10,7 +10,9 @@
   (the tables are the answer's logit difference);
 * E104 record-too-large — what the experiment would hold in memory (every saved place over
   every example and position of its dataset) is larger than :data:`MAX_BYTES`; found at bind
-  time, when the data's sizes are known (:func:`check_sizes`).
+  time, when the data's sizes are known (:func:`check_sizes`);
+* E105 not-recordable — ``nodes`` naming an SAE's latents or error node (``r3.sae[5]``): they
+  are not recorded yet (record the site, ``r3``, and encode it with the SAE).
 
 Unknown nodes, receivers and positions are the usual E011-E014 (intervene.spec.check).
 """
@@ -27,10 +29,12 @@ from intervene.spec.source_map import SourceMap
 
 MAX_BYTES = 8 * 2**30
 """The most a record experiment may hold (E104): 8 GiB."""
+RECORDABLE = ("head", "mlp", "resid", "input")
+"""The node kinds whose outputs a record saves (E105 for the others)."""
 
 
 def check_static(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic]:
-    """E100-E103 for every record experiment of raw spec data (see the module docstring)."""
+    """E100-E103 and E105 for every record experiment of raw spec data (see the module docstring)."""
     out: list[Diagnostic] = []
     experiments = data.get("experiments")
     for i, exp in enumerate(experiments if isinstance(experiments, list) else []):
@@ -41,6 +45,17 @@ def check_static(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic
             out.append(at(src, here + ("kind",), ErrorCode.E100, f'record experiment "{exp.get("name")}" records '
                           "nothing", "add nodes: [a9.h9, m3, r5], receivers: [a9.h9<q>], patterns: [a9.h9] "
                           "or tables: [logit_lens, dla]", "record"))
+        nodes = exp.get("nodes")
+        for j, text in enumerate(nodes if isinstance(nodes, list) else []):
+            try:
+                kind = graph.parse_pattern(text).kind if isinstance(text, str) else "head"
+            except graph.PatternError:
+                continue  # E011 (intervene.spec.check)
+            if kind not in RECORDABLE:
+                site = text.split(".sae")[0]
+                out.append(at(src, here + ("nodes", j), ErrorCode.E105, f'"{text}" cannot be recorded: SAE latents and '
+                              "error nodes are not recorded yet", f"record their site ({site}) and encode it with the "
+                              "SAE", text))
         patterns = exp.get("patterns")
         for j, text in enumerate(patterns if isinstance(patterns, list) else []):
             try:
