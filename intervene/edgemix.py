@@ -137,14 +137,21 @@ class Mixer:
     ``diff`` [e, S, T, d] holds out_σ(s) − out_r(s) for every sender of each edge row, filled
     layer by layer; ``base`` [e, R, S] and the positional ``slots`` hold each row's weights.
     In a half-precision model these are held in float32 (:func:`accumulation_dtype`): a
-    receiver's correction sums hundreds of senders, and is rounded to the model's type once."""
+    receiver's correction sums hundreds of senders, and is rounded to the model's type once.
+
+    On a model split over devices (``layer_devices``: each layer's) the state lives on the device
+    of the layer being computed: the executor calls :meth:`to` as it crosses to the next device,
+    and a block's post-norm is applied on its own layer's device."""
 
     def __init__(self, layout: Layout, tables: list[Table], row_pos: list[list[Tensor]], n_tokens: int,
                  d: int, dtype: torch.dtype, device: torch.device,
                  post_norm: Callable[[int, Tensor], Tensor] | None = None,
-                 biases: list[Tensor | None] | None = None) -> None:
+                 biases: list[Tensor | None] | None = None,
+                 layer_devices: list[torch.device] | None = None) -> None:
         e = len(tables)
         self.layout = layout
+        self.device = torch.device(device)
+        self.layer_devices = layer_devices
         self.post_norm = post_norm
         self.biases = biases or [None] * layout.shape.n_layers
         self.dtype = dtype
@@ -174,6 +181,16 @@ class Mixer:
             # each edge row's own head outputs (before the post-norm) per layer
             s = layout.shape
             self.own_heads = torch.zeros(e, s.n_layers, s.n_heads, n_tokens, d, dtype=dtype, device=device)
+
+    def to(self, device: torch.device) -> None:
+        """Move the tables and sender differences to ``device`` (nothing when already there)."""
+        if device == self.device:
+            return
+        self.device = device
+        for name in ("nodes", "base", "diff", "lin", "own_heads"):
+            if hasattr(self, name):
+                setattr(self, name, getattr(self, name).to(device))
+        self.slots = [(m.to(device), tm.to(device)) for m, tm in self.slots]
 
     def _weights(self, e: int, rows: slice | list[int], cols: slice, flat: Tensor, E: int, T: int, d: int
                  ) -> Tensor:
@@ -209,10 +226,14 @@ class Mixer:
 
     def _renorm(self, l: int, mixed: Tensor, own: Tensor) -> Tensor:
         """post_norm(mixed + b) − post_norm(own + b) for layer l's attention block."""
+        here = mixed.device
+        there = here if self.layer_devices is None else self.layer_devices[l]
+        if there != here:  # the block's norm (and bias) live on its layer's device
+            mixed, own = mixed.to(there), own.to(there)
         b = self.biases[l]
         if b is not None:
             mixed, own = mixed + b, own + b
-        return self.post_norm(l, mixed) - self.post_norm(l, own)  # type: ignore[misc]
+        return (self.post_norm(l, mixed) - self.post_norm(l, own)).to(here)  # type: ignore[misc]
 
     def logits_delta(self, end: Tensor) -> Tensor:
         """Correction [e, d] to the final residual at each edge row's token ``end`` (window-local)."""

@@ -82,10 +82,11 @@ class Receivers:
         tl = exe._local(t, own_input.device)
         rows = torch.arange(b - a, device=own_input.device)[:, None]
         if op.node is None:
-            return tl, src - own_input[a:b][rows, tl]
+            return tl, src.to(own_input.device) - own_input[a:b][rows, tl]
         if kind == "z":
             src = src[..., op.node.head, :] @ exe.model.o_weight(l)[op.node.head]
-        return tl, src - self.own[(a, op.node)][rows, tl]
+        own = self.own[(a, op.node)]  # the sender's layer's device (a model split over devices)
+        return tl, (src - own[rows.to(own.device), tl.to(own.device)]).to(own_input.device)
 
     def qkv(self, l: int, qkv: QKV, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> None:
         """Recompute each claimed query, key or value of layer l from its rows' corrected input."""
@@ -135,11 +136,12 @@ class Receivers:
         for l, parts in blocks.items():
             rows = torch.unique(torch.cat([torch.arange(a, b) for a, b, _, _ in parts]))
             at = {int(r): i for i, r in enumerate(rows.tolist())}
-            own = self.attn[l][rows.to(dst.device)]
+            own = self.attn[l][rows.to(self.attn[l].device)]  # on layer l's device, with its norm
             acc = torch.zeros_like(own)
             for a, b, tl, d in parts:
-                acc[torch.tensor([at[i] for i in range(a, b)], device=dst.device)[:, None], tl] += d
-            dst[local(rows)] += post(l, own + acc) - post(l, own)
+                acc[torch.tensor([at[i] for i in range(a, b)], device=acc.device)[:, None], tl.to(acc.device)] += \
+                    d.to(acc.device)
+            dst[local(rows)] += (post(l, own + acc) - post(l, own)).to(dst.device)
 
 
 class EdgeRows:
@@ -167,6 +169,15 @@ class EdgeRows:
             self.groups.append((src, a, b, None if where is None else where.to(dev)))
         self.node_rows = bool(mix.nodes.any())
 
+    def to(self, device: torch.device) -> None:
+        """Follow the layers onto ``device`` (a model split over devices): the mixer's state,
+        the rows' indices and where their sources are read."""
+        if device == self.mix.device:
+            return
+        self.mix.to(device)
+        self.rows_d = self.rows_d.to(device)
+        self.groups = [(src, a, b, None if w is None else w.to(device)) for src, a, b, w in self.groups]
+
     def n_active(self, active: int) -> int:
         """How many edge rows are among the first ``active`` rows of the chunk."""
         return int(np.searchsorted(self.rows, active))
@@ -190,8 +201,9 @@ class EdgeRows:
         if kind == "z":  # heads' outputs are linear in z: one projection of the difference
             d = torch.einsum("ehtk,hkd->ehtd", d, self.exe.model.o_weight(l))
             if self.mix.post_norm is not None:  # mixed inside the block's norm: keep the own outputs too
-                self.mix.own_heads[e0:e1, l] = torch.einsum("ehtk,hkd->ehtd", own, self.exe.model.o_weight(l))
-        self.mix.diff[e0:e1, self._cols(kind, l)] = d
+                self.mix.own_heads[e0:e1, l] = torch.einsum("ehtk,hkd->ehtd", own, self.exe.model.o_weight(l)
+                                                            ).to(self.mix.device)
+        self.mix.diff[e0:e1, self._cols(kind, l)] = d.to(self.mix.device)
 
     def join(self, lo: int, hi: int, l: int) -> None:
         """Rows [lo, hi) of the chunk join at layer l: their senders before l hold the base's outputs."""
@@ -200,10 +212,10 @@ class EdgeRows:
             return
         P, T = self.exe._window or (0, 0)
         c = self.exe.base(self.ds)
-        exd = self.ex[e0:e1].to(self.exe.model.device)
         layers = [("input", 0)] + [(kind, k) for k in range(min(l, self.exe.L)) for kind in ("z", "mlp")]
         for kind, k in layers:
-            own = layer_values(c, kind, k)[exd, P:T]
+            table = layer_values(c, kind, k)  # on layer k's device
+            own = table[self.ex[e0:e1].to(table.device), P:T]
             own = own.transpose(1, 2) if kind == "z" else own
             self._write(kind, k, e0, e1, self._src(kind, k, e0, e1), own)
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from intervene import devices, ir
+from intervene import devices, ir, token_positions
 from intervene.errors import ExecutionError
 from intervene.graph import Node
 from intervene.models.adapters import Adapter
@@ -81,7 +81,15 @@ class BaseCache:
 
 
 def gather_positions(batch: BatchLike, pos: Tensor, name: str) -> Tensor:
-    """Token index of the named position for each example in ``pos`` (indices into batch)."""
+    """Token index of the named position for each example in ``pos`` (indices into batch); a
+    token position ``-k`` (:mod:`intervene.token_positions`) is k tokens back from each
+    example's last real token, whatever the padding."""
+    k = token_positions.offset(name) if name not in batch.positions else None
+    if k is not None:
+        n = batch.lengths[pos]
+        if bool((n < k).any()):
+            raise ExecutionError(f'token position {name}: an example has only {int(n.min())} tokens')
+        return first_token(batch.attention_mask[pos]) + n - k
     if name not in batch.positions:
         raise ExecutionError(f'position "{name}" is not defined (defined: {", ".join(sorted(batch.positions))})')
     return batch.positions[name][pos]
