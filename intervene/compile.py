@@ -26,10 +26,10 @@ All experiments of a spec go into one program, so the executor fuses them into s
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from intervene import functions, graph, ir
+from intervene import functions, graph, ir, token_positions
 from intervene.circuit import Circuit, Edge
 from intervene.circuit import readers as circuit_readers
 from intervene.graph import Node
@@ -176,6 +176,17 @@ class DataFacts:
     """``resample(reader, dataset, by, seed)``: for each example of ``reader``, an example of
     ``dataset`` of its token length agreeing on the features ``by`` (another one where there is
     one), and how many had no other."""
+    tokens: dict[str, int] = field(default_factory=dict)
+    """Each dataset's shortest prompt, in tokens (how far back a per-token sweep goes)."""
+
+
+def _shortest(data: DataFacts | None, dataset: str, src: ir.Source | None) -> int:
+    """How many token positions a per-token sweep on ``dataset`` reading ``src`` covers: the
+    shortest prompt of either."""
+    names = [dataset] + ([src.dataset] if src is not None and src.dataset else [])
+    if data is None or any(n not in data.tokens for n in names):
+        raise ValueError(f"a per-token sweep on {dataset} needs the data's token lengths (DataFacts.tokens)")
+    return min(data.tokens[n] for n in names)
 
 
 def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str, tuple[str, ...]],
@@ -196,8 +207,11 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
             origin = spec.where(loc + ("targets",))
             nodes = graph.expand_all(exp.targets, shape)
             pos = _positions(exp.positions)
-            if exp.per_position:
+            if exp.per_position == "tokens":  # every token, counted back from the end (token_positions)
+                names = token_positions.names(_shortest(data, exp.dataset, src))
+            elif exp.per_position:
                 names = pos if pos is not None else positions[exp.dataset]
+            if exp.per_position:
                 for node in nodes:
                     for p in names:
                         op = ir.Op("patch", node, (p,), src, origin=origin)

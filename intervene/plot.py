@@ -168,37 +168,48 @@ def heatmap(e: SweepResult | PathPatchResult, path: str | Path, n_layers: int, n
 
 
 def residual_map(e: SweepResult | PathPatchResult, path: str | Path, about: About = About(),
-                 order: dict[str, float] | None = None) -> Path | None:
+                 order: dict[str, float] | None = None, labels: dict[str, str] | None = None) -> Path | None:
     """Residual stream layer × position of each ``r{l}`` row's effect: every position the
-    sweep measured, left to right in token order (``order``: a position's mean token index),
-    layers bottom to top. None when the sweep has no residual rows at two or more cells."""
+    sweep measured, left to right in token order (``order``: a position's mean token index;
+    token positions ``-k`` of a per-token sweep by k), layers bottom to top; ``labels``: a
+    tick label per position (a per-token sweep's tokens). None when the sweep has no residual
+    rows at two or more cells."""
     import numpy as np
     from matplotlib.colors import Normalize
+
+    from intervene import token_positions
 
     label, vals, lim = _values(e)
     cells = [r.key for r in e.rows if r.key.node is not None and r.key.node.kind == "resid"]
     if len(cells) < 2:
         return None
     positions = list(dict.fromkeys(k.position or "all" for k in cells))
-    if order:
+    per_token = all(token_positions.offset(p) is not None for p in positions)
+    if per_token:
+        positions.sort(key=lambda p: -(token_positions.offset(p) or 0))
+    elif order:
         positions.sort(key=lambda p: order.get(p, float("inf")))
     layers = sorted({k.node.layer for k in cells})  # type: ignore[union-attr]
     lo, hi = layers[0], layers[-1]
     g = np.full((hi - lo + 1, len(positions)), np.nan)
     for k in cells:
         g[k.node.layer - lo, positions.index(k.position or "all")] = vals[k]  # type: ignore[union-attr]
-    fig = figure(max(4.8, 2.4 + 0.5 * len(positions)), 1.9 + 0.22 * (hi - lo + 1))
+    width = 0.5 if not per_token else 0.3 if len(positions) <= 40 else 0.16
+    fig = figure(min(24.0, max(4.8, 2.4 + width * len(positions))), 1.9 + 0.22 * (hi - lo + 1))
     ax = fig.add_subplot(1, 1, 1)
     im = ax.imshow(np.ma.masked_invalid(g), cmap=CMAP, norm=Normalize(-lim, lim), aspect="auto", origin="lower",
                    interpolation="nearest", zorder=1)
     _hatch_unmeasured(ax, g)
-    ax.set_xticks(range(len(positions)), positions, fontsize=7, rotation=45 if len(positions) > 6 else 0)
+    ticks = [(labels or {}).get(p, p) for p in positions]
+    ax.set_xticks(range(len(positions)), ticks, fontsize=7 if len(positions) <= 40 else 5,
+                  rotation=90 if per_token or len(positions) > 6 else 0)
     step = max(1, (hi - lo + 1) // 16)
     ax.set_yticks(range(0, hi - lo + 1, step), [f"r{lo + i}" for i in range(0, hi - lo + 1, step)], fontsize=7)
-    ax.set_xlabel("position")
+    ax.set_xlabel("token position, counted back from each prompt's last token" if per_token else "position")
     ax.set_ylabel("residual stream")
     fig.colorbar(im, ax=ax, label=label, shrink=0.8, aspect=25, fraction=0.05)
-    title(fig, f"{e.name}: residual stream {_direction(e).split(' ', 2)[2]}", about.line())
+    what = f"residual stream at each of the last {len(positions)} tokens, " if per_token else "residual stream "
+    title(fig, f"{e.name}: {what}{_direction(e).split(' ', 2)[2]}", about.line())
     return save(fig, path)
 
 

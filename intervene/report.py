@@ -267,6 +267,23 @@ def token_order(res: R.Results, dataset: str) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in sums.items()}
 
 
+def token_labels(res: R.Results, dataset: str) -> dict[str, str]:
+    """Tick labels of a per-token sweep's positions ``-k`` (:mod:`intervene.token_positions`):
+    ``-k``, then the token there when every example of ``dataset`` has the same one (else
+    ``…``), and the named positions that fall there in every example."""
+    rows = res.datasets.get(dataset) or []
+    if not rows or not all(r.get("tokens") for r in rows):
+        return {}
+    out: dict[str, str] = {}
+    for k in range(1, min(len(r["tokens"]) for r in rows) + 1):
+        toks = {r["tokens"][-k] for r in rows}
+        names = [p for p in (rows[0].get("positions") or {})  # token indices of right-padded rows
+                 if all((r.get("positions") or {}).get(p) == len(r["tokens"]) - k for r in rows)]
+        tok = next(iter(toks)) if len(toks) == 1 else "…"
+        out[f"-{k}"] = " ".join([f"-{k}", repr(tok)[1:-1][:12], *names])
+    return out
+
+
 def figures(res: R.Results, e: R.Experiment, stem: str | Path, circuit: Any = None) -> list[Path]:
     """Every figure of one experiment, as ``<stem>-<what>.png`` and ``.svg``; ``circuit`` (an
     :class:`intervene.circuit.Circuit`) adds the circuit graph of a circuit experiment."""
@@ -277,7 +294,7 @@ def figures(res: R.Results, e: R.Experiment, stem: str | Path, circuit: Any = No
         layers, heads = shape_of(res)
         out.append(plot.heatmap(e, stem.with_name(f"{stem.name}-heads"), layers, heads, about))
         out.append(plot.residual_map(e, stem.with_name(f"{stem.name}-residual"), about,
-                                     token_order(res, e.dataset)))
+                                     token_order(res, e.dataset), token_labels(res, e.dataset)))
     elif isinstance(e, R.CircuitResult):
         if circuit is not None:
             out.append(plot.draw_circuit(circuit, stem.with_name(f"{stem.name}-circuit"), e, title=e.name,

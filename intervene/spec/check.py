@@ -34,7 +34,7 @@ from pydantic.fields import FieldInfo
 
 from intervene import graph
 from intervene.errors import Diagnostic, ErrorCode, SpecError
-from intervene.spec import circuits, discovery, guards, hypotheses, record, schema
+from intervene.spec import circuits, discovery, guards, hypotheses, record, schema, token_sweeps
 from intervene.sae import spec as sae_spec
 from intervene.spec.diagnostics import at as _at
 from intervene.spec.diagnostics import dedupe as _dedupe
@@ -309,7 +309,7 @@ def _static_checks(data: dict[str, Any], src: SourceMap | None, base: Path) -> l
     return (checker.out + guards.check(data, src, base) + circuits.check_static(data, src)
             + hypotheses.check_static(data, src)
             + discovery.check_static(data, src) + sae_spec.check_static(data, src, base)
-            + record.check_static(data, src))
+            + record.check_static(data, src) + token_sweeps.check_static(data, src))
 
 
 @dataclass

@@ -410,8 +410,8 @@ class SweepExperiment(_Model):
     """Node patterns; each node they name is patched in a run of its own: `a*.h*` (every head), `m*`, `r*`, `a{20..29}.h*`."""
     positions: Positions = "all"
     """`all`, or the named positions patched."""
-    per_position: StrictBool = False
-    """One run per target and per named position (`r*` with `positions: [S2, END]` gives a layer × position map)."""
+    per_position: Union[StrictBool, Literal["tokens"]] = False
+    """`true`: one run per target and per named position (`r*` with `positions: [S2, END]` gives a layer × position map); `tokens`: one run per target and per token position, counted back from each prompt's last token (`-1`, `-2`, ... down to the shortest prompt's length; docs/concepts.md)."""
     source: Source
     """Where patched values come from."""
 
