@@ -17,7 +17,7 @@ SMOLLM2 = ModelShape(n_layers=30, n_heads=9, n_kv_heads=3, d_model=576)
 IOI_POSITIONS = ("IO", "S1", "S1+1", "S2", "END")
 
 
-@pytest.mark.parametrize("name", ["ioi_head_sweep", "ioi_path_patch", "ioi_circuit",
+@pytest.mark.parametrize("name", ["ioi_head_sweep", "ioi_path_patch", "ioi_circuit", "ioi_record",
                                   pytest.param("ioi_scrub", marks=pytest.mark.real_model)])
 def test_golden_program(name: str) -> None:
     """The printed program. A scrub's inputs are drawn from the tokenised data, so its program
