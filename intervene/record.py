@@ -53,8 +53,10 @@ FROZEN_NORM = ("direct logit attribution: each node's output through the final n
 class Entry:
     """What one tensor of a recording is: its key (``run/label``), run, what was recorded
     (``a9.h9``, ``m3``, ``r5``, ``a9.h9<q>``, ``pattern a9.h9``, ``logit_lens``, ``dla``), the
-    place it was read from (``z 9``), its positions (names, or ``all``) and its shape; the
-    dimensions are [example, position, ...] (tables: [row, example])."""
+    place it was read from (``z 9``), its positions (names, or ``all``), its shape and what
+    each dimension is (``dims``: ``example`` — the dataset's examples in order —, ``position``,
+    ``d_model``, ``key``; tables: ``row``, ``example``; the logit lens: ``statistic`` (logit
+    difference, rank), ``layer``, ``example``)."""
 
     key: str
     run: str
@@ -63,17 +65,18 @@ class Entry:
     positions: tuple[str, ...] | str
     shape: tuple[int, ...]
     rows: tuple[str, ...] = ()  # tables: the row names
+    dims: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {"key": self.key, "run": self.run, "what": self.what, "site": self.site,
                 "positions": self.positions if isinstance(self.positions, str) else list(self.positions),
-                "shape": list(self.shape), "rows": list(self.rows)}
+                "shape": list(self.shape), "rows": list(self.rows), "dims": list(self.dims)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Entry:
         pos = d["positions"]
         return cls(d["key"], d["run"], d["what"], d["site"], pos if isinstance(pos, str) else tuple(pos),
-                   tuple(d["shape"]), tuple(d.get("rows", ())))
+                   tuple(d["shape"]), tuple(d.get("rows", ())), tuple(d.get("dims", ())))
 
 
 @dataclass(frozen=True)
@@ -343,7 +346,9 @@ def collect(program: ir.Program, experiment: str, dataset: str, saved: dict[str,
             key = f"{label}/{rec.label}"
             kind, l = rec.place(L)
             tensors[key] = v
-            index.append(Entry(key, label, rec.label, f"{kind} {l}", rec.positions or "all", tuple(v.shape)))
+            dims = ("example", "position", "key" if rec.pattern else "d_model")
+            index.append(Entry(key, label, rec.label, f"{kind} {l}", rec.positions or "all", tuple(v.shape),
+                               dims=dims))
         if not tables:
             continue
         a, b = batch.answer_ids[answer], batch.answer_ids[wrong]  # type: ignore[index]
@@ -353,7 +358,7 @@ def collect(program: ir.Program, experiment: str, dataset: str, saved: dict[str,
             key = f"{label}/logit_lens"
             tensors[key] = arr
             index.append(Entry(key, label, "logit_lens", f"resid 0-{L}", (position,),
-                               tuple(arr.shape), lens[label].layers))
+                               tuple(arr.shape), lens[label].layers, ("statistic", "layer", "example")))
         if "dla" in tables:
             z = [_at(got[("z", l)], end)[:, 0] for l in range(L)]
             mlp = [_at(got[("mlp", l)], end)[:, 0] for l in range(L)]
@@ -362,7 +367,7 @@ def collect(program: ir.Program, experiment: str, dataset: str, saved: dict[str,
             key = f"{label}/dla"
             tensors[key] = arr
             index.append(Entry(key, label, "dla", f"z, mlp 0-{L - 1}", (position,), tuple(arr.shape),
-                               att[label].rows + ("total",)))
+                               att[label].rows + ("total",), ("row", "example")))
     notes = [FROZEN_NORM] if att else []
     return Recording(experiment, dataset, tensors, index, [int(x) for x in batch.lengths], lens, att, notes)
 

@@ -318,6 +318,8 @@ def test_a_spec_runs_writes_the_tensor_file_next_to_the_results_and_reads_back(s
     for k, v in mem.tensors.items():
         torch.testing.assert_close(rec[k], v.to(rec[k].dtype))
     assert rec.entry("ablated/pattern a1.h3").shape == (4, 2, 6)  # 4 examples, END and MID, 6 keys
+    assert rec.entry("ablated/pattern a1.h3").dims == ("example", "position", "key")
+    assert rec.entry("clean/dla").dims == ("row", "example") and rec.entry("clean/dla").rows[-1] == "total"
     assert rec.entry("clean/m1<in>").site == "mlpin 1" and rec.entry("clean/logits<in>").site == "resid 2"
     np.testing.assert_allclose(rec.dla["ablated"].values, mem.dla["ablated"].values)
     assert rec.dla["clean"].rows == mem.dla["clean"].rows
