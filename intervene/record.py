@@ -39,7 +39,7 @@ from torch import Tensor
 
 from intervene import files, ir
 from intervene.errors import ExecutionError
-from intervene.graph import Node, Receiver
+from intervene.graph import Node
 from intervene.models.adapters import Adapter
 
 FORMAT = "intervene-record/1"

@@ -15,6 +15,7 @@ from intervene import ir, record
 from intervene.errors import ErrorCode
 from intervene.execute import Executor
 from intervene.graph import Node, Receiver
+from intervene.testing.tiny import WINDOWED
 from tests.tiny import FAMILIES, random_batch, tiny
 
 LENGTHS = [9, 7, 9]
@@ -357,3 +358,27 @@ def test_a_record_too_large_is_refused_before_anything_runs(spec_file: Path, mon
     monkeypatch.setattr(spec_record, "MAX_BYTES", 1000)
     (d,) = api.check(spec_file)
     assert (d.code, d.line) == (ErrorCode.E104, SPEC.splitlines().index("    kind: record") + 1)
+
+
+@pytest.mark.parametrize("family", sorted(WINDOWED))
+def test_patterns_of_sliding_window_layers_equal_hugging_face(family: str) -> None:
+    """Windows shorter than the prompts (3-4 tokens of 9): each head's recorded pattern is
+    Hugging Face's, zero outside the window, in a clean run and in a run patched at MID."""
+    m = tiny(family)
+    b, c = _batch(0), _batch(1)
+    L, H = m.shape.n_layers, m.shape.n_heads
+    recs = tuple(ir.Record(Node("head", l, h), None, pattern=True) for l in range(L) for h in range(H))
+    op = ir.Op("patch", Node("head", 0, 1), ("MID",), ir.Source("run", "c"))
+    prog = ir.Program("p", [ir.Run("w:clean", "d", (), "w", ("clean",), records=recs),
+                            ir.Run("w:patched", "d", (op,), "w", ("patched",), records=recs)])
+    ex = Executor(m, {"d": b, "c": c})
+    ex.execute(prog, lambda ds, logits, idx: logits[:, 0])
+    rec = record.collect(prog, "w", "d", ex.recorded, m, b)
+    real = b.attention_mask.bool()
+    for run, (*_, out) in (("clean", _hf(m, b)), ("patched", _patched_reference(m, b, c, 0, 1, "MID"))):
+        for l in range(L):
+            for h in range(H):
+                torch.testing.assert_close(rec[f"{run}/pattern a{l}.h{h}"][real], out.attentions[l][:, h][real],
+                                           atol=2e-4, rtol=1e-4)
+    windowed = [l for l in range(L) if m.attn_window(l) is not None]
+    assert windowed and float(rec[f"clean/pattern a{windowed[0]}.h0"][0, 8, :4].abs().max()) == 0.0
