@@ -19,6 +19,7 @@ The pipeline, end to end::
     per-example metric values  ->  intervene.stats (bootstrap, normalisation, KL)
                                    intervene.results (one typed result per experiment, JSON)
                                    intervene.report (tables), intervene.plot (heatmaps, circuits)
+                                   intervene.record (values record runs saved: tensors, lens, DLA)
 
 In Python::
 
@@ -26,6 +27,7 @@ In Python::
     res = intervene.run("specs/ioi_head_sweep.yaml", out="out/ioi.json")
     print(res["head_sweep"].top(5), res["head_sweep"]["a23.h3"].normalised)
     res == intervene.Results.load("out/ioi.json")
+    rec = intervene.record("specs/ioi_record.yaml")   # activations, attention patterns, logit lens, DLA
 
 Every exception intervene raises on purpose is an :class:`InterveneError`: a bad spec is a
 :class:`SpecError` listing every problem at ``file:line:col``, found before any forward pass.
