@@ -15,12 +15,12 @@ from torch import Tensor
 
 import intervene
 from intervene import api, graph, ir
-from intervene.errors import ErrorCode, SpecError
+from intervene.errors import SpecError
 from intervene.execute import Executor
 from intervene.graph import Node
 from intervene.sae import config
 from intervene.sae.model import Sae, load
-from intervene.sae.train import train
+from intervene.sae.train import site_values, train
 from intervene.testing import invariants as inv
 from intervene.testing.tiny import tiny
 
@@ -106,7 +106,8 @@ def test_splice_with_error_leaves_logits_unchanged(setup, arch: str, site: str) 
     m, batches, folders = setup
     sae = load(folders[arch])
     clean = hf_logits(m, batches["clean"], site)
-    spliced = hf_logits(m, batches["clean"], site, lambda x: sae.decode(sae.encode(x)) + (x - sae.decode(sae.encode(x))))
+    rec = lambda x: sae.decode(sae.encode(x))  # noqa: E731
+    spliced = hf_logits(m, batches["clean"], site, lambda x: rec(x) + (x - rec(x)))
     torch.testing.assert_close(spliced, clean, atol=1e-5, rtol=0)
     src = ir.Source("run", "clean")
     ops = [ir.Op("patch", latent(site, i), None, src) for i in range(N)] + [ir.Op("patch", err(site), None, src)]
@@ -115,10 +116,12 @@ def test_splice_with_error_leaves_logits_unchanged(setup, arch: str, site: str) 
 
 @pytest.mark.parametrize("arch", ["standard", "jumprelu", "topk"])
 @pytest.mark.parametrize("site", ["r1", "m2"])
-def test_zeroing_a_latent_subtracts_its_decoder_contribution(setup, arch: str, site: str) -> None:  # type: ignore[no-untyped-def]
+def test_zeroing_a_latent_subtracts_its_decoder_contribution(setup, arch: str,  # type: ignore[no-untyped-def]
+                                                             site: str) -> None:
     m, batches, folders = setup
     sae = load(folders[arch])
-    i = int(sae.encode(torch.cat(_grab(m, batches["clean"], site))).flatten(0, 1).gt(0).sum(0).argmax())  # an active one
+    (x,) = _grab(m, batches["clean"], site)
+    i = int(sae.encode(x).flatten(0, 1).gt(0).sum(0).argmax())  # the latent active most often
     want = hf_logits(m, batches["clean"], site, lambda x: x - sae.encode(x)[..., i, None] * sae.W_dec[i])
     got = run_ops(m, batches, folders[arch], site, ir.Op("patch", latent(site, i), None, ir.Source("zero")))
     torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
@@ -131,7 +134,8 @@ def _grab(m, batch, site: str) -> list[Tensor]:  # type: ignore[no-untyped-def]
     return got
 
 
-def test_error_zeroed_is_the_reconstruction_and_patched_is_the_sources_error(setup) -> None:  # type: ignore[no-untyped-def]
+def test_error_zeroed_is_the_reconstruction_and_patched_is_the_sources_error(  # type: ignore[no-untyped-def]
+        setup) -> None:
     m, batches, folders = setup
     sae, site = load(folders["standard"]), "r2"
     rec = lambda x: sae.decode(sae.encode(x))  # noqa: E731
@@ -159,7 +163,6 @@ def test_patch_clamp_and_steer_latents(setup) -> None:  # type: ignore[no-untype
         new[..., i] = sae.encode(x_corr)[..., i]  # patched from corr, every position
         rows = torch.arange(len(end))
         new[rows, end, j] = 2.5  # clamped at END
-        new[..., j] += 0.0
         out = x + (new - f) @ sae.W_dec
         return out + 1.5 * sae.W_dec[i]  # steered everywhere
 
@@ -228,7 +231,7 @@ def test_latent_sweep_fuses(setup) -> None:  # type: ignore[no-untyped-def]
     shape = graph.ModelShape(3, 4, 2, D, saes=(("r1", N), ("m0", N)))
     src = ir.Source("run", "corr")
     runs = [ir.Run(str(n), "clean", (ir.Op("patch", n, None, src),))
-            for n in graph.expand_all(["r1.sae[{0..5}]", "m0.sae[{0..3}]", "r1.sae.err"], shape)]
+            for n in graph.expand_all(["r1.sae[{0..3}]", "m0.sae[{0..1}]", "r1.sae.err"], shape)]
     runs.append(ir.Run("clamp", "clean", (ir.Op("set", latent("r1", 2), ("MID",), scale=3.0),)))
     inv.fused_equals_sequential(m, batches, ir.Program("sweep", runs, saes=saes), max_tokens=14)
 
@@ -252,7 +255,8 @@ def test_spec_runs_sweep_and_patches(tmp_path: Path) -> None:
     the program prints them, and zeroing a latent that never fires changes nothing."""
     sae = random_sae("standard", d=64, n=6, seed=1)
     sae.save(tmp_path / "sae", hook_name="blocks.1.hook_resid_pre")
-    f = _spec(tmp_path, """  - {name: lat, kind: sweep, dataset: clean, targets: ["r1.sae[*]", r1.sae.err], source: {kind: zero}}
+    f = _spec(tmp_path, """  - {name: lat, kind: sweep, dataset: clean, targets: ["r1.sae[*]", r1.sae.err],
+     source: {kind: zero}}
   - name: steer
     kind: patch
     dataset: clean
@@ -267,8 +271,8 @@ def test_spec_runs_sweep_and_patches(tmp_path: Path) -> None:
     res = api.run(f, device="cpu")
     frame = res["lat"].to_pandas()
     assert sorted(k for k in frame["key"].unique() if k) == sorted([f"r1.sae[{i}]" for i in range(6)] + ["r1.sae.err"])
-    base = frame[frame["key"] == ""]["mean"]
-    assert res["steer"] is not None and len(base) == 2
+    steered = res["steer"]
+    assert abs(steered.row.metric.mean - steered.m_clean.mean) > 1e-4  # clamping and steering changed the output
 
 
 @pytest.mark.parametrize("case, code", [
@@ -303,3 +307,48 @@ def test_spec_errors(tmp_path: Path, case: str, code: str) -> None:
     assert d.line > 0 and d.file == str(f)
     with pytest.raises(SpecError):
         api.prepare(f, device="cpu")
+
+
+# -- the real model ---------------------------------------------------------------------------------
+
+
+@pytest.mark.real_model
+def test_real_model_trained_sae_splice(real_model) -> None:  # type: ignore[no-untyped-def]
+    """An SAE trained in the test on SmolLM2's residuals entering layer 6 (a few hundred vectors,
+    150 steps, 64 latents): spliced with its error node the logits are the model's; with the
+    error zeroed they are the model run on the SAE's reconstruction; a zeroed latent subtracts
+    exactly its decoder contribution (each against Hugging Face hooks)."""
+    from intervene.spec.check import parse_spec
+
+    spec = parse_spec("version: 1\ndatasets:\n  clean: {kind: ioi, n: 12, seed: 5}\n"
+                      "metric: {kind: logit_diff, answer: IO, wrong: S}\n"
+                      "experiments:\n  - {name: x, kind: sweep, dataset: clean, targets: [m0], source: {kind: zero}}\n")
+    p = api.prepare(spec, model=real_model)
+    m, b, site = real_model.adapter, p.batches["clean"], "r6"
+    acts = site_values(p, "clean", site)
+    (whole,) = _grab(m, b, site)
+    torch.testing.assert_close(acts, whole[b.attention_mask.bool()], atol=1e-4, rtol=0)  # the residuals trained on
+    assert 100 <= len(acts) <= 400
+    sae = train(acts, 64, steps=150, lr=3e-3, l1=3e-3)
+    with torch.no_grad():
+        rel = ((sae.decode(sae.encode(acts)) - acts).norm() / (acts - acts.mean(0)).norm()).item()
+    assert rel < 0.9, rel  # it learnt something
+    import tempfile
+
+    folder = sae.save(tempfile.mkdtemp(), hook_name="blocks.6.hook_resid_pre")
+    i = int(sae.encode(acts).gt(0).sum(0).argmax())
+    src = ir.Source("run", "clean")
+    runs = [ir.Run("splice", "clean", tuple(ir.Op("patch", latent(site, j), None, src) for j in range(64))
+                   + (ir.Op("patch", err(site), None, src),)),
+            ir.Run("recon", "clean", (ir.Op("patch", err(site), None, ir.Source("zero")),)),
+            ir.Run("zero", "clean", (ir.Op("patch", latent(site, i), None, ir.Source("zero")),))]
+    prog = ir.Program("real", runs, saes={site: ir.Sae("s", site, str(folder), "standard", 64)})
+    with torch.no_grad():
+        got = Executor(m, {"clean": b}, {}, "END").execute(prog, inv._logits_readout)
+    clean = hf_logits(m, b, site)
+    torch.testing.assert_close(got[0], clean, atol=1e-4, rtol=0)
+    want = hf_logits(m, b, site, lambda x: sae.decode(sae.encode(x)))
+    torch.testing.assert_close(got[1], want, atol=1e-4, rtol=0)
+    assert (want - clean).abs().max() > 1e-2  # the reconstruction is not exact: the error node matters
+    want = hf_logits(m, b, site, lambda x: x - sae.encode(x)[..., i, None] * sae.W_dec[i])
+    torch.testing.assert_close(got[2], want, atol=1e-4, rtol=0)

@@ -62,9 +62,10 @@ class Sae:
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> Sae:
         """A copy on ``device`` in ``dtype``."""
-        mv = lambda t: None if t is None else t.to(device, dtype)  # noqa: E731
-        return Sae(self.architecture, mv(self.W_enc), mv(self.b_enc), mv(self.W_dec), mv(self.b_dec),  # type: ignore[arg-type]
-                   mv(self.threshold), self.k, self.apply_b_dec_to_input)
+        mv = lambda t: t.to(device, dtype)  # noqa: E731
+        thr = None if self.threshold is None else mv(self.threshold)
+        return Sae(self.architecture, mv(self.W_enc), mv(self.b_enc), mv(self.W_dec), mv(self.b_dec), thr, self.k,
+                   self.apply_b_dec_to_input)
 
     def save(self, folder: str | Path, hook_name: str | None = None) -> Path:
         """Write the SAE as an SAELens folder (``cfg.json``, ``sae_weights.safetensors``)."""

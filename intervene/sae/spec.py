@@ -75,8 +75,8 @@ def check_static(data: dict[str, Any], src: SourceMap | None, base: Path) -> lis
             continue
         ours = graph.from_transformer_lens(cfg.hook_name) if cfg.hook_name else None
         if ours and isinstance(site, str) and SITE.match(site) and ours != site:
-            out.append(at(src, loc + ("site",), ErrorCode.E124, f'the SAE\'s cfg.json says hook_name "{cfg.hook_name}", '
-                          f"which is {ours}, but site is {site}",
+            out.append(at(src, loc + ("site",), ErrorCode.E124,
+                          f'the SAE\'s cfg.json says hook_name "{cfg.hook_name}", which is {ours}, but site is {site}',
                           f"write site: {ours} (blocks.l.hook_resid_post is the residual entering layer l+1)", site))
     return out + _uses(data, src)
 

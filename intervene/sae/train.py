@@ -1,6 +1,7 @@
 """A small SAE trainer, for tests and examples: a few hundred Adam steps on a few hundred vectors.
 
-What it owns: :func:`train`, which fits a ``standard`` (ReLU, L1 penalty on latents weighted by
+What it owns: :func:`site_values`, a site's values over a dataset's real tokens (what an SAE
+is trained on), and :func:`train`, which fits a ``standard`` (ReLU, L1 penalty on latents weighted by
 their decoder norms) or ``topk`` SAE to activations held in memory. It is meant to produce an
 SAE to try the library with (``examples/sae_steering.py``, the real-model test), not a good
 dictionary: real SAEs are trained on millions of tokens (SAELens) and loaded from their folders.
@@ -8,10 +9,15 @@ dictionary: real SAEs are trained on millions of tokens (SAELens) and loaded fro
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor
 
 from intervene.sae.model import Sae
+
+if TYPE_CHECKING:
+    from intervene.api import Prepared
 
 
 def train(acts: Tensor, d_sae: int, architecture: str = "standard", k: int | None = None, steps: int = 300,
@@ -45,3 +51,19 @@ def train(acts: Tensor, d_sae: int, architecture: str = "standard", k: int | Non
             opt.step()
     done = {name: p.detach().clone() for name, p in params.items()}
     return Sae(architecture, done["W_enc"], done["b_enc"], done["W_dec"], done["b_dec"], k=k)
+
+
+def site_values(p: Prepared, dataset: str, site: str) -> Tensor:
+    """The values of ``site`` (``r{l}``: the residual entering layer l; ``m{l}``: the MLP's output)
+    at every real token of ``dataset`` of a prepared spec, [tokens, d_model], from one unpatched pass."""
+    from intervene.execute import Executor
+
+    kind, layer = site[0], int(site[1:])
+    b = p.batches[dataset]
+    ex = Executor(p.model.adapter, {dataset: b})
+    if kind == "m":
+        ex._needs(dataset, "mlp", [layer])  # the base pass keeps that MLP's output
+    with torch.no_grad():
+        base = ex.base(dataset)
+        values = base.resid[layer] if kind == "r" else base.mlp[layer]
+    return values[b.attention_mask.bool().to(values.device)]
