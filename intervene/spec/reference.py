@@ -22,17 +22,19 @@ SECTIONS: list[tuple[str, str, list[str]]] = [
     ("The spec", "The top level of a spec file (YAML or TOML).", ["Spec"]),
     ("model", "Which model every experiment runs on.", ["ModelSpec"]),
     ("datasets", "Named datasets, each with its `kind`. Every example has a text, named answers "
-     "(single tokens) and named positions.", ["IoiDataset", "IoiAbcDataset", "JsonlDataset"]),
-    ("metric", "The number every run is scored with, per example, at one named position.",
+     "(one token or several) and named positions.", ["IoiDataset", "IoiAbcDataset", "JsonlDataset"]),
+    ("metric", "The number every run is scored with, per example, at one named position (continuation "
+     "metrics: along the answer's tokens after it). The spec's `metric` is the default; an experiment "
+     "may name its own.",
      ["LogitDiffMetric", "ProbDiffMetric", "LogprobMetric", "KlToCleanMetric", "AccuracyMetric",
-      "ExpressionMetric"]),
+      "ExpressionMetric", "FunctionMetric", "ContinuationLogprobMetric", "LogprobDiffMetric"]),
     ("sources", "Where patched values come from (`source:` of sweeps, patches and path patching, "
      "`ablate:` of circuits).", ["DatasetSource", "ResampleSource", "MeanSource", "ZeroSource"]),
     ("interventions", "The changes a `patch` experiment applies together.",
-     ["PatchIntervention", "AddIntervention", "ProjectOutIntervention", "Vector"]),
+     ["PatchIntervention", "AddIntervention", "ProjectOutIntervention", "FunctionIntervention", "Vector"]),
     ("experiments", "What to measure. All experiments of a spec run as one fused program.",
      ["SweepExperiment", "PatchExperiment", "PathPatchExperiment", "CircuitExperiment", "Completeness",
-      "Minimality", "ScrubExperiment", "DiscoverExperiment"]),
+      "Minimality", "ScrubExperiment", "DiscoverExperiment", "RecordExperiment", "RecordRun"]),
     ("circuits", "Named circuits, for `circuit` experiments (syntax: [circuits.md](circuits.md)).", ["CircuitDef"]),
     ("hypotheses", "Named causal-scrubbing hypotheses, for `scrub` experiments "
      "([scrubbing.md](scrubbing.md)).", ["HypothesisDef", "OutputNode", "InterpretationNode"]),
@@ -54,6 +56,9 @@ EXAMPLES: dict[str, str] = {
     "KlToCleanMetric": "{kind: kl_to_clean, position: END}",
     "AccuracyMetric": "{kind: accuracy, answer: IO}",
     "ExpressionMetric": "{kind: expression, expr: \"IO - S\"}",
+    "FunctionMetric": "{kind: function, function: \"my_metrics:io_rank\", position: END}",
+    "ContinuationLogprobMetric": "{kind: continuation_logprob, answer: city}",
+    "LogprobDiffMetric": "{kind: logprob_diff, answer: city, wrong: other_city}",
     "DatasetSource": "{kind: dataset, dataset: corrupted}",
     "ResampleSource": "{kind: resample, seed: 0, by: [token(IO), template]}",
     "MeanSource": "{kind: mean, dataset: clean, per_position: auto}",
@@ -63,6 +68,7 @@ EXAMPLES: dict[str, str] = {
                          "source: {kind: dataset, dataset: corrupted}}",
     "AddIntervention": "{kind: add, nodes: [r10], vector: {file: love_hate.npy}, scale: 4.0}",
     "ProjectOutIntervention": "{kind: project_out, nodes: [a23.h3], direction: {token: \" Mary\"}}",
+    "FunctionIntervention": "{kind: function, nodes: [a23.h3], positions: [END], function: \"my_edits:damp\"}",
     "SweepExperiment": "{name: residual, kind: sweep, dataset: clean, targets: [\"r*\"], positions: [S2, END],\n"
                        " per_position: true, source: {kind: dataset, dataset: corrupted}}",
     "PatchExperiment": "{name: steer, kind: patch, dataset: clean,\n"
@@ -77,6 +83,11 @@ EXAMPLES: dict[str, str] = {
     "ScrubExperiment": "{name: scrub, kind: scrub, dataset: clean, hypotheses: [movers_read_io], seed: 0}",
     "DiscoverExperiment": "{name: find, kind: discover, dataset: clean, source: {kind: dataset, dataset: corrupted},\n"
                           " method: eap_ig, steps: 5, sizes: [50, 200]}",
+    "RecordExperiment": "{name: look, kind: record, dataset: clean, patterns: [a23.h3, a29.h1], nodes: [a23.h3],\n"
+                        " positions: [END], tables: [logit_lens, dla],\n"
+                        " runs: [{name: clean}, {name: patched, interventions: [{kind: patch, nodes: [a20.h0],\n"
+                        "   source: {kind: dataset, dataset: corrupted}}]}]}",
+    "RecordRun": "{name: patched, interventions: [{kind: patch, nodes: [a20.h0], source: {kind: zero}}]}",
     "CircuitDef": "groups: {name_movers: [a23.h3, a29.h1]}\nnodes: [name_movers, \"m*\"]\n"
                   "edges: [\"a20.h0@END -> name_movers<q>\"]",
     "HypothesisDef": "output: {reads: [movers]}\nnodes:\n"
@@ -110,9 +121,23 @@ CODES: dict[tuple[str, str] | str, list[str]] = {
     ("InterpretationNode", "feature"): ["E033"],
     ("InterpretationNode", "reads"): ["E030", "E031", "E032"],
     ("OutputNode", "reads"): ["E030", "E031"],
-    ("ExpressionMetric", "expr"): ["E017", "E016"],
+    ("ExpressionMetric", "expr"): ["E017", "E016", "E015"],
+    ("FunctionMetric", "function"): ["E110", "E066", "E111", "E112"],
+    ("FunctionIntervention", "function"): ["E110", "E066", "E111", "E112"],
+    ("ContinuationLogprobMetric", "kind"): ["E006", "E113"],
+    ("ContinuationLogprobMetric", "answer"): ["E016", "E068"],
+    ("ContinuationLogprobMetric", "position"): ["E014", "E113"],
+    ("LogprobDiffMetric", "kind"): ["E006", "E113"],
+    ("LogprobDiffMetric", "answer"): ["E016", "E068"],
+    ("LogprobDiffMetric", "wrong"): ["E016", "E068"],
+    ("LogprobDiffMetric", "position"): ["E014", "E113"],
     ("DiscoverExperiment", "method"): ["E080", "E081", "E082"],
     ("DiscoverExperiment", "source"): ["E083"],
+    ("RecordExperiment", "kind"): ["E006", "E100", "E104"],
+    ("RecordExperiment", "patterns"): ["E011", "E012", "E013", "E101"],
+    ("RecordExperiment", "nodes"): ["E011", "E012", "E013", "E105"],
+    ("RecordExperiment", "runs"): ["E102"],
+    ("RecordExperiment", "tables"): ["E103"],
     "dataset": ["E010"],
     "targets": ["E011", "E012", "E013"],
     "nodes": ["E011", "E012", "E013", "E023", "E025"],
@@ -127,7 +152,8 @@ CODES: dict[tuple[str, str] | str, list[str]] = {
     "kind": ["E006"],
 }
 CODES.update({(m, "name"): ["E018"] for m in ("SweepExperiment", "PatchExperiment", "PathPatchExperiment",
-                                               "CircuitExperiment", "ScrubExperiment", "DiscoverExperiment")})
+                                               "CircuitExperiment", "ScrubExperiment", "DiscoverExperiment",
+                                               "RecordExperiment")})
 
 
 def models() -> dict[str, type[BaseModel]]:
