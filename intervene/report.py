@@ -279,8 +279,8 @@ def token_labels(res: R.Results, dataset: str) -> dict[str, str]:
         toks = {r["tokens"][-k] for r in rows}
         names = [p for p in (rows[0].get("positions") or {})  # token indices of right-padded rows
                  if all((r.get("positions") or {}).get(p) == len(r["tokens"]) - k for r in rows)]
-        tok = next(iter(toks)) if len(toks) == 1 else "…"
-        out[f"-{k}"] = " ".join([f"-{k}", repr(tok)[1:-1][:12], *names])
+        tok = next(iter(toks)).replace("Ġ", "").replace("▁", "") if len(toks) == 1 else "…"  # BPE space marks
+        out[f"-{k}"] = " ".join([f"-{k}", repr(tok)[1:-1][:12] or "␣", *names])
     return out
 
 

@@ -115,3 +115,11 @@ def test_the_map_is_drawn_left_to_right_and_goes_in_the_report(swept, tmp_path: 
     assert f"last {n} tokens" in svg and "counted back" in svg
     html = report.render_html(swept)
     assert "<img alt='resid-residual' src='data:image/svg+xml;base64," in html
+
+
+def test_the_readme_spec_loads_and_sweeps_every_residual_stream_per_token() -> None:
+    from intervene.spec.check import load_spec
+
+    spec = load_spec(Path(__file__).parents[1] / "specs" / "ioi_residual_tokens.yaml")
+    (exp,) = spec.experiments
+    assert exp.per_position == "tokens" and exp.targets == ("r*",)  # type: ignore[union-attr]

@@ -112,6 +112,7 @@ CODES: dict[tuple[str, str] | str, list[str]] = {
     ("ResampleSource", "dataset"): ["E010", "E043"],
     ("ResampleSource", "by"): ["E033", "E043"],
     ("MeanSource", "per_position"): ["E044"],
+    ("SweepExperiment", "per_position"): ["E130", "E131"],
     ("Vector", "values"): ["E045"],
     ("Vector", "file"): ["E020", "E045", "E065"],
     ("Vector", "token"): ["E015"],
