@@ -367,7 +367,7 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
                 read = set().union(*(prog.runs[i].reads() for i in idx))
                 idx = sorted(set(idx) | {i for i, r in enumerate(prog.runs) if r.name in read})
                 sub = ir.Program(prog.name, [prog.runs[i] for i in idx], prog.vectors, prog.metric_position,
-                                 indices=prog.indices, metrics=prog.metrics)
+                                 indices=prog.indices, metrics=prog.metrics, saes=prog.saes)
                 try:
                     for i, v in zip(idx, ex.execute(sub, readout)):
                         got[i] = v

@@ -64,7 +64,6 @@ class Executor(Scheduler):
         a list aligned with ``program.runs``. Runs are computed in waves (:meth:`Program.levels`):
         a run after the runs it reads, whose read places are recorded as they are computed."""
         waves = self._plan(program)  # checks, base passes, chunks per wave (intervene.schedule)
-        self._sae_refs = program.saes  # SAEs spliced in at sites (intervene.sae.apply loads them)
         out: list[Tensor | None] = [None] * len(program.runs)
         total = sum(len(rows.run) for w in waves for _, rows in w)  # progress in rows: one run on one example
         vals: dict[int, list[tuple[Tensor, Tensor]]] = {}

@@ -66,6 +66,7 @@ class Scheduler(Sources):
         """Everything before the first chunk: the program's checks, what its base passes keep,
         the base passes themselves, and each wave (:meth:`Program.levels`) cut into chunks."""
         self._runs = {r.name: r for r in program.runs}
+        self._sae_refs = program.saes  # SAEs spliced in at sites (intervene.sae.apply loads them)
         read = set().union(*(r.reads() for r in program.runs))
         if len(read) and sum(r.name in read for r in program.runs) != len(read):
             raise ExecutionError("runs read by others need names of their own: "
