@@ -143,7 +143,7 @@ def heatmap(e: SweepResult | PathPatchResult, path: str | Path, n_layers: int, n
         col = node.head if node.kind == "head" else cols - 1
         grids[k.position or ""][node.layer - lo, col] = vals[k]
     n_rows = hi - lo + 1
-    fig = figure(max(4.8, 1.8 + (0.32 * cols + 0.5) * len(positions)), 1.9 + 0.24 * n_rows)
+    fig = figure(min(40.0, max(4.8, 1.8 + (0.32 * cols + 0.5) * len(positions))), 1.9 + 0.24 * n_rows)  # per-token: narrow panels
     axes = fig.subplots(1, len(positions), squeeze=False)[0]
     norm = Normalize(-lim, lim)
     for ax, p in zip(axes, positions):
