@@ -137,15 +137,16 @@ def _metrics(spec: schema.Spec, named: Mapping[str, tuple[str, ...]], batches: M
                           f"use position: {spec.metric.position}", m.position))
         b = batches.get(exp.dataset)
         if m.kind in ir.CONTINUATIONS:
-            out += _continuation(spec, i, exp, m, mloc, named, b)
+            out += _continuation(spec, i, exp, m, mloc, named, batches)
         elif m.kind in SINGLE_TOKEN and b is not None:
             out += _single_tokens(spec, exp, m, mloc, b)
     return out
 
 
 def _continuation(spec: schema.Spec, i: int, exp: Any, m: Any, mloc: Loc, named: Mapping[str, tuple[str, ...]],
-                  b: data.Batch | None) -> list[Diagnostic]:
+                  batches: Mapping[str, data.Batch]) -> list[Diagnostic]:
     src = spec.source_map
+    b = batches.get(exp.dataset)
     if exp.kind not in ("sweep", "patch", "path_patch"):
         return [at(src, mloc + ("kind",), ErrorCode.E113, f"{m.kind} reads continuations, which {exp.kind} "
                    f'experiment "{exp.name}" does not compute', "use it on sweep, patch or path_patch experiments, "
@@ -156,6 +157,16 @@ def _continuation(spec: schema.Spec, i: int, exp: Any, m: Any, mloc: Loc, named:
             out.append(at(src, r.loc, ErrorCode.E113, f'experiment "{exp.name}" is scored on continuations, and a '
                           "resampled source read at all positions (or by features) would be continued by another "
                           "example's answer", "patch named positions from it, or use a dataset source", None))
+        sb = batches.get(r.source.dataset or "")
+        if b is not None and sb is not None and r.source.kind == "run" and r.source.pairing == "index":
+            n = min(len(b), len(sb))  # the baseline reads the source's whole continued prompt
+            off = (b.lengths[:n] != sb.lengths[:n]).nonzero()
+            if len(off):
+                j = int(off[0, 0])
+                out.append(at(src, r.loc, ErrorCode.E041, f'experiment "{exp.name}" is scored on continuations: its '
+                              f"baseline reads {r.source.dataset} over the whole continued prompt, and example {j} "
+                              f"has {int(sb.lengths[j])} tokens there, {int(b.lengths[j])} in {exp.dataset}",
+                              "pair prompts of the same token length", r.source.dataset))
     if b is not None and m.position in b.positions:
         off = (b.positions[m.position] != b.lengths - 1).nonzero()
         if len(off):

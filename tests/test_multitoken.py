@@ -254,3 +254,19 @@ def test_a_continuation_longer_than_the_context_is_refused(tmp_path: Path) -> No
     rows[3]["answers"]["B"] = "".join(f" t{i}" for i in range(30))  # 10 + 30 tokens: the context is 32
     (tmp_path / "clean.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     assert _codes(spec) == [(ErrorCode.E068, _line(spec, "answer: B"))]
+
+
+def test_paired_prompts_of_other_lengths_are_refused_under_a_continuation(tmp_path: Path) -> None:
+    other = _rows(2)
+    other[4]["text"] += " t0"  # one more token than clean prompt 4: the baseline reads whole prompts
+    spec = _write(tmp_path, """
+    experiments:
+      - name: named
+        kind: sweep
+        dataset: clean
+        targets: [a1.h0]
+        positions: [END]
+        source: {kind: dataset, dataset: corrupted}
+        metric: {kind: continuation_logprob, answer: A}
+    """, corrupted=other)
+    assert _codes(spec) == [(ErrorCode.E041, _line(spec, "source: {kind: dataset"))]
