@@ -63,17 +63,17 @@ def main() -> None:
     args = ap.parse_args()
 
     lm = api.cached_model("smollm2-135m", None, "float32", "cpu" if not torch.cuda.is_available() else "cuda")
-    folder, latents = train_sae(lm, args.steps)  # latents: the SAE's values on the tokens trained on
+    folder, values = train_sae(lm, args.steps)  # the latents' values on the tokens trained on
 
     spec = intervene.load_spec(SPEC)
     res = intervene.run(spec, model=lm)
     report.print_results(res, top=6)
     sweep = res["latent_sweep"]
-    latents = [r for r in sweep.top(len(sweep.rows)) if r.key.node is not None and r.key.node.kind == "resid_latent"]
-    best = latents[0]  # the latent carrying the most logit difference
+    ranked = [r for r in sweep.top(len(sweep.rows)) if r.key.node is not None and r.key.node.kind == "resid_latent"]
+    best = ranked[0]  # the latent carrying the most logit difference
     latent = str(best.key.node)
     i = best.key.node.head  # the latent index
-    unit = float(latents[:, i][latents[:, i] > 0].mean())
+    unit = float(values[:, i][values[:, i] > 0].mean())
     print(f"\nsteering with {latent} at END (normalised effect {best.normalised.mean:+.3f}; mean value where "
           f"active {unit:.2f}, the unit of the scales)")
 
