@@ -17,7 +17,8 @@ in one process:
 
     PYTHONPATH=. python -m bench.discover [--prompts 8] [--steps 5] [--edges 64] [--acdc-edges 96]
 
-auto-circuit is not run here (see bench/README.md for installing peers in their own venv).
+auto-circuit is compared in ``bench/discover_vs_autocircuit.py`` (its own venv: bench/README.md);
+IOI with MIB's metrics and the hand-built circuit in ``bench/discover_ioi.py``.
 """
 
 from __future__ import annotations
