@@ -73,7 +73,8 @@ def _apply_site(ex: Any, site: Node, ops: list[ir.Op], out: Tensor, a: int, b: i
                 val: Tensor | float = sae.encode(src)[..., node.head]
             else:
                 val = src - sae.decode(sae.encode(src))
-        elif op.action == "patch" and op.source is not None and op.source.kind == "zero" or op.action in ("set", "add"):
+        elif op.action in ("set", "add") or (op.action == "patch" and op.source is not None
+                                             and op.source.kind == "zero"):
             t = ex._local(ex._positions(ds, op, inp, None, None)[0], out.device)
             val = 0.0 if op.action == "patch" else op.scale
         else:
