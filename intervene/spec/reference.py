@@ -207,8 +207,10 @@ def _default(info: Any) -> str:
         return {(): "[]", None: "none"}.get(d, "{}") if not isinstance(d, dict) else "{}"
     if isinstance(d, bool):
         return "true" if d else "false"
-    if isinstance(d, tuple):
-        return "[" + ", ".join(map(str, d)) + "]"
+    if isinstance(d, tuple):  # models as their set fields (a record's runs: [{name: clean}])
+        items = ["{" + ", ".join(f"{k}: {v}" for k, v in x.model_dump(exclude_defaults=True).items()) + "}"
+                 if isinstance(x, BaseModel) else str(x) for x in d]
+        return "[" + ", ".join(items) + "]"
     return f"`{d}`"
 
 
