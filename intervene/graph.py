@@ -24,7 +24,7 @@ from __future__ import annotations
 import difflib
 import functools
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable, Literal
 
 NodeKind = Literal["input", "head", "mlp", "resid", "logits", "resid_latent", "mlp_latent", "resid_err", "mlp_err"]
@@ -41,8 +41,16 @@ class ModelShape:
     n_kv_heads: int
     d_model: int
     parallel: bool = False
-    saes: tuple[tuple[str, int], ...] = ()
+    saes: tuple[tuple[str, int], ...] = field(default=(), repr=False)
     """(site, d_sae) of each SAE attached (``("r3", 512)``): what latent names are checked against."""
+
+    def __repr__(self) -> str:  # the call that rebuilds it; saes only when there are any
+        tail = f", saes={self.saes!r}" if self.saes else ""
+        return (f"ModelShape(n_layers={self.n_layers!r}, n_heads={self.n_heads!r}, n_kv_heads={self.n_kv_heads!r}, "
+                f"d_model={self.d_model!r}, parallel={self.parallel!r}{tail})")
+
+    def _repr_pretty_(self, p: object, cycle: bool) -> None:  # hypothesis and IPython print the same
+        p.text(repr(self))  # type: ignore[attr-defined]
 
     def sae_size(self, site: str) -> int | None:
         """Latents of the SAE attached at ``site`` (``r3``, ``m2``), None when there is none."""
