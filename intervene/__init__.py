@@ -48,7 +48,16 @@ def run(*args, **kwargs):  # type: ignore[no-untyped-def]
 
 
 from intervene import discover  # noqa: E402  (callable: intervene.discover(spec, ...) runs api.discover)
-from intervene import record  # noqa: E402  (callable: intervene.record(spec, ...) runs api.record)
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    """``intervene.record`` (callable: ``intervene.record(spec, ...)`` runs api.record) is
+    imported on first use: it needs torch, and the spec layer must load without it."""
+    if name == "record":
+        import importlib
+
+        return importlib.import_module("intervene.record")
+    raise AttributeError(f"module 'intervene' has no attribute {name!r}")
 
 
 __all__ = ["load_spec", "run", "discover", "record", "Results", "InterveneError", "SpecError", "UsageError", "ExecutionError", "__version__"]
