@@ -615,6 +615,34 @@ def run(spec: schema.Spec | Mapping[str, Any] | str | Path, *, model: LoadedMode
                         scale=Scale(max_memory, ray, workers))
 
 
+
+def _one_experiment(s: schema.Spec, kind: str, model: Any, experiment: str | None,
+                    settings: Mapping[str, Any]) -> Any:
+    """The spec's ``kind`` experiment named ``experiment`` (or its only one) with ``settings``
+    replacing its fields; when the spec has none, the one ``settings`` describe."""
+    from pydantic import ValidationError
+
+    found = [e for e in s.experiments if e.kind == kind]
+    if experiment is not None:
+        named = [e for e in s.experiments if e.name == experiment]
+        if not named or named[0].kind != kind:
+            raise UsageError(f"{kind}: no {kind} experiment {experiment!r} in the spec "
+                             f"({kind} experiments: {', '.join(e.name for e in found) or 'none'})")
+        base: Any = named[0]
+    elif len(found) == 1:
+        base = found[0]
+    elif found and not settings:
+        raise UsageError(f"{kind}: the spec has {len(found)} {kind} experiments; name one: "
+                         + ", ".join(e.name for e in found))
+    else:
+        base = None
+    data = base.model_dump(exclude_unset=True) if base is not None else {"name": kind, "kind": kind}
+    data.update(settings)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise UsageError(f"{kind}: {err}") from None
+
 def discover(spec: schema.Spec | Mapping[str, Any] | str | Path, experiment: str | None = None, *,
              model: LoadedModel | None = None, device: str | None = None, **settings: Any) -> Any:
     """Run one discovery on a spec's model, data and metric; returns its
@@ -628,31 +656,10 @@ def discover(spec: schema.Spec | Mapping[str, Any] | str | Path, experiment: str
         ...                        source={"kind": "dataset", "dataset": "corrupted"})  # doctest: +SKIP
         >>> d.top(5); d.circuit(200)                                                   # doctest: +SKIP
     """
-    from pydantic import ValidationError
-
     from intervene.spec import discovery
 
     s = as_spec(spec)
-    found = [e for e in s.experiments if e.kind == "discover"]
-    if experiment is not None:
-        named = [e for e in s.experiments if e.name == experiment]
-        if not named or named[0].kind != "discover":
-            raise UsageError(f"discover: no discover experiment {experiment!r} in the spec "
-                             f"(discover experiments: {', '.join(e.name for e in found) or 'none'})")
-        base: Any = named[0]
-    elif len(found) == 1:
-        base = found[0]
-    elif found and not settings:
-        raise UsageError(f"discover: the spec has {len(found)} discover experiments; name one: "
-                         + ", ".join(e.name for e in found))
-    else:
-        base = None
-    data = base.model_dump(exclude_unset=True) if base is not None else {"name": "discover", "kind": "discover"}
-    data.update(settings)
-    try:
-        exp = schema.DiscoverExperiment.model_validate(data)
-    except ValidationError as err:
-        raise UsageError(f"discover: {err}") from None
+    exp = _one_experiment(s, "discover", schema.DiscoverExperiment, experiment, settings)
     diags = discovery.check_static({"experiments": [exp.model_dump(exclude_unset=True)],
                                     "metric": s.metric.model_dump()}, None)
     if diags:
@@ -674,29 +681,8 @@ def record(spec: schema.Spec | Mapping[str, Any] | str | Path, experiment: str |
         >>> rec = intervene.record("specs/ioi_record.yaml")                     # doctest: +SKIP
         >>> rec["clean", "pattern a9.h9"].shape, rec.dla["clean"].top(5)        # doctest: +SKIP
     """
-    from pydantic import ValidationError
-
     s = as_spec(spec)
-    found = [e for e in s.experiments if e.kind == "record"]
-    if experiment is not None:
-        named = [e for e in s.experiments if e.name == experiment]
-        if not named or named[0].kind != "record":
-            raise UsageError(f"record: no record experiment {experiment!r} in the spec "
-                             f"(record experiments: {', '.join(e.name for e in found) or 'none'})")
-        base: Any = named[0]
-    elif len(found) == 1:
-        base = found[0]
-    elif found and not settings:
-        raise UsageError(f"record: the spec has {len(found)} record experiments; name one: "
-                         + ", ".join(e.name for e in found))
-    else:
-        base = None
-    data_ = base.model_dump(exclude_unset=True) if base is not None else {"name": "record", "kind": "record"}
-    data_.update(settings)
-    try:
-        exp = schema.RecordExperiment.model_validate(data_)
-    except ValidationError as err:
-        raise UsageError(f"record: {err}") from None
+    exp = _one_experiment(s, "record", schema.RecordExperiment, experiment, settings)
     res = run(s.model_copy(update={"experiments": (exp,)}), model=model, device=device)[exp.name]
     if isinstance(res, results.FailedResult):
         raise ExecutionError(f"record {exp.name} failed: {res.error}")

@@ -85,3 +85,20 @@ def test_the_pretend_devices_refuse_what_two_gpus_refuse() -> None:
             x[torch.arange(2).to(B)]
         assert x[torch.arange(2)].device == A  # host indices index any device
         assert torch.equal((x + y.to(A)).cpu(), torch.full((3,), 2.0))
+
+
+@pytest.mark.parametrize("method", ["eap", "atp_star"])
+def test_gradient_discovery_is_refused_on_a_split_model(method: str) -> None:
+    """EAP / EAP-IG / AtP* keep their gradient buffers on one device: on a split model they
+    stop with a message before any pass (on the pretend devices they would mix devices)."""
+    from intervene.discover.atp import atp_star
+    from intervene.discover.attribution import attribute
+    from intervene.errors import UsageError
+    from intervene.testing.tiny import random_batch
+
+    m = adapt(copy.deepcopy(tiny("llama_gqa").hf))
+    split(m, 1)
+    bs = {"clean": random_batch(2, 5, 0, [5, 4]), "corr": random_batch(2, 5, 1, [5, 4])}
+    fn = attribute if method == "eap" else atp_star
+    with FakeDevices(), pytest.raises(UsageError, match="split over devices"):
+        fn(m, bs, "clean", ir.Source("run", "corr"), lambda logits, ex: logits[:, 0])

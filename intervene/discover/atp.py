@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 
 from intervene import ir, metrics
-from intervene.discover.attribution import ensure_bases, sender_outputs
+from intervene.discover.attribution import ensure_bases, refuse_split, sender_outputs
 from intervene.edgemix import Layout
 from intervene.errors import UsageError
 from intervene.execute import Executor
@@ -123,6 +123,7 @@ def atp_star(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: ir
              position: str = "END", chunk: int = 16, sources: Sources | None = None
              ) -> tuple[list[str], np.ndarray, np.ndarray, int]:
     """(node labels, GradDrop scores, signed AtP* estimates, gradient passes), means over examples."""
+    refuse_split(m, "atp_star")
     if source.kind != "run":
         raise UsageError(f"atp_star needs a source with queries and keys of its own (a dataset or resampling), "
                          f"not {source.kind}")

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from intervene import ir
+from intervene import devices, ir
 from intervene.edgemix import Layout
 from intervene.errors import UsageError
 from intervene.models.adapters import QKV, Adapter
@@ -216,6 +216,15 @@ class Attribution:
     metric_clean: np.ndarray  # the metric per example on the clean run (from the first pass)
 
 
+def refuse_split(m: Adapter, method: str) -> None:
+    """The gradient methods do not move their tensors between devices: on a model split over
+    several (``model.device_map``) they are refused rather than left to fail mid-pass."""
+    if devices.layer_devices_of(m) is not None:
+        raise UsageError(f"{method} is not supported on a model split over devices (model.device_map): "
+                         "its gradient passes run on one device; load the model on one device, or use "
+                         "method: exact or acdc, which run on a split model")
+
+
 def attribute(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: ir.Source, metric: MetricFn,
               position: str = "END", method: str = "eap", steps: int = 1, ig: str = "inputs",
               chunk: int = 16, sources: Sources | None = None) -> Attribution:
@@ -227,6 +236,7 @@ def attribute(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: i
         raise UsageError(f'attribute: ig must be "inputs" or "activations", got {ig!r}')
     if steps < 1:
         raise UsageError(f"attribute: steps must be at least 1, got {steps}")
+    refuse_split(m, method)
     src = sources or Sources(m, batches, position)
     layout = Layout(m.shape)
     L = m.shape.n_layers
