@@ -58,8 +58,15 @@ def _check_version(value: Any) -> Any:
     return value
 
 
+def _check_sweep_per_position(value: Any) -> Any:
+    if value == "tokens" or isinstance(value, bool):
+        return value
+    raise PydanticCustomError("per_position_type", "must be true, false or tokens", {})
+
+
 Positions = Annotated[Union[Literal["all"], tuple[str, ...]], BeforeValidator(_check_positions)]
 PerPosition = Annotated[Union[Literal["auto"], bool], BeforeValidator(_check_per_position)]
+SweepPerPosition = Annotated[Union[StrictBool, Literal["tokens"]], BeforeValidator(_check_sweep_per_position)]
 
 
 class _Model(BaseModel):
@@ -410,7 +417,7 @@ class SweepExperiment(_Model):
     """Node patterns; each node they name is patched in a run of its own: `a*.h*` (every head), `m*`, `r*`, `a{20..29}.h*`."""
     positions: Positions = "all"
     """`all`, or the named positions patched."""
-    per_position: Union[StrictBool, Literal["tokens"]] = False
+    per_position: SweepPerPosition = False
     """`true`: one run per target and per named position (`r*` with `positions: [S2, END]` gives a layer × position map); `tokens`: one run per target and per token position, counted back from each prompt's last token (`-1`, `-2`, ... down to the shortest prompt's length; docs/concepts.md)."""
     source: Source
     """Where patched values come from."""
