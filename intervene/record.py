@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -38,6 +36,7 @@ import torch
 from torch import Tensor
 
 from intervene import files, ir
+from intervene.callable_module import make_callable
 from intervene.errors import ExecutionError
 from intervene.graph import Node
 from intervene.models.adapters import Adapter
@@ -372,13 +371,4 @@ def collect(program: ir.Program, experiment: str, dataset: str, saved: dict[str,
     return Recording(experiment, dataset, tensors, index, [int(x) for x in batch.lengths], lens, att, notes)
 
 
-class _CallableModule(types.ModuleType):
-    """This module, callable as :func:`intervene.api.record`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from intervene import api
-
-        return api.record(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
+make_callable(__name__, "record")

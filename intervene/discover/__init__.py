@@ -21,18 +21,7 @@ Importing the package loads nothing heavy (the spec layer and the compiler impor
 
 from __future__ import annotations
 
-import sys
-import types
-from typing import Any
+from intervene.callable_module import make_callable
 
 
-class _CallablePackage(types.ModuleType):
-    """This package, callable as :func:`intervene.api.discover`."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from intervene import api
-
-        return api.discover(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_callable(__name__, "discover")
