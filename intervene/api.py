@@ -29,6 +29,7 @@ from intervene import shards
 from intervene import progress as progress_
 from intervene import bind
 from intervene.circuit import Circuit
+from intervene.sae.circuits import FeatureCircuit
 from intervene.compile import DataFacts, compile_spec, lower_source
 from intervene.errors import Diagnostic, ErrorCode, ExecutionError, SpecError, UsageError
 from intervene.evaluate import CircuitEvaluator
@@ -393,16 +394,18 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
         src = lower_source(e.ablate, e.dataset)
         cache = caches.setdefault((e.dataset, src), {})
         measured = {r.key[0]: got[j] for j, r in enumerate(prog.runs) if r.experiment == e.name}
-        for c, key in ((full, "clean"), (empty, "source"), (prog.circuits[e.name], "circuit")):
+        circuit = prog.circuits[e.name]
+        m_full, m_empty = (circuit.full(), circuit.empty()) if isinstance(circuit, FeatureCircuit) else (full, empty)
+        for c, key in ((m_full, "clean"), (m_empty, "source"), (circuit, "circuit")):
             v = measured[key]
             cache[scores.circuit_key(c)] = scores.Measured(v[:, 0].double().numpy(), v[:, 1].double().numpy())
         views = [r for r in prog.runs if src.run is not None and r.name == src.run]
         ev = CircuitEvaluator(p.model.adapter, p.batches, e.dataset, src, metrics.of_experiment(p.spec, i), executor=ex,
                               origin=p.spec.where(("experiments", i, "circuit")), views=views,
-                              indices={r.input: prog.indices[r.input] for r in views if r.input})
+                              indices={r.input: prog.indices[r.input] for r in views if r.input}, saes=prog.saes)
         try:
             out[e.name] = scores.score_circuit(
-                prog.circuits[e.name], full, empty, ev, seed=p.spec.seed, random_k=e.completeness.random,
+                circuit, m_full, m_empty, ev, seed=p.spec.seed, random_k=e.completeness.random,
                 greedy_steps=e.completeness.greedy, minimality_samples=e.minimality.samples, cache=cache)
         except ExecutionError as err:
             failures[e.name] = str(err)

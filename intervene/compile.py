@@ -34,6 +34,7 @@ from intervene.circuit import Circuit, Edge
 from intervene.circuit import readers as circuit_readers
 from intervene.graph import Node
 from intervene.spec import schema
+from intervene.sae import circuits as sae_circuits
 from intervene.sae.spec import program_saes
 from intervene.discover.lower import lower as lower_discovery
 from intervene.scrub.hypothesis import Hypothesis
@@ -251,12 +252,15 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
             prog.runs += lower_discovery(exp, src, shape, base, spec.where(loc + ("source",)))
         elif exp.kind == "circuit":
             src = lower_source(exp.ablate, exp.dataset)
-            circuit = resolve_circuit(spec, exp.circuit, shape)
+            feature = sae_circuits.names_sae(spec.circuits[exp.circuit])  # SAE nodes: a feature circuit
+            circuit = sae_circuits.resolve(spec, exp.circuit, shape) if feature else \
+                resolve_circuit(spec, exp.circuit, shape)
             prog.circuits[exp.name] = circuit
             origin = spec.where(loc + ("circuit",))
             every = frozenset(graph.edges(shape))
+            empty = circuit.empty() if isinstance(circuit, sae_circuits.FeatureCircuit) else Circuit(frozenset(), name="∅")
             prog.runs.append(ir.Run("M (clean)", exp.dataset, (), exp.name, ("clean",)))
-            prog.runs.append(circuit_run(Circuit(frozenset(), name="∅"), exp.dataset, src, every, exp.name,
+            prog.runs.append(circuit_run(empty, exp.dataset, src, every, exp.name,
                                          ("source",), spec.where(loc + ("ablate",)), shape))
             prog.runs.append(circuit_run(circuit, exp.dataset, src, every, exp.name, ("circuit",), origin, shape))
         elif exp.kind == "record":
@@ -423,7 +427,10 @@ def circuit_run(circuit: Circuit, dataset: str, source: ir.Source, all_edges: fr
                 shape: graph.ModelShape | None = None) -> ir.Run:
     """One run: ``dataset`` with everything outside ``circuit`` read from ``source``. With the
     model's ``shape`` the entries are written by rows where they can be
-    (:func:`circuit_node_entries`); without it as one edge block (:func:`circuit_entries`)."""
+    (:func:`circuit_node_entries`); without it as one edge block (:func:`circuit_entries`).
+    A feature circuit is a run of SAE patch ops (:func:`intervene.sae.circuits.feature_run`)."""
+    if isinstance(circuit, sae_circuits.FeatureCircuit):
+        return sae_circuits.feature_run(circuit, dataset, source, experiment, key, origin)
     entries = circuit_entries(circuit, source, all_edges, origin) if shape is None else \
         circuit_node_entries(circuit, source, all_edges, shape, origin)
     return ir.Run(circuit.name or "circuit", dataset, (), experiment, key or (circuit.name,),

@@ -36,10 +36,12 @@ class CircuitEvaluator:
                  metric: Metric, *, metric_position: str = "END", max_tokens: int = 32768,
                  max_edge_bytes: int = 2**29, progress: Callable[[int, int], None] | None = None,
                  executor: Executor | None = None, origin: str = "", by_rows: bool = True,
-                 views: Sequence[ir.Run] = (), indices: dict[str, ir.Index] | None = None) -> None:
+                 views: Sequence[ir.Run] = (), indices: dict[str, ir.Index] | None = None,
+                 saes: dict[str, ir.Sae] | None = None) -> None:
         self.model = model
         self.views = list(views)  # runs the source reads (feature-matched resampling), with their indices
         self.indices = dict(indices or {})
+        self.saes = dict(saes or {})  # the SAEs spliced in (feature circuits patch their nodes)
         self.dataset = dataset
         self.source = source
         self.metric = metric
@@ -58,7 +60,7 @@ class CircuitEvaluator:
         runs = [circuit_run(c, self.dataset, self.source, self.all_edges, key=(str(i),), origin=self.origin,
                             shape=shape) for i, c in enumerate(circuits)]
         return ir.Program("circuits", self.views + runs, metric_position=self.exe.metric_position,
-                          indices=self.indices)
+                          indices=self.indices, saes=self.saes)
 
     def __call__(self, circuits: Sequence[Circuit]) -> list[Measured]:
         program = self.program(circuits)

@@ -300,7 +300,7 @@ def test_spec_errors(tmp_path: Path, case: str, code: str) -> None:
                  'vector: {token: " t3"}}]}\n')
     f = _spec(tmp_path, body, saes.get(case, "  s1:\n    path: sae\n    site: r1\n"))
     if case == "circuit":
-        f.write_text(f.read_text() + 'circuits:\n  c: {nodes: ["r1.sae[0]"]}\n')
+        f.write_text(f.read_text() + 'circuits:\n  c: {nodes: ["r1.sae[0]", m0]}\n')  # mixed: refused
     diags = api.check(f, device="cpu")
     assert code in {d.code.value for d in diags}, [d.format() for d in diags]
     d = next(d for d in diags if d.code.value == code)

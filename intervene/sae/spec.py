@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 from intervene import graph
 from intervene.errors import Diagnostic, ErrorCode
+from intervene.sae import circuits as sae_circuits
+from intervene.sae.circuits import is_sae_node  # noqa: F401  (re-exported: a name or pattern of an SAE node)
 from intervene.sae import config
 from intervene.spec import guards
 from intervene.spec.diagnostics import at
@@ -34,12 +36,6 @@ if TYPE_CHECKING:
 
 Loc = tuple[Any, ...]
 SITE = re.compile(r"^[rm]\d+$")
-_SAE_NODE = re.compile(r"\.sae(\[|\.err\b)")
-
-
-def is_sae_node(text: Any) -> bool:
-    """Whether a node name, pattern or circuit expression names an SAE node."""
-    return isinstance(text, str) and bool(_SAE_NODE.search(text))
 
 
 def _is_latent(text: Any) -> bool:
@@ -121,7 +117,8 @@ def _uses(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic]:
                            "sets a latent (docs/sae.md)")
                 elif kind == "patch" and iv.get("source", {}).get("kind") == "mean" and is_sae_node(t):
                     refuse(loc, t, "with a mean source", mean)
-    for section, what in (("circuits", "in circuits"), ("hypotheses", "in hypotheses")):
+    out += sae_circuits.check_static(data, src)  # circuits of SAE nodes are feature circuits
+    for section, what in (("hypotheses", "in hypotheses"),):
         block = data.get(section)
         stack: list[tuple[Loc, Any]] = [((section,), block)]
         while stack:
@@ -131,7 +128,7 @@ def _uses(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic]:
             elif isinstance(v, list):
                 stack += [(loc + (j,), x) for j, x in enumerate(v)]
             elif is_sae_node(v):
-                refuse(loc, v, what, "circuits and scrubbing act on the model's own nodes and edges (docs/sae.md)")
+                refuse(loc, v, what, "causal scrubbing acts on the model's own nodes and edges (docs/sae.md)")
     return out
 
 
@@ -150,7 +147,7 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
             out.append(at(spec.source_map, loc + ("path",), ErrorCode.E123, f"the SAE's d_in is {cfg.d_in}, the "
                           f"model's d_model is {shape.d_model}", "an SAE trained on another model's "
                           f"{d.site} does not fit this one", d.path))
-    return out
+    return out + sae_circuits.check_against_model(spec, shape_with(spec, shape))
 
 
 def _read(spec: schema.Spec, path: str) -> config.SaeConfig | None:

@@ -57,6 +57,7 @@ import networkx as nx
 from intervene import graph
 from intervene.circuit import Circuit, Edge, node_receivers
 from intervene.errors import Diagnostic, ErrorCode, SpecError
+from intervene.sae.circuits import names_sae
 from intervene.spec import schema
 from intervene.spec.circuit_syntax import (CircuitSyntaxError, Complement, EdgeComplement, EdgeEntry, Name, Positions,
                                            Statement, Term, parse_edge, parse_nodes)
@@ -563,7 +564,7 @@ def check_static(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic
     circuits = data.get("circuits")
     circuits = circuits if isinstance(circuits, dict) else {}
     for name, raw in circuits.items():
-        if isinstance(name, str) and isinstance(raw, dict):
+        if isinstance(name, str) and isinstance(raw, dict) and not names_sae(raw):  # feature circuits: sae.circuits
             out += _Analysis(name, raw, ("circuits", name), src).static
     experiments = data.get("experiments")
     for i, exp in enumerate(experiments if isinstance(experiments, list) else []):
@@ -581,7 +582,7 @@ def check_against_model(spec: schema.Spec, facts: ModelFacts) -> list[Diagnostic
     that match nothing (E011), statements that are not edges of the model (E026), and the
     positions a circuit names against the datasets of the experiments that score it (E014)."""
     out: list[Diagnostic] = []
-    analyses = {name: _Analysis.of_spec(spec, name) for name in spec.circuits}
+    analyses = {name: _Analysis.of_spec(spec, name) for name, d in spec.circuits.items() if not names_sae(d)}
     for a in analyses.values():
         a.resolve(facts.shape)
         out += a.model
