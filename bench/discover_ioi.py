@@ -1,10 +1,13 @@
 """Circuit discovery on IOI for a real model: MIB's CPR and CMD per method against random
 scores, the approximations' correlation with exact patching, and the discovered circuits
-against the hand-built one of ``specs/ioi_circuit.yaml`` at equal size.
+against the spec's hand-built one at equal size.
 
-The spec is ``specs/ioi_circuit.yaml`` (its model, IOI prompts with the ABC corruption as
-every patch's source, ``logit_diff(IO, S)`` at END, its circuits) with ``--prompts`` prompts
-and these discover experiments, all run by ``intervene.run`` in one executor:
+The spec (``--spec``; by default the model's own: ``specs/ioi_circuit.yaml`` for SmolLM2-135M,
+``specs/gemma3_ioi_circuit.yaml`` for Gemma-3-270M) gives the model (``--model`` replaces it),
+the IOI prompts (its templates) with the ABC corruption as every patch's source, the metric
+(``logit_diff(IO, S)`` at END) and the hand-built circuit (``--circuit``, default ``ioi``). It is
+run with ``--prompts`` prompts and these discover experiments in place of its own, all by
+``intervene.run`` in one executor:
 
 * ``eap``, ``eap_ig`` (``--steps``, ``ig: inputs``) over every edge, with ``mib: true``: CPR
   (signed ranking) and CMD (|score| ranking) over MIB's 10 fractions;
@@ -16,10 +19,15 @@ Then, on the same prepared data:
 * **exact edges on a subset**: every edge over the whole graph costs one run per edge (70k on
   SmolLM2), too much for two CPU cores, so exact edge patching is run on two well-defined
   subsets: *every edge into the logits* and ``--edges`` edges drawn uniformly at random;
-  Pearson's r and Spearman's ρ of EAP and EAP-IG with those exact scores; at node level, of
+  Pearson's r and Spearman's ρ of EAP and EAP-IG with those exact scores. With
+  ``--exact-edges`` (affordable on Gemma-3-270M: 5,644 edges) exact patching of every edge is
+  one more discover experiment (``exact``, ``mib: true``): its CPR and CMD, the correlations
+  over every edge, per sender kind (input, heads, MLPs: a Gemma head's edges go through its
+  block's post-norm, which EAP linearises) and over the ``--top`` edges of largest |exact|,
+  its top edges at equal size, and the subsets' exact scores checked against it; at node level, of
   AtP* (its GradDrop magnitude against |exact|, and its signed estimate against exact) and
   of EAP's node sums against exact node patching, over every head and MLP;
-* **hand-built vs discovered**: the circuit ``ioi`` of the spec (node form: its heads, every
+* **hand-built vs discovered**: the circuit ``--circuit`` of the spec (node form: its heads, every
   MLP, all edges among them) has N edges on input → logits paths; EAP's and EAP-IG's top-N
   edges (pruned the same way) and the node circuits of the same node count from exact node
   scores and AtP*, each with every other edge read from the corrupted prompt:
@@ -27,7 +35,8 @@ Then, on the same prepared data:
 
 Prints tables and writes a JSON (``--out``).
 
-    PYTHONPATH=. python -m bench.discover_ioi --prompts 8 [--model smollm2-135m] [--out out/discover_ioi.json]
+    PYTHONPATH=. python -m bench.discover_ioi --prompts 8 [--out out/discover_ioi.json]
+    PYTHONPATH=. python -m bench.discover_ioi --model gemma3-270m --prompts 4 [--spec specs/gemma3_ioi_circuit.yaml]
 """
 
 from __future__ import annotations
@@ -58,12 +67,22 @@ from intervene.spec.circuits import resolve_circuit
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = {"kind": "dataset", "dataset": "corrupted"}
+SPECS = {"smollm2-135m": "specs/ioi_circuit.yaml", "gemma3-270m": "specs/gemma3_ioi_circuit.yaml"}
 
 
-def spec_data(model: str, prompts: int, steps: int) -> dict[str, Any]:
-    """specs/ioi_circuit.yaml with ``prompts`` prompts, ``model``, and the discover experiments."""
-    s = yaml.safe_load((ROOT / "specs" / "ioi_circuit.yaml").read_text())
-    s["model"] = {"name": model}
+def spec_path(spec: str | None, model: str | None) -> Path:
+    """``--spec`` as given, else the hand-built IOI spec of ``--model`` (SmolLM2's by default)."""
+    rel = spec or SPECS.get(model or "smollm2-135m", SPECS["smollm2-135m"])
+    path = Path(rel)
+    return path if path.is_absolute() or path.exists() else ROOT / rel
+
+
+def spec_data(path: Path, model: str | None, prompts: int, steps: int, exact_edges: bool) -> dict[str, Any]:
+    """The spec at ``path`` with ``prompts`` prompts, ``model`` (when given) and the discover
+    experiments in place of its own; its datasets, metric and circuits are kept."""
+    s = yaml.safe_load(path.read_text())
+    if model is not None:
+        s["model"] = {"name": model}
     s["datasets"]["clean"]["n"] = prompts
     d = {"kind": "discover", "dataset": "clean", "source": SOURCE}
     s["experiments"] = [
@@ -72,7 +91,7 @@ def spec_data(model: str, prompts: int, steps: int) -> dict[str, Any]:
         {**d, "name": "atp_star", "method": "atp_star", "level": "nodes"},
         {**d, "name": "exact_nodes", "method": "exact", "level": "nodes"},
         {**d, "name": "eap_nodes", "method": "eap", "level": "nodes"},
-    ]
+    ] + ([{**d, "name": "exact", "method": "exact", "mib": True}] if exact_edges else [])
     return s
 
 
@@ -80,15 +99,16 @@ def corr(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     return {"pearson": correlation(x, y), "spearman": spearman(x, y), "n": int(len(x))}
 
 
-def equal_size(hand: Circuit, d: dict[str, Any], means: Callable[[list[Circuit]], list[float]], m_full: float,
-               shape: graph.ModelShape) -> list[dict[str, Any]]:
+def equal_size(hand: Circuit, label: str, d: dict[str, Any], means: Callable[[list[Circuit]], list[float]],
+               m_full: float, shape: graph.ModelShape) -> list[dict[str, Any]]:
     """The hand-built circuit against the discovered ones with as many edges (or nodes)."""
     hand_edges = on_paths(hand.all_edges(), shape)
     n_edges = len(hand_edges)
     n_nodes = len({s for s, _ in hand_edges if s.kind != "input"})
-    cs = [Circuit(hand_edges, name="hand-built ioi (specs/ioi_circuit.yaml)"),
+    cs = [Circuit(hand_edges, name=f"hand-built {label}"),
           d["eap"].circuit(n_edges, name=f"eap top {n_edges} edges"),
           d["eap_ig"].circuit(n_edges, name=f"eap_ig top {n_edges} edges"),
+          *([d["exact"].circuit(n_edges, name=f"exact top {n_edges} edges")] if "exact" in d else []),
           d["exact_nodes"].circuit(n_nodes, signed=False, name=f"exact top {n_nodes} nodes"),
           d["atp_star"].circuit(n_nodes, signed=False, name=f"atp_star top {n_nodes} nodes"),
           Circuit(frozenset(), name="∅")]
@@ -101,37 +121,48 @@ def equal_size(hand: Circuit, d: dict[str, Any], means: Callable[[list[Circuit]]
         f = mib.faithfulness(v, m_full, m_empty)
         kept = len(on_paths(c.all_edges(), shape))
         comp.append({"circuit": c.name, "edges": kept, "m": v, "f": f})
-        print(f"  {c.name:<44} edges {kept:6d}  m {v:+.3f}  f {f:+.3f}")
+        print(f"  {c.name:<52} edges {kept:6d}  m {v:+.3f}  f {f:+.3f}")
     return comp
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--model", default=None, help="the spec's model by default (smollm2-135m in specs/ioi_circuit.yaml)")
+    ap.add_argument("--spec", default=None, help="a spec with IOI data, a metric and hand-built circuits "
+                    f"(default: {SPECS['smollm2-135m']}, or {SPECS['gemma3-270m']} with --model gemma3-270m)")
+    ap.add_argument("--circuit", default="ioi", help="the spec's hand-built circuit compared at equal size")
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--steps", type=int, default=5, help="EAP-IG steps")
     ap.add_argument("--edges", type=int, default=200, help="random edges patched exactly")
     ap.add_argument("--random", type=int, default=3, help="random score draws for CPR/CMD")
+    ap.add_argument("--exact-edges", action="store_true",
+                    help="exact patching of every edge too (one run per edge: 5,644 on Gemma-3-270M, 70,651 on SmolLM2)")
+    ap.add_argument("--top", type=int, default=200, help="with --exact-edges: correlations over the top |exact| edges")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="out/discover_ioi.json")
     args = ap.parse_args()
     t_all = time.perf_counter()
     load0 = os.getloadavg()
-    s = spec_data(args.model, args.prompts, args.steps)
-    lm = api.cached_model(args.model, None, "float32", "cpu")
+    path = spec_path(args.spec, args.model)
+    s = spec_data(path, args.model, args.prompts, args.steps, args.exact_edges)
+    model = s["model"]["name"]
+    lm = api.cached_model(model, None, "float32", "cpu")
     m = lm.adapter
     shape = m.shape
     every = graph.edges(shape)
-    print(f"model {args.model}: {len(every)} edges, {shape.n_layers} layers x {shape.n_heads} heads "
+    shown = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    print(f"spec {shown}, model {model}: {len(every)} edges, {shape.n_layers} layers x {shape.n_heads} heads "
           f"({shape.n_kv_heads} kv); {args.prompts} IOI prompts, ABC corruption; {platform.machine()}, "
           f"{os.cpu_count()} cpus, torch {torch.__version__}; load average {load0[0]:.1f}")
 
     t0 = time.perf_counter()
     res = intervene.run(s, model=lm)
     t_run = time.perf_counter() - t0
-    d = {n: res[n] for n in ("eap", "eap_ig", "atp_star", "exact_nodes", "eap_nodes")}
+    names = ("eap", "eap_ig", "atp_star", "exact_nodes", "eap_nodes") + (("exact",) if args.exact_edges else ())
+    d = {n: res[n] for n in names}
     m_full = d["eap"].m_clean.mean
-    print(f"intervene.run (5 discoveries, MIB curves of eap and eap_ig): {t_run:.1f} s; m(clean) {m_full:.3f}, "
+    mibs = [n for n in ("exact", "eap", "eap_ig") if n in d]
+    print(f"intervene.run ({len(d)} discoveries, MIB curves of {', '.join(mibs)}): {t_run:.1f} s; m(clean) {m_full:.3f}, "
           f"m(corrupted) {d['eap'].m_source.mean:.3f}")  # type: ignore[union-attr]
 
     p = api.prepare(s, model=lm, compile_program=False)
@@ -145,7 +176,7 @@ def main() -> None:
 
     # -- CPR / CMD ------------------------------------------------------------------------------
     table: dict[str, dict[str, Any]] = {}
-    for n in ("eap", "eap_ig"):
+    for n in mibs:
         table[n] = {"cpr": d[n].cpr, "cmd": d[n].cmd, "seconds": d[n].cost.get("seconds")}
     rng = np.random.default_rng(args.seed)
     labels = [edge_label(e) for e in every]
@@ -166,6 +197,7 @@ def main() -> None:
     pick = [every[i] for i in rng.choice(len(every), args.edges, replace=False)]
     subsets = {"edges into the logits": to_logits, f"{args.edges} random edges": pick}
     eap_s, ig_s = (dict(zip(d[n].labels, d[n].scores)) for n in ("eap", "eap_ig"))
+    ex_s = dict(zip(d["exact"].labels, d["exact"].scores)) if "exact" in d else None
     corrs: dict[str, Any] = {}
     for name, es in subsets.items():
         runs = [ir.Run("clean", "clean", (), "x", ("clean",))] + edge_runs(es, "clean", src, "x")
@@ -181,6 +213,21 @@ def main() -> None:
         corrs[name] = {"eap": corr(exact, np.array([eap_s[x] for x in ls])),
                        "eap_ig": corr(exact, np.array([ig_s[x] for x in ls])), "seconds": dt,
                        "exact_abs_max": float(np.abs(exact).max())}
+        if ex_s is not None:  # the same runs, once in the bench's program and once in the spec's
+            corrs[name]["max_abs_diff_vs_exact_experiment"] = float(np.abs(exact - np.array([ex_s[x] for x in ls])).max())
+    if ex_s is not None:
+        kinds = {"every edge": every,
+                 "edges from the input": [e for e in every if e[0].kind == "input"],
+                 "edges from heads (through the post-norm)": [e for e in every if e[0].kind == "head"],
+                 "edges from MLPs": [e for e in every if e[0].kind == "mlp"]}
+        order = sorted(every, key=lambda e: -abs(ex_s[edge_label(e)]))
+        kinds[f"top {args.top} edges by |exact|"] = order[:args.top]
+        for name, es in kinds.items():
+            ls = [edge_label(e) for e in es]
+            x = np.array([ex_s[v] for v in ls])
+            corrs[name] = {"eap": corr(x, np.array([eap_s[v] for v in ls])),
+                           "eap_ig": corr(x, np.array([ig_s[v] for v in ls])),
+                           "exact_abs_max": float(np.abs(x).max())}
     ex_n = dict(zip(d["exact_nodes"].labels, d["exact_nodes"].scores))
     nodes = list(ex_n)
     atp = dict(zip(d["atp_star"].labels, d["atp_star"].scores))
@@ -196,20 +243,25 @@ def main() -> None:
     for name, row in corrs.items():
         for k, v in row.items():
             if isinstance(v, dict):
-                print(f"  {name:<32} {k:<26} r {v['pearson']:+.3f}  rho {v['spearman']:+.3f}  (n {v['n']})")
+                print(f"  {name:<42} {k:<26} r {v['pearson']:+.3f}  rho {v['spearman']:+.3f}  (n {v['n']})")
 
     # -- hand-built vs discovered at equal size ---------------------------------------------------
     try:
-        hand = resolve_circuit(p.spec, "ioi", shape)
-    except SpecError:  # its heads are SmolLM2's
-        print(f"\nthe hand-built circuit names heads {args.model} does not have: no comparison")
+        hand = resolve_circuit(p.spec, args.circuit, shape)
+    except SpecError as e:  # e.g. another model's spec with --model: heads this model does not have
+        print(f"\nthe hand-built circuit {args.circuit!r} does not resolve on {model}: no comparison\n{e}")
         hand = None
-    comp = [] if hand is None else equal_size(hand, d, means, m_full, shape)
-    out = {"args": vars(args), "model": args.model, "edges": len(every), "load_average_start": load0,
+    label = f"{args.circuit} ({path.name})"
+    comp = [] if hand is None else equal_size(hand, label, d, means, m_full, shape)
+    out = {"args": vars(args), "spec": str(path), "model": model, "edges": len(every), "load_average_start": load0,
            "load_average_end": os.getloadavg(), "seconds": time.perf_counter() - t_all, "run_seconds": t_run,
            "m_full": m_full, "m_corrupted": d["eap"].m_source.mean,  # type: ignore[union-attr]
            "mib": table, "correlation": corrs, "equal_size": comp,
            "costs": {n: d[n].cost for n in d if n != "atp_star"}}
+    for name, row in corrs.items():
+        if "max_abs_diff_vs_exact_experiment" in row:
+            print(f"{name}: bench's exact runs vs the exact experiment, max |difference| "
+                  f"{row['max_abs_diff_vs_exact_experiment']:.2e} (largest |exact| {row['exact_abs_max']:.3f})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1, default=float))
     print(f"\n{time.perf_counter() - t_all:.0f} s in all; load average at the end {os.getloadavg()[0]:.1f}; "
