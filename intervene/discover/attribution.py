@@ -7,17 +7,22 @@ What it owns: the gradient pass and the contraction that turn it into edge score
   :class:`intervene.sources.Sources` (so every source the executor supports — a paired
   dataset, seeded resampling, a mean, zero — gives the same values here as in a patch).
 * :func:`receiver_grads` — one forward and one backward pass through the family's own block
-  (:func:`intervene.models.block.block`) that give ∂m/∂in_r at *every* receiver r at once:
-  each receiver reads its input through a zero tensor that requires a gradient (one per query
-  head, per key/value group for keys and values, per MLP, and one for the logits at the metric
-  position), so the gradient of that tensor is the gradient at the receiver's input and at
-  nothing else. Queries, keys and values are recomputed per receiver with
+  (:func:`intervene.models.block.block`) that give ∂m/∂in_r at *every* receiver r at once. The
+  pass is the model's own; the backward reads the gradient at each head's slice of the q/k/v
+  projection (and at a zero tensor added to each MLP's input and to the logits' input), and a
+  query head's (key/value group's) input gradient is its slice pulled back through its own
+  projection weights and the layer's input norm (:func:`_pull_back`). That is exact because
+  everything after the projection acts on each head separately; where a norm spans every
+  head's projection (OLMo 2, ``Adapter.separable_qkv`` false) each receiver instead reads its
+  own copy of the residual through a zero tensor that requires a gradient, projected with
   :meth:`intervene.models.adapters.Adapter.receiver_qkv` (the executor's own path).
 * Blocks that normalise their attention write (Gemma 2/3, OLMo 2): a head's node is its share
   y_h *before* the norm (DESIGN.md §1), so the gradient an edge from it into r sees is
   J_l^T ∂m/∂in_r, J_l the Jacobian of layer l's post-norm at that pass's pre-norm attention
   output; it is taken per receiver with one batched backward through the norm
   (:func:`_through_post_norm`). An MLP's node is its normalised write, as anywhere.
+* :func:`contract` — the sum over examples, positions and dimensions, one matrix product per
+  block of receivers that read the same senders (no product for edges that cannot exist).
 * :func:`attribute` — scores[r, s] = mean over examples of Σ_t Σ_d (out_s(x') − out_s(x))[t, d]
   · ∂m/∂in_r[t, d], for every edge (s -> r) of the model (zero where there is no edge):
   EAP with the gradient on the clean run; EAP-IG with it averaged over ``steps`` points
@@ -101,11 +106,18 @@ layer l's heads' summed write [n, T, d] with the output bias, an MLP [n, T, d]) 
 def receiver_grads(m: Adapter, batch: BatchLike, ex: Tensor, metric: MetricFn, position: str,
                    override: Override | None = None, record: bool = False
                    ) -> tuple[Tensor, Tensor, list[Tensor], Outputs | None]:
-    """∂(Σ_examples m)/∂in_r at every receiver [n, R, T, d] (receivers in
+    """∂(Σ_examples m)/∂in_r at every receiver [R, n, T, d] (receivers in
     :func:`intervene.graph.receivers` order; the logits' only at the metric position), the
     metric values [n] of the pass, each layer's attention output before its post-norm
     [n, T, d] (only for families with one), and (``record``) every sender's output in this
-    pass. ``override`` replaces some sender groups' writes (EAP-IG)."""
+    pass. ``override`` replaces some sender groups' writes (EAP-IG).
+
+    Where the family's queries, keys and values are per-head slices of one projection
+    (:attr:`Adapter.separable_qkv`), the pass is the model's own: the gradient at each head's
+    slice of the projection is read off the one backward pass, and a receiver's input gradient
+    is its slice pulled back through the projection weights and the layer's input norm
+    (:func:`_pull_back`). Otherwise (OLMo 2) every receiver reads its own copy of the residual
+    through a zero tensor that requires a gradient (:func:`_copies_layer`)."""
     dev = m.device
     H, L, d = m.shape.n_heads, m.shape.n_layers, m.shape.d_model
     layout = Layout(m.shape)
@@ -116,47 +128,82 @@ def receiver_grads(m: Adapter, batch: BatchLike, ex: Tensor, metric: MetricFn, p
     end = gather_positions(batch, ex, position).to(dev)
     n, T = ids.shape
     ar = torch.arange(n, device=dev)
+    separable = m.separable_qkv
     with torch.enable_grad():
-        leaves_attn = [torch.zeros(n, H + 2 * G, T, d, dtype=m.dtype, device=dev, requires_grad=True)
-                       for _ in range(L)]
         leaves_mlp = [torch.zeros(n, T, d, dtype=m.dtype, device=dev, requires_grad=True) for _ in range(L)]
         leaf_logits = torch.zeros(n, d, dtype=m.dtype, device=dev, requires_grad=True)
         x = m.embed(ids, pos_ids)
         rot = m.rotary(x, pos_ids)
         if override is not None and (o := override("input", 0)) is not None:
             x = o
+        if separable and not x.requires_grad:  # the projections must be part of the graph from layer 0
+            x = x.detach().requires_grad_(True)
         rec = torch.empty(n, layout.n_send, T, d, dtype=m.dtype, device=dev) if record else None
         if rec is not None:
             rec[:, 0] = x.detach()
         pre: list[Tensor] = []
+        reads: list[Tensor] = []  # per layer: the residual its attention reads (separable) or the copies' leaf
+        attn_at: list[Tensor] = []  # per layer: q, k, v projections (separable)
         for l in range(L):
-            x = _layer(m, l, x, rot, mask, leaves_attn[l], leaves_mlp[l], override, H, G,
-                       pre if m.post_norm_attn_write else None, rec, layout)
+            if separable:
+                reads.append(x.detach())
+            else:
+                reads.append(torch.zeros(n, H + 2 * G, T, d, dtype=m.dtype, device=dev, requires_grad=True))
+            x = _layer(m, l, x, rot, mask, reads[l] if not separable else None, attn_at if separable else None,
+                       leaves_mlp[l], override, H, G, pre if m.post_norm_attn_write else None, rec, layout)
         logits = m.unembed(x[ar, end] + leaf_logits)
         values = metric(logits, ex)
-        leaves = [*leaves_attn, *leaves_mlp, leaf_logits]
+        leaves = [*(attn_at if separable else reads), *leaves_mlp, leaf_logits]
         grads = torch.autograd.grad(values.sum(), leaves, allow_unused=True)
-    out = torch.zeros(n, layout.n_recv, T, d, dtype=m.dtype, device=dev)
+    out = torch.empty(layout.n_recv, n, T, d, dtype=m.dtype, device=dev)
+    k = 3 * L if separable else L
     for l in range(L):
-        ga, gm = grads[l], grads[L + l]
-        if ga is not None:
-            out[:, layout.attn_rows(l)] = ga
-        if gm is not None:
-            out[:, layout.mlp_row(l)] = gm
+        rows = layout.attn_rows(l)
+        if separable:
+            out[rows] = _pull_back(m, l, reads[l], grads[3 * l:3 * l + 3], attn_at[3 * l:3 * l + 3])
+        else:
+            ga = grads[l]
+            out[rows] = 0 if ga is None else ga.transpose(0, 1)
+        gm = grads[k + l]
+        out[layout.mlp_row(l)] = 0 if gm is None else gm
+    out[-1] = 0
     if grads[-1] is not None:
-        out[ar, -1, end] = grads[-1]
+        out[-1, ar, end] = grads[-1]
     return out, values.detach(), pre, None if rec is None else Outputs(rec)
 
 
-def _layer(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Mask, leaf_attn: Tensor,
-           leaf_mlp: Tensor, override: Override | None, H: int, G: int, pre: list[Tensor] | None,
-           rec: Tensor | None = None, layout: Layout | None = None) -> Tensor:
-    """Layer l with every receiver reading its input through its own leaf; the attention
+def _pull_back(m: Adapter, l: int, x: Tensor, grads: tuple[Tensor | None, ...], raw: list[Tensor]) -> Tensor:
+    """Receiver input gradients [H + 2G, n, T, d] of layer l from the gradients at its q/k/v
+    projections (per head / group, before :meth:`Adapter.finish_qkv`): each head's (group's)
+    slice times its own projection weights, then through the layer's input norm at ``x``, the
+    residual the attention read, one receiver at a time (``torch.func.vmap`` over receivers:
+    the norm's backward, without copying the residual)."""
+    if l not in m._qkv_w:
+        with torch.inference_mode(False):
+            m._qkv_w[l] = tuple((w.contiguous(), b) for w, b in m.qkv_weights(l))
+    parts = [torch.zeros_like(r) if g is None else g for g, r in zip(grads, raw)]
+    gxn = torch.cat([torch.einsum("nhte,hde->hntd", g, w) for g, (w, _) in zip(parts, m._qkv_w[l])])
+    with torch.enable_grad():
+        _, vjp = torch.func.vjp(lambda a: m.norm_attn(l, a), x)
+        (gx,) = torch.func.vmap(vjp)(gxn)
+    return gx
+
+
+def _layer(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Mask, copies: Tensor | None,
+           attn_at: list[Tensor] | None, leaf_mlp: Tensor, override: Override | None, H: int, G: int,
+           pre: list[Tensor] | None, rec: Tensor | None = None, layout: Layout | None = None) -> Tensor:
+    """Layer l with its receivers' gradients made reachable: the q/k/v projections appended to
+    ``attn_at`` (separable families), or every attention receiver reading its own copy of the
+    residual through ``copies`` [n, H + 2G, T, d]; the MLP reads through ``leaf_mlp``. The attention
     output before the post-norm is appended to ``pre`` (when given), the senders' outputs
     written into ``rec`` (when given)."""
 
     def on_qkv(qkv: QKV) -> None:
-        xn = m.norm_attn(l, x[:, None] + leaf_attn)
+        if attn_at is not None:
+            assert qkv.raw is not None
+            attn_at.extend(qkv.raw)
+            return
+        xn = m.norm_attn(l, x[:, None] + copies)
         own = m.receiver_qkv(l, xn[:, :H], xn[:, H:H + G], xn[:, H + G:], rot)
         qkv.q, qkv.k, qkv.v = own.q, own.k, own.v
 
@@ -183,28 +230,38 @@ def _layer(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mas
 
 
 def _through_post_norm(m: Adapter, layout: Layout, l: int, pre: Tensor, grads: Tensor) -> tuple[np.ndarray, Tensor]:
-    """(receiver rows that read layer l's attention write, J_l^T ∂m/∂in_r [n, rows, T, d]):
+    """(receiver rows that read layer l's attention write, J_l^T ∂m/∂in_r [rows, n, T, d]):
     the gradient at the heads' shares before layer l's post-norm, per receiver."""
     rows = np.flatnonzero(layout.exists[:, layout.head_cols(l).start])
-    n, T, d = pre.shape
     with torch.enable_grad():
-        a = pre.detach()[:, None].expand(n, len(rows), T, d).clone().requires_grad_(True)
-        (u,) = torch.autograd.grad(m.post_norm_attn(l, a), a, grad_outputs=grads[:, torch.from_numpy(rows).to(grads.device)])
+        _, vjp = torch.func.vjp(lambda a: m.post_norm_attn(l, a), pre.detach())
+        (u,) = torch.func.vmap(vjp)(grads[torch.from_numpy(rows).to(grads.device)])
     return rows, u
 
 
 def _contract_heads(u: Tensor, diff_heads: Tensor) -> Tensor:
-    """Σ over examples, positions and d of u [n, rows, T, d] · diff [n, H, T, d]: [rows, H]."""
-    return torch.einsum("nrtd,nhtd->rh", u.double(), diff_heads.double())
+    """Σ over examples, positions and d of u [rows, n, T, d] · diff [H, n, T, d]: [rows, H]."""
+    return torch.einsum("rntd,hntd->rh", u.double(), diff_heads.double())
 
 
-def contract(grads: Tensor, diff: Tensor) -> Tensor:
-    """Σ over examples, positions and d of grads [n, R, T, d] · diff [n, S, T, d]: [R, S]."""
-    n, R, T, d = grads.shape
-    S = diff.shape[1]
-    g = grads.transpose(0, 1).reshape(R, n * T * d)
-    s = diff.transpose(0, 1).reshape(S, n * T * d)
-    return (g.float() @ s.float().T).double()  # fp32 products, summed over chunks in fp64
+def contract(grads: Tensor, diff: Tensor, exists: np.ndarray) -> Tensor:
+    """Σ over examples, positions and d of grads [R, n, T, d] · diff [S, n, T, d]: [R, S], computed
+    only where an edge can exist (``exists`` [R, S]: each receiver reads a leading run of senders,
+    so every block of receivers with the same run is one matrix product). Products in the
+    model's precision (at least fp32), the result in fp64."""
+    R, S = grads.shape[0], diff.shape[0]
+    work = torch.promote_types(grads.dtype, torch.float32)
+    g, s = grads.reshape(R, -1).to(work), diff.reshape(S, -1).to(work)
+    out = torch.zeros(R, S, dtype=torch.float64, device=grads.device)
+    reach = exists.sum(1)  # senders each receiver reads: exists[r, :reach[r]]
+    lo = 0
+    for hi in range(1, R + 1):
+        if hi == R or reach[hi] != reach[lo]:
+            k = int(reach[lo])
+            if k:
+                out[lo:hi, :k] = (g[lo:hi] @ s[:k].T).double()
+            lo = hi
+    return out
 
 
 @dataclass
@@ -255,20 +312,23 @@ def attribute(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: i
         ex = torch.arange(lo, min(N, lo + chunk))
         with torch.no_grad():
             other = sender_outputs(src, layout, dataset, source, ex)
-        acc, clean_vals, pre, rec = receiver_grads(m, batch, ex, metric, position, None, record=True)
+        g, clean_vals, pre, rec = receiver_grads(m, batch, ex, metric, position, None, record=True)
         own = rec
-        diff = other.values - own.values  # type: ignore[union-attr]
-        acc.mul_(n_clean)
+        # sender-major, as the receivers' gradients are receiver-major: both contract without copies
+        diff = torch.empty(other.values.shape[1], *other.values.shape[:1], *other.values.shape[2:],
+                           dtype=other.values.dtype, device=other.values.device)
+        torch.sub(other.values.transpose(0, 1), own.values.transpose(0, 1), out=diff)  # type: ignore[union-attr]
         normed: dict[int, tuple[np.ndarray, Tensor]] = {}  # layer -> (rows, Σ_passes [rows, H])
         passes += 1
 
         def add_normed(pre: list[Tensor], g: Tensor, weight: float) -> None:
             for l, a in enumerate(pre):
                 rows, u = _through_post_norm(m, layout, l, a, g)
-                part = _contract_heads(u, diff[:, layout.head_cols(l)]) * weight
+                part = _contract_heads(u, diff[layout.head_cols(l)]) * weight
                 normed[l] = (rows, part if l not in normed else normed[l][1] + part)
 
-        add_normed(pre, acc / n_clean, n_clean)
+        add_normed(pre, g, n_clean)
+        acc = g if not others else g.mul(n_clean)
         for alpha, group in others:
             g, _, pre, _ = receiver_grads(m, batch, ex, metric, position,
                                           _override(m, layout, own, other, alpha, group))  # type: ignore[arg-type]
@@ -276,12 +336,12 @@ def attribute(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: i
             acc.add_(g)
             passes += 1
         clean_metric.append(clean_vals.double().cpu().numpy())
-        part = contract(acc / len(points), diff)
+        part = contract(acc, diff, layout.exists)
         for l, (rows, heads) in normed.items():
             cols = layout.head_cols(l)
             part[torch.from_numpy(rows).to(part.device)[:, None],
-                 torch.arange(cols.start, cols.stop, device=part.device)] = heads / len(points)
-        total += part
+                 torch.arange(cols.start, cols.stop, device=part.device)] = heads
+        total += part / len(points)
     scores = (total / N).cpu().numpy() * layout.exists
     return Attribution(scores, passes, np.concatenate(clean_metric))
 

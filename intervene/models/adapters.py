@@ -51,6 +51,9 @@ class QKV:
     q: Tensor
     k: Tensor
     v: Tensor
+    raw: tuple[Tensor, Tensor, Tensor] | None = None
+    """The projections before :meth:`Adapter.finish_qkv` (set by :meth:`Adapter.qkv`): where the
+    gradient attribution reads each head's and group's gradient (``discover.attribution``)."""
 
 
 class Adapter:
@@ -58,6 +61,11 @@ class Adapter:
 
     family: str = "?"
     has_rotary: bool = False
+    separable_qkv: bool = True
+    """Whether each head's query (each group's key and value) is its own slice of the projection
+    followed by per-head steps only (:meth:`finish_qkv`), so that a receiver reading its own input
+    gets exactly its slice of the shared projection's gradient; False where a norm spans every
+    head's projection (OLMo 2)."""
     post_norm_attn_write: bool = False
     """Whether the attention block normalises its write (:meth:`post_norm_attn` is not the
     identity). Heads are then not additive on the residual stream: a head's node is its share
@@ -128,7 +136,10 @@ class Adapter:
 
     def qkv(self, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
         """Queries, keys and values when one input x [B, T, d] feeds every head."""
-        return self.finish_qkv(l, *self.project_qkv(l, x), rot)
+        raw = self.project_qkv(l, x)
+        out = self.finish_qkv(l, *raw, rot)
+        out.raw = raw
+        return out
 
     def finish_qkv(self, l: int, q: Tensor, k: Tensor, v: Tensor, rot: tuple[Tensor, Tensor] | None) -> QKV:
         """Everything after the projection, shared by :meth:`qkv` and :meth:`receiver_qkv`:
@@ -539,6 +550,7 @@ class Olmo2Adapter(LlamaAdapter):
 
     family = "olmo2"
     post_norm_attn_write = True
+    separable_qkv = False
 
     def norm_attn(self, l: int, x: Tensor) -> Tensor:
         return x
