@@ -537,6 +537,9 @@ def assemble(p: Prepared, executed: Executed, seconds: float) -> results.Results
                   "shape": dataclasses.asdict(lm.adapter.shape)},
         "seed": p.spec.seed,
         "versions": files.environment(),
+        # experiments that name their own metric: the report shows it beside the spec's
+        "metrics": {e.name: str(metrics.of_experiment(p.spec, i)) for i, e in enumerate(p.spec.experiments)
+                    if e.metric is not None},
     }
     return results.Results(p.spec.name or "spec", str(metrics.of_spec(p.spec)), exps,
                            files.jsonable(meta), str(p.program), files.jsonable(_dump_datasets(p)), seconds)
@@ -663,8 +666,9 @@ def discover(spec: schema.Spec | Mapping[str, Any] | str | Path, experiment: str
 
     s = as_spec(spec)
     exp = _one_experiment(s, "discover", schema.DiscoverExperiment, experiment, settings)
-    diags = discovery.check_static({"experiments": [exp.model_dump(exclude_unset=True)],
-                                    "metric": s.metric.model_dump()}, None)
+    data = {"experiments": [exp.model_dump(exclude_unset=True)], "metric": s.metric.model_dump(),
+            "saes": {k: v.model_dump() for k, v in s.saes.items()}}
+    diags = discovery.check_static(data, None) + sae_spec.check_discovery(data, None)
     if diags:
         raise SpecError(diags)
     return run(s.model_copy(update={"experiments": (exp,)}), model=model, device=device)[exp.name]

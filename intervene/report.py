@@ -179,6 +179,11 @@ def to_markdown(t: Table) -> str:
     return "\n".join(out)
 
 
+def metric_of(res: R.Results, experiment: str) -> str:
+    """The metric an experiment's numbers are in: its own (``meta["metrics"]``), else the spec's."""
+    return str((res.meta.get("metrics") or {}).get(experiment, res.metric))
+
+
 def print_results(res: R.Results, console: Console | None = None, top: int | None = 15,
                   fmt: Format = "rich") -> None:
     """Every experiment's tables, its warnings, the experiments that failed and how long
@@ -187,7 +192,7 @@ def print_results(res: R.Results, console: Console | None = None, top: int | Non
     if fmt == "json":
         data = {"spec": res.spec_name, "metric": res.metric, "model": res.meta.get("model", {}).get("id"),
                 "seconds": res.seconds, "experiments": [
-                    {"name": e.name, "kind": e.kind, "warnings": list(e.warnings),
+                    {"name": e.name, "kind": e.kind, "metric": metric_of(res, e.name), "warnings": list(e.warnings),
                      **({"error": e.error} if isinstance(e, R.FailedResult) else {}),
                      "tables": [asdict(t) for t in tables(e, top)]} for e in res]}
         c.out(json.dumps(data, indent=1, ensure_ascii=False), highlight=False)
@@ -197,7 +202,11 @@ def print_results(res: R.Results, console: Console | None = None, top: int | Non
         c.print(f"[bold]{escape(head)}[/bold]")
     else:
         c.out(("# " if fmt == "markdown" else "") + head + "\n", highlight=False)
+    own = res.meta.get("metrics") or {}
     for e in res:
+        if e.name in own:
+            line = f"{e.name}: metric {own[e.name]} (this experiment's own)"
+            c.print(f"[bold]{escape(line)}[/bold]") if fmt == "rich" else c.out(line + "\n", highlight=False)
         if isinstance(e, R.FailedResult):
             msg = f"{e.name} ({e.experiment_kind}) failed: {e.error}"
             c.print(f"[red]{escape(msg)}[/red]") if fmt == "rich" else c.out(msg + "\n", highlight=False)
@@ -348,7 +357,9 @@ def _img(png: Path) -> str:
 def _experiment_html(res: R.Results, e: R.Experiment, workdir: Path, circuit: Any, notes: list[str]) -> str:
     esc = html.escape
     kind = e.experiment_kind if isinstance(e, R.FailedResult) else e.kind
-    out = [f"<h2 id='{esc(e.name)}'>{esc(e.name)} <small>({esc(kind)} on {esc(e.dataset)})</small></h2>"]
+    own = (res.meta.get("metrics") or {}).get(e.name)
+    also = f", metric {own}" if own else ""
+    out = [f"<h2 id='{esc(e.name)}'>{esc(e.name)} <small>({esc(kind)} on {esc(e.dataset)}{esc(also)})</small></h2>"]
     if isinstance(e, R.FailedResult):
         out.append(f"<div class='fail'>failed: {esc(e.error)}</div>")
     out += [f"<div class='warn'>warning: {esc(w)}</div>" for w in e.warnings]

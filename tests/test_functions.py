@@ -11,6 +11,7 @@ each naming the spec line of the intervention or metric.
 
 from __future__ import annotations
 
+import io
 import itertools
 import textwrap
 from pathlib import Path
@@ -20,7 +21,9 @@ import pytest
 
 from additive_spec import header
 
-from intervene import api
+from rich.console import Console
+
+from intervene import api, report
 from intervene.errors import ErrorCode
 from intervene.groundtruth import additive
 from intervene.spec.check import load_spec
@@ -129,6 +132,15 @@ def test_a_function_metric_gives_the_built_in_numbers(tmp_path: Path, lm) -> Non
     for node in ("a0.h0", "a1.h0", "a1.h1"):
         np.testing.assert_allclose(_values(res, "mine", node), _values(res, "builtin", node), atol=1e-5)
     np.testing.assert_allclose(res["mine"].m_clean.values, res["builtin"].m_clean.values, atol=1e-5)
+    # the report says which metric each experiment's numbers are in: the own one beside the spec's
+    out = io.StringIO()
+    report.print_results(res, Console(file=out, width=200), fmt="plain")
+    text = out.getvalue()
+    assert "mine: metric" in text and "logit_diff" in text.split("mine: metric")[1].splitlines()[0]
+    assert "builtin: metric" not in text
+    page = report.render_html(res)
+    assert page.count("(sweep on clean, metric ") == 1  # only the experiment with its own metric
+    assert ":logit_diff@END)</small>" in page
 
 
 def test_function_ops_fuse_into_one_program_and_print(tmp_path: Path, lm) -> None:  # type: ignore[no-untyped-def]
