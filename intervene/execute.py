@@ -88,6 +88,10 @@ class Executor(Scheduler):
         self._cache = {}
         return out
 
+    def _plan_needs(self, program: ir.Program) -> None:
+        super()._plan_needs(program)
+        sae_apply.plan_needs(self, program)  # transcoders patched from a run read its MLP inputs too
+
     def _run_chunk(self, program: ir.Program, ds: str, rows: Rows, readout: Readout) -> Tensor | None:
         m, batch = self.model, self.batches[ds]
         base = self.base(ds)
@@ -158,8 +162,11 @@ class Executor(Scheduler):
                 self._apply_head_edits(layer_ops, attn, z, l, ds, inp)
                 recv.sends("attn", l, attn)
 
+            added: list[Tensor | None] = [None]  # what mlp_delta added to the MLP's input (a transcoder reads it)
+
             def on_mlp(y: Tensor, l: int = l, e: int = e) -> None:
-                self._apply(layer_ops, ("mlp",), y, ds, inp, slots)
+                self._apply(layer_ops, ("mlp",), y, ds, inp, slots,  # xa: the residual the MLP reads, until it adds
+                            mlp_in=lambda: xa if added[0] is None else xa + added[0])
                 if e:
                     mix.record("mlp", l, y)
                 if store:
@@ -174,7 +181,8 @@ class Executor(Scheduler):
             def mlp_delta(l: int = l) -> Tensor | None:
                 d = mix.mlp_delta(l, xa) if has_mix else None  # type: ignore[union-attr]
                 r = recv.mlp_delta(l, xa)
-                return r if d is None else (d if r is None else d + r)
+                added[0] = r if d is None else (d if r is None else d + r)
+                return added[0]
 
             def on_mlp_in(h: Tensor, l: int = l) -> None:
                 store("mlpin", l, h)  # type: ignore[misc]
@@ -291,8 +299,9 @@ class Executor(Scheduler):
         self._apply(ops, ("resid",), x, ds, inp, slots)
 
     def _apply(self, ops: list[tuple[int, int, ir.Op]], kinds: tuple[str, ...], out: Tensor, ds: str,
-               inp: Tensor, slots: Tensor) -> None:
-        """Apply ops on node outputs held directly in ``out`` [n, T, d] (input, r, MLP)."""
+               inp: Tensor, slots: Tensor, mlp_in: Callable[[], Tensor] | None = None) -> None:
+        """Apply ops on node outputs held directly in ``out`` [n, T, d] (input, r, MLP; for an MLP,
+        ``mlp_in()`` is the residual it reads, which transcoders at it encode)."""
         for a, b, op in ops:
             if op.node.kind not in kinds:
                 continue
@@ -313,7 +322,7 @@ class Executor(Scheduler):
                     out[rows, t] = cur + op.scale * vec
                 else:
                     out[rows, t] = cur - (cur @ vec)[..., None] * vec
-        sae_apply.apply(self, ops, kinds, out, ds, inp, slots)  # SAE latents and errors at this site
+        sae_apply.apply(self, ops, kinds, out, ds, inp, slots, mlp_in)  # SAE latents and errors at this site
 
     def _apply_head_patches(self, ops: list[tuple[int, int, ir.Op]], z: Tensor, ds: str, inp: Tensor,
                             slots: Tensor) -> None:

@@ -11,14 +11,23 @@ What it owns: what a supported SAE folder *is*, checked before any weight is loa
 * ``sae_weights.safetensors``: ``W_enc`` [d_in, d_sae], ``b_enc`` [d_sae], ``W_dec``
   [d_sae, d_in], ``b_dec`` [d_in], and ``threshold`` [d_sae] for JumpReLU.
 
+A **transcoder** (SAELens's ``Transcoder``, ``SkipTranscoder``, ``JumpReLUTranscoder``:
+architectures ``transcoder``, ``skip_transcoder``, ``jumprelu_transcoder``) reads an MLP's input
+and predicts its output: its ``cfg.json`` adds ``d_out`` and ``hook_name_out``, ``W_dec`` is
+[d_sae, d_out], ``b_dec`` [d_out], and a skip transcoder has ``W_skip`` [d_out, d_in]. Its
+``hook_name`` says which input it reads (:data:`TRANSCODER_INPUTS`), its ``hook_name_out`` must
+be the same layer's MLP output (:data:`TRANSCODER_OUTPUTS`), ``d_out`` must equal ``d_in``, and
+``apply_b_dec_to_input`` must be false (SAELens refuses it too: ``b_dec`` is an output bias).
+
 Refused (:class:`SaeConfigError`, with the spec error code to report): other architectures
-(gated, batchtopk, transcoders with ``d_out`` or ``hook_name_out``), ``normalize_activations``
+(gated, batchtopk), transcoders reading or writing other hooks, ``normalize_activations``
 other than ``none``, SAEs on attention heads' z (``hook_z`` reshaping, ``hook_head_index``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +36,18 @@ from typing import Any
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
 ARCHITECTURES = ("standard", "jumprelu", "topk")
+TRANSCODERS = {"transcoder": "standard", "skip_transcoder": "standard", "jumprelu_transcoder": "jumprelu"}
+"""SAELens's transcoder architectures and the activation each encodes with."""
+TRANSCODER_INPUTS = {"ln2.hook_normalized": "normalized", "mlp.hook_in": "mlp_in", "hook_resid_mid": "resid",
+                     "hook_mlp_in": "resid"}
+"""TransformerLens hook names (``blocks.{l}.<name>``) a transcoder may read, and what each is in
+the model: ``normalized`` -- the residual the MLP reads through its norm *without* the norm's
+weight and bias (TransformerLens's ``ln2.hook_normalized``: Gemma Scope's transcoders);
+``mlp_in`` -- the MLP's actual input, the norm's output (circuit-tracer's ``mlp.hook_in``, as
+SAELens loads its Llama and Qwen3 transcoders); ``resid`` -- the residual before the norm."""
+TRANSCODER_OUTPUTS = ("hook_mlp_out", "mlp.hook_out")
+"""Hook names a transcoder may write: the MLP's write to the residual stream (``m{l}``)."""
+_HOOK = re.compile(r"^blocks\.(\d+)\.(.+)$")
 MAX_HEADER = 1 << 24
 """The largest safetensors header read (16 MiB: an SAE's has a handful of entries)."""
 
@@ -51,6 +72,14 @@ class SaeConfig:
     apply_b_dec_to_input: bool
     hook_name: str | None
     shapes: dict[str, tuple[int, ...]]
+    d_out: int | None = None  # a transcoder's (= d_in); None for an SAE
+    reads: str | None = None  # a transcoder's input (a value of TRANSCODER_INPUTS); None for an SAE
+    hook_name_in: str | None = None  # a transcoder's hook_name and hook_name_out as cfg.json has them
+    hook_name_out: str | None = None
+
+    @property
+    def transcoder(self) -> bool:
+        return self.reads is not None
 
 
 def _meta(cfg: dict[str, Any], key: str) -> Any:
@@ -99,12 +128,14 @@ def read(folder: str | Path) -> SaeConfig:
     k = cfg.get("k")
     if cfg.get("activation_fn_str") == "topk":  # SAELens before version 6
         arch, k = "topk", (cfg.get("activation_fn_kwargs") or {}).get("k", k)
-    if cfg.get("d_out") is not None or _meta(cfg, "hook_name_out") is not None or "transcoder" in str(arch):
-        raise SaeConfigError(f"{folder.name}: transcoders are not supported yet", "attach an SAE (input = output "
-                             "site); a transcoder reads the MLP's input and writes its output", "unsupported-sae")
-    if arch not in ARCHITECTURES:
+    tc = isinstance(arch, str) and arch in TRANSCODERS
+    said_out = cfg.get("d_out") is not None or _meta(cfg, "hook_name_out") is not None
+    if not tc and (said_out or "transcoder" in str(arch)):
+        raise SaeConfigError(f'{folder.name}: a transcoder of architecture "{arch}" is not supported',
+                             f"supported transcoders: {', '.join(TRANSCODERS)}", "unsupported-sae")
+    if not tc and arch not in ARCHITECTURES:
         raise SaeConfigError(f'{folder.name}: architecture "{arch}" is not supported',
-                             f"supported: {', '.join(ARCHITECTURES)}", "unsupported-sae")
+                             f"supported: {', '.join(ARCHITECTURES + tuple(TRANSCODERS))}", "unsupported-sae")
     for key in ("d_in", "d_sae"):
         if not isinstance(cfg.get(key), int) or isinstance(cfg.get(key), bool) or cfg[key] < 1:
             raise SaeConfigError(f"{folder / CFG}: {key} must be a positive integer, got {cfg.get(key)!r}",
@@ -121,8 +152,11 @@ def read(folder: str | Path) -> SaeConfig:
         raise SaeConfigError(f"{folder / CFG}: a topk SAE needs k between 1 and d_sae, got {k!r}", None,
                              "bad-sae-config")
     d_in, d_sae = cfg["d_in"], cfg["d_sae"]
-    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,),
-            **({"threshold": (d_sae,)} if arch == "jumprelu" else {})}
+    io = _transcoder_io(folder, cfg, arch) if tc else None
+    d_out = d_in
+    want = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_out), "b_dec": (d_out,),
+            **({"threshold": (d_sae,)} if arch in ("jumprelu", "jumprelu_transcoder") else {}),
+            **({"W_skip": (d_out, d_in)} if arch == "skip_transcoder" else {})}
     head = header(folder / WEIGHTS)
     shapes = {name: tuple(v.get("shape", ())) for name, v in head.items() if isinstance(v, dict)}
     for name, shape in want.items():
@@ -132,6 +166,38 @@ def read(folder: str | Path) -> SaeConfig:
         if shapes[name] != shape:
             raise SaeConfigError(f"{folder / WEIGHTS}: {name} has shape {list(shapes[name])}, cfg.json's d_in "
                                  f"{d_in} and d_sae {d_sae} need {list(shape)}", None, "bad-sae-config")
+    if io is not None:  # hook_name: the MLP output's TransformerLens name (what spec checks compare with site)
+        layer, reads, hook_in, hook_out = io
+        return SaeConfig(folder, arch, d_in, d_sae, None, False, f"blocks.{layer}.hook_mlp_out", shapes, d_out,
+                         reads, hook_in, hook_out)
     hook = _meta(cfg, "hook_name")
     return SaeConfig(folder, arch, d_in, d_sae, k if arch == "topk" else None,
                      bool(cfg.get("apply_b_dec_to_input", True)), hook if isinstance(hook, str) else None, shapes)
+
+
+def _transcoder_io(folder: Path, cfg: dict[str, Any], arch: str) -> tuple[int, str, str, str]:
+    """(layer, what it reads, hook_name, hook_name_out) of a transcoder's ``cfg.json``, checked."""
+    where = folder / CFG
+    if cfg.get("d_out") != cfg["d_in"]:
+        raise SaeConfigError(f"{where}: a transcoder at an MLP reads and writes the residual's width, but d_in is "
+                             f"{cfg['d_in']} and d_out {cfg.get('d_out')!r}", "d_in and d_out are both d_model",
+                             "sae-size-mismatch")
+    if cfg.get("apply_b_dec_to_input"):
+        raise SaeConfigError(f"{folder.name}: apply_b_dec_to_input is true, but a transcoder's b_dec is an output "
+                             "bias", "save it with apply_b_dec_to_input: false (SAELens refuses true too)",
+                             "unsupported-sae")
+    names = {"hook_name": _meta(cfg, "hook_name"), "hook_name_out": _meta(cfg, "hook_name_out")}
+    allowed = {"hook_name": TRANSCODER_INPUTS, "hook_name_out": TRANSCODER_OUTPUTS}
+    layers: dict[str, int] = {}
+    for key, name in names.items():
+        m = _HOOK.match(name) if isinstance(name, str) else None
+        if m is None or m.group(2) not in allowed[key]:
+            raise SaeConfigError(f"{where}: a transcoder's {key} {name!r} is not supported",
+                                 f"supported: blocks.<layer>.{{{','.join(allowed[key])}}}", "unsupported-sae")
+        layers[key] = int(m.group(1))
+    if layers["hook_name"] != layers["hook_name_out"]:
+        raise SaeConfigError(f"{where}: hook_name {names['hook_name']!r} and hook_name_out "
+                             f"{names['hook_name_out']!r} are in different layers", "a transcoder replaces one "
+                             "layer's MLP: both hooks name that layer", "bad-sae-site")
+    reads = TRANSCODER_INPUTS[_HOOK.match(names["hook_name"]).group(2)]  # type: ignore[union-attr]
+    return layers["hook_name"], reads, names["hook_name"], names["hook_name_out"]  # type: ignore[return-value]
