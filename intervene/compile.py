@@ -36,6 +36,7 @@ from intervene.graph import Node
 from intervene.spec import schema
 from intervene.sae import circuits as sae_circuits
 from intervene.sae.spec import program_saes
+from intervene.discover.exact import node_runs
 from intervene.discover.lower import lower as lower_discovery
 from intervene.scrub.hypothesis import Hypothesis
 from intervene.scrub.lower import lower as lower_hypothesis
@@ -249,7 +250,12 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
         elif exp.kind == "discover":
             src = lower_source(exp.source, exp.dataset)
             base = baseline_runs(exp.name, exp.dataset, src, position, shape.n_layers)
-            prog.runs += lower_discovery(exp, src, shape, base, spec.where(loc + ("source",)))
+            if exp.level == "latents":  # SAE latents and errors (docs/sae.md): exact is one run per unit
+                units = sae_circuits.site_nodes(sae_circuits.discovery_sites(exp.sites, shape))
+                prog.runs += base + (node_runs(units, exp.dataset, src, exp.name, spec.where(loc + ("source",)))
+                                     if exp.method == "exact" else [])
+            else:
+                prog.runs += lower_discovery(exp, src, shape, base, spec.where(loc + ("source",)))
         elif exp.kind == "circuit":
             src = lower_source(exp.ablate, exp.dataset)
             feature = sae_circuits.names_sae(spec.circuits[exp.circuit])  # SAE nodes: a feature circuit

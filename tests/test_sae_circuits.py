@@ -184,7 +184,7 @@ metric: {{kind: logprob, answer: B}}
 
         train(site_values(p, "clean", "r1"), 16, steps=80).save(tmp / "sae_r1")
         train(site_values(p, "clean", "m0"), 8, steps=80).save(tmp / "sae_m0")
-    f.write_text(head + saes + "experiments:\n" + experiments + "circuits:\n" + circuits)
+    f.write_text(head + saes + "experiments:\n" + experiments + ("circuits:\n" + circuits if circuits else ""))
     return f
 
 

@@ -20,6 +20,8 @@ from intervene.circuit import Circuit
 from intervene.discover import circuits as circ
 from intervene.discover import mib
 from intervene.graph import ModelShape, Node, parse_pattern
+from intervene.sae.circuits import FeatureCircuit, parse_sae_node, site_node
+from intervene.sae.circuits import circuit_yaml as feature_yaml
 from intervene.results import HTML_ROWS, Record, _dump_stat, _Experiment, _fmt, _load_stat, _missing
 from intervene.stats import Stat
 
@@ -84,6 +86,8 @@ class DiscoveryResult(_Experiment):
         signed = self.settings.get("rank") == "signed" if signed is None else signed
         n = circ.size_of(size, len(self.labels))
         label = name or f"top_{n}"
+        if self.level == "latents":  # the feature circuit of the top latents and error nodes
+            return self._feature([self.labels[i] for i in circ.ranked(self.labels, self.scores, signed)[:n]], label)
         shape = self.model_shape
         if self.level == "nodes":  # heads and MLPs only (AtP*'s query and key items are not nodes)
             keep = [i for i, x in enumerate(self.labels) if "<" not in x]
@@ -97,8 +101,15 @@ class DiscoveryResult(_Experiment):
             return Circuit.from_nodes(nodes, shape, name=label)
         return circ.top_circuit(self.labels, self.scores, n, shape, signed, label)
 
+    def _feature(self, labels: list[str], name: str) -> FeatureCircuit:
+        """The feature circuit of SAE nodes named ``labels``, at the sites this discovery scored."""
+        sites = [(site_node(s), int(n)) for s, n in self.settings.get("sites", {}).items()]
+        return FeatureCircuit.of([parse_sae_node(x) for x in labels], sites, name)
+
     def _chosen(self, sizes: list[int | float] | None, signed: bool | None) -> dict[str, Circuit]:
         """The circuits of ``sizes`` (default: the experiment's own, as found), by name."""
+        if sizes is None and self.level == "latents":
+            return {k: self._feature(v, k) for k, v in self.circuits.items()}
         if sizes is None:
             return {k: Circuit(frozenset(circ.parse_edge(e) for e in v), name=k) for k, v in self.circuits.items()}
         out = {}
@@ -111,7 +122,10 @@ class DiscoveryResult(_Experiment):
         """A ``circuits:`` block with the circuit of each size (default: the experiment's)."""
         head = (f"# circuits found by intervene: {self.method} on {self.dataset}, source {self.source}\n"
                 f"# settings: {self.settings}\n")
-        return head + circ.circuit_yaml(self._chosen(sizes, signed))
+        chosen = self._chosen(sizes, signed)
+        if self.level == "latents":
+            return head + feature_yaml(chosen)  # type: ignore[arg-type]
+        return head + circ.circuit_yaml(chosen)
 
     def write_spec(self, path: str | Path, header: str = "", sizes: list[int | float] | None = None,
                    experiments: bool = True, ablate: dict[str, Any] | None = None) -> Path:
@@ -153,7 +167,7 @@ class DiscoveryResult(_Experiment):
         for k, c in self.curves.items():
             out.append(("", None, None, k, Stat(c.area, math.nan, math.nan, [])))
         for lab, s in zip(self.labels, self.scores):
-            node = lab if self.level == "nodes" else None
+            node = lab if self.level in ("nodes", "latents") else None
             out.append((lab, node, None, "score", Stat(s, math.nan, math.nan, [])))
         return out
 

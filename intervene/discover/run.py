@@ -35,6 +35,8 @@ from intervene.discover.attribution import attribute
 from intervene.discover.result import DiscoveryResult
 from intervene.edgemix import Layout
 from intervene.evaluate import CircuitEvaluator
+from intervene.sae.circuits import FeatureCircuit, discovery_sites
+from intervene.sae.spec import shape_with
 from intervene.execute import Executor
 
 
@@ -71,6 +73,11 @@ def discover(p: Any, index: int, values: list[torch.Tensor | None], executor: Ex
         labels = [k[0] for k in keys]
         scores = [float(by_key[k].mean() - clean.mean()) for k in keys]
         cost["runs"] = len(keys)
+    elif exp.level == "latents":  # eap / eap_ig on SAE latents (check time refuses the other methods)
+        from intervene.discover import latents
+
+        f = metric_fn(metric, p.batches[exp.dataset], executor.base(exp.dataset).logits)  # type: ignore[arg-type]
+        labels, scores, cost = latents.run(p, exp, src, f, executor)
     elif exp.method in ("eap", "eap_ig"):
         batch = p.batches[exp.dataset]
         f = metric_fn(metric, batch, executor.base(exp.dataset).logits)  # type: ignore[arg-type]
@@ -89,6 +96,8 @@ def discover(p: Any, index: int, values: list[torch.Tensor | None], executor: Ex
         warnings += extra
         kept = cost.pop("kept")
     settings = _settings(exp, seed, len(clean))
+    if exp.level == "latents":  # the SAE sites scored, with their sizes: what the result's circuits are made of
+        settings["sites"] = {str(s): n for s, n in discovery_sites(exp.sites, shape_with(p.spec, shape))}
     res = DiscoveryResult(exp.name, exp.dataset, str(src), exp.method, exp.level, settings,
                           {"n_layers": shape.n_layers, "n_heads": shape.n_heads, "n_kv_heads": shape.n_kv_heads,
                            "d_model": shape.d_model, "parallel": shape.parallel},
@@ -98,7 +107,8 @@ def discover(p: Any, index: int, values: list[torch.Tensor | None], executor: Ex
         res.circuits["acdc"] = kept
     for size in exp.sizes:
         c = res.circuit(size)
-        res.circuits[c.name] = sorted(circ.edge_label(e) for e in c.all_edges())
+        res.circuits[c.name] = [str(n) for n in c.units] if isinstance(c, FeatureCircuit) else \
+            sorted(circ.edge_label(e) for e in c.all_edges())
     if exp.mib:
         if exp.level != "edges":
             res.warnings.append("mib: MIB's curves are over edges; this discovery scored nodes")
@@ -163,4 +173,6 @@ def spec_header(spec: Any, path: Path) -> str:
         datasets[name] = d
     head = {"version": 1, "name": f"{spec.name or 'spec'}_circuits", "seed": spec.seed, "model": model,
             "datasets": datasets, "metric": data["metric"]}
+    if spec.saes:  # feature circuits name their latents: the SAEs come along
+        head["saes"] = {name: {"path": moved(d["path"]), "site": d["site"]} for name, d in data["saes"].items()}
     return yaml.safe_dump(head, sort_keys=False, default_flow_style=None)

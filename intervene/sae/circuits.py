@@ -62,6 +62,33 @@ def names_sae(raw: Any) -> bool:
     return any(is_sae_node(t) for t in items)
 
 
+_ONE = re.compile(r"^([rm])(\d+)\.sae(?:\[(\d+)\]|\.err)$")
+
+
+def parse_sae_node(text: str) -> Node:
+    """The SAE node one name names (``r3.sae[5]``, ``m2.sae.err``); ValueError for anything else."""
+    m = _ONE.match(text.strip())
+    if not m:
+        raise ValueError(f'"{text}" is not the name of one SAE latent or error node')
+    where = "resid" if m.group(1) == "r" else "mlp"
+    if m.group(3) is None:
+        return Node(f"{where}_err", int(m.group(2)))  # type: ignore[arg-type]
+    return Node(f"{where}_latent", int(m.group(2)), int(m.group(3)))  # type: ignore[arg-type]
+
+
+def site_node(site: str) -> Node:
+    """The node of an SAE site's name: ``r3`` -> the residual entering layer 3, ``m2`` -> layer 2's MLP."""
+    return Node("resid" if site[0] == "r" else "mlp", int(site[1:]))
+
+
+def discovery_sites(sites: Iterable[str], shape: graph.ModelShape) -> tuple[tuple[Node, int], ...]:
+    """The (site, d_sae) pairs a latent discovery scores: ``sites`` (default: every SAE of
+    ``shape``), in forward order."""
+    names = list(sites) or [s for s, _ in shape.saes]
+    got = {(site_node(s), shape.sae_size(s) or 0) for s in names if shape.sae_size(s)}
+    return tuple(sorted(got, key=lambda x: x[0].sort_key))
+
+
 def site_of(node: Node) -> Node:
     """The site (``r{l}`` or ``m{l}`` node) of an SAE node."""
     s = node.site

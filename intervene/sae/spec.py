@@ -74,7 +74,53 @@ def check_static(data: dict[str, Any], src: SourceMap | None, base: Path) -> lis
             out.append(at(src, loc + ("site",), ErrorCode.E124,
                           f'the SAE\'s cfg.json says hook_name "{cfg.hook_name}", which is {ours}, but site is {site}',
                           f"write site: {ours} (blocks.l.hook_resid_post is the residual entering layer l+1)", site))
-    return out + _uses(data, src)
+    return out + _uses(data, src) + check_discovery(data, src)
+
+
+LATENT_METHODS = ("exact", "eap", "eap_ig")
+
+
+def check_discovery(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic]:
+    """``kind: discover`` with ``level: latents``: the spec attaches SAEs and ``sites`` names
+    SAE sites (E125), the method is one that scores latents, without MIB's curves (over edges)
+    and without a ``mean`` source (E127); ``sites`` without ``level: latents`` (E080)."""
+    out: list[Diagnostic] = []
+    saes = data.get("saes")
+    have = [d.get("site") for d in saes.values() if isinstance(d, dict)] if isinstance(saes, dict) else []
+    experiments = data.get("experiments")
+    for i, exp in enumerate(experiments if isinstance(experiments, list) else ()):
+        if not isinstance(exp, dict) or exp.get("kind") != "discover":
+            continue
+        here: Loc = ("experiments", i)
+        sites = exp.get("sites")
+        if exp.get("level") != "latents":
+            if sites:
+                out.append(at(src, here + ("sites",), ErrorCode.E080, '"sites" is a setting of level: latents',
+                              "write level: latents, or remove sites", sites))
+            continue
+        if not have:
+            out.append(at(src, here + ("level",), ErrorCode.E125, "level: latents scores the latents of the spec's "
+                          "SAEs, and it attaches none", "attach one under saes: (docs/sae.md)", "latents"))
+        for j, site in enumerate(sites if isinstance(sites, list) else ()):
+            if not isinstance(site, str) or not SITE.match(site):
+                out.append(at(src, here + ("sites", j), ErrorCode.E124, f'"{site}" is not an SAE site',
+                              "sites are r{layer} or m{layer}", site))
+            elif have and site not in have:
+                out.append(at(src, here + ("sites", j), ErrorCode.E125, f"no SAE is attached at {site}",
+                              f"SAEs are attached at: {', '.join(map(str, have))}", site))
+        method = exp.get("method", "eap_ig")
+        if method not in LATENT_METHODS:
+            out.append(at(src, here + ("method",), ErrorCode.E127, f"method {method} does not score SAE latents",
+                          f"use {', '.join(LATENT_METHODS)}", method))
+        if exp.get("mib"):
+            out.append(at(src, here + ("mib",), ErrorCode.E127, "MIB's curves are over the model's edges, not SAE "
+                          "latents", "remove mib, and score the circuits at sizes with kind: circuit", True))
+        source = exp.get("source")
+        if isinstance(source, dict) and source.get("kind") == "mean":
+            out.append(at(src, here + ("source", "kind"), ErrorCode.E127, "SAE latents are not patched from a mean "
+                          "(the mean of a latent is not the latent of the mean)", "zero, or a dataset or resample "
+                          "source", "mean"))
+    return out
 
 
 def _uses(data: dict[str, Any], src: SourceMap | None) -> list[Diagnostic]:

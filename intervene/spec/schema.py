@@ -540,7 +540,8 @@ class DiscoverExperiment(_Model):
     ``atp_star`` (nodes) or ``acdc`` (``threshold``, ``divergence``). ``sizes`` are the circuits
     to build from the ranking (edge counts, or fractions of all edges), ranked by ``rank``;
     ``mib`` measures MIB's faithfulness curve, CPR and CMD; ``write`` names a circuit spec file
-    to write (relative to this spec)."""
+    to write (relative to this spec). ``level: latents`` scores the SAE latents and error nodes
+    at ``sites`` (docs/sae.md, "Discovery over latents")."""
 
     name: Identifier
     """The experiment's name."""
@@ -554,8 +555,10 @@ class DiscoverExperiment(_Model):
     """Where the patched (corrupted) values come from."""
     method: Literal["exact", "eap", "eap_ig", "atp_star", "acdc"] = "eap_ig"
     """`exact` (each edge or node patched on its own), `eap`, `eap_ig`, `atp_star` (nodes) or `acdc`."""
-    level: Literal["edges", "nodes"] = "edges"
-    """`edges` or `nodes`."""
+    level: Literal["edges", "nodes", "latents"] = "edges"
+    """`edges`, `nodes`, or `latents`: the latents and error nodes of the spec's SAEs (docs/sae.md; methods `exact`, `eap`, `eap_ig`)."""
+    sites: tuple[NonEmptyStr, ...] = ()
+    """With `level: latents`, the SAE sites whose latents are scored (`[r12, m3]`); default: every SAE of the spec."""
     steps: StrictInt = Field(default=5, ge=1, le=1000)
     """Integration steps of `eap_ig`."""
     ig: Literal["inputs", "activations"] = "inputs"
