@@ -75,6 +75,15 @@ class Metric:
     fn: Callable[..., Any] | None = field(default=None, compare=False, repr=False)
     origin: str = field(default="", compare=False)
 
+    @property
+    def loss_sign(self) -> int:
+        """The sign that makes a change of this metric a change of a loss: −1 for the metrics a
+        clean model scores high on, which patching its behaviour away lowers (every kind but
+        one), +1 for ``kl_to_clean`` (0 on the clean model, growing as it is patched away).
+        A discovery score times this sign is MIB's signed score: positive where patching the
+        edge damages the behaviour, which is what a signed ranking puts first."""
+        return 1 if self.kind == "kl_to_clean" else -1
+
     def __post_init__(self) -> None:
         if self.kind == "expression":
             from intervene.spec.check import parse_expression

@@ -17,6 +17,9 @@ from intervene import graph
 from intervene.circuit import Circuit
 from intervene.discover import mib
 from intervene.discover.circuits import edge_label, on_paths, parse_edge
+from intervene.discover.result import DiscoveryResult
+from intervene.metrics import Metric
+from intervene.stats import Stat
 
 SHAPE = graph.ModelShape(n_layers=1, n_heads=1, n_kv_heads=1, d_model=4)
 SCORES = {"input->logits": 5.0, "a0.h0->logits": 4.0, "input->a0.h0<v>": 3.0, "m0->logits": -6.0,
@@ -132,3 +135,31 @@ def test_spearman_by_hand() -> None:
     # invariant under monotone maps, unlike Pearson's r
     xs = [0.1, 0.5, 2.0, 9.0]
     assert spearman(xs, [x ** 3 for x in xs]) == pytest.approx(1.0)
+
+
+def _result(scores: dict[str, float], loss_sign: int) -> DiscoveryResult:
+    s = Stat(0.0, 0.0, 0.0)
+    return DiscoveryResult("d", "clean", "corrupted", "eap", "edges", {"rank": "signed", "loss_sign": loss_sign},
+                           {"n_layers": 1, "n_heads": 1, "n_kv_heads": 1, "d_model": 4, "parallel": False},
+                           s, None, list(scores), list(scores.values()))
+
+
+@pytest.mark.parametrize("kind, sign", [("logit_diff", -1), ("prob_diff", -1), ("logprob", -1), ("accuracy", -1),
+                                        ("kl_to_clean", 1)])
+def test_signed_rankings_put_the_damaging_edges_first(tmp_path: Path, kind: str, sign: int) -> None:
+    """A score is m(patched) − m(clean). For logit_diff an edge that carries the behaviour has a
+    negative score (patching it lowers m), for kl_to_clean a positive one: a signed ranking (and
+    CPR, and MIB's files) orders by score × loss_sign, as MIB ranks its attributions of a loss."""
+    metric = Metric(kind, answer="A", wrong="B" if kind in ("logit_diff", "prob_diff") else None)
+    assert metric.loss_sign == sign
+    damaging = 10.0 * sign  # lowers logit_diff by 10 / raises the KL by 10
+    scores = dict(SCORES)
+    scores["a0.h0->logits"] = damaging
+    scores["input->logits"] = -7.0 * sign  # helps the behaviour: patching it raises logit_diff by 7
+    d = _result(scores, sign)
+    assert d.top(1) == [("a0.h0->logits", damaging)]
+    assert d.top(len(scores))[-1] == ("input->logits", -7.0 * sign)  # the most helpful edge comes last
+    assert d.ranking(True)[list(scores).index("a0.h0->logits")] == 10.0
+    exported = json.loads(Path(d.to_mib(tmp_path / "g.json")).read_text())["edges"]
+    assert exported["a0.h0->logits"]["score"] == pytest.approx(10.0)  # MIB's sign: damaging is positive
+    assert exported["input->logits"]["score"] == pytest.approx(-7.0)

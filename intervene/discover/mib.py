@@ -97,7 +97,9 @@ def measure(labels: Sequence[str], scores: Sequence[float], shape: ModelShape,
             evaluate: Callable[[list[Circuit]], list[float]], m_full: float,
             fractions: Sequence[float] = FRACTIONS) -> dict[str, Curve]:
     """CPR's and CMD's curves: ``evaluate`` gets every circuit (the signed ranking's at each
-    fraction, then the |score| ranking's, then ∅) in one call and returns their dataset means."""
+    fraction, then the |score| ranking's, then ∅) in one call and returns their dataset means.
+    ``scores`` are in MIB's sign: higher where patching the edge damages the behaviour more
+    (a discovery's scores m(patched) − m(clean) times the metric's ``loss_sign``)."""
     n = len(labels)
     plan: list[tuple[str, int, Circuit]] = []
     for kind, signed in (("cpr", True), ("cmd", False)):

@@ -67,7 +67,16 @@ class DiscoveryResult(_Experiment):
         """The k best (label, score): by score when ``signed``, else by |score| (default: the
         experiment's ``rank``)."""
         signed = self.settings.get("rank") == "signed" if signed is None else signed
-        return [(self.labels[i], self.scores[i]) for i in circ.ranked(self.labels, self.scores, signed)[:k]]
+        return [(self.labels[i], self.scores[i]) for i in circ.ranked(self.labels, self.ranking(signed), signed)[:k]]
+
+    def ranking(self, signed: bool) -> list[float]:
+        """What the rankings order by: for ``signed``, the scores in MIB's sign (score ×
+        ``settings["loss_sign"]``: positive where patching the edge damages the behaviour), so
+        the edges that carry it come first; else the scores (ranked by |score|)."""
+        if not signed:
+            return self.scores
+        sign = int(self.settings.get("loss_sign", -1))
+        return [sign * s for s in self.scores]
 
     @property
     def cpr(self) -> float | None:
@@ -87,19 +96,20 @@ class DiscoveryResult(_Experiment):
         n = circ.size_of(size, len(self.labels))
         label = name or f"top_{n}"
         if self.level == "latents":  # the feature circuit of the top latents and error nodes
-            return self._feature([self.labels[i] for i in circ.ranked(self.labels, self.scores, signed)[:n]], label)
+            return self._feature([self.labels[i] for i in circ.ranked(self.labels, self.ranking(signed), signed)[:n]],
+                                 label)
         shape = self.model_shape
         if self.level == "nodes":  # heads and MLPs only (AtP*'s query and key items are not nodes)
             keep = [i for i, x in enumerate(self.labels) if "<" not in x]
-            order = [keep[j] for j in circ.ranked([self.labels[i] for i in keep],
-                                                  [self.scores[i] for i in keep], signed)[:n]]
+            key = self.ranking(signed)
+            order = [keep[j] for j in circ.ranked([self.labels[i] for i in keep], [key[i] for i in keep], signed)[:n]]
             nodes = []
             for i in order:
                 p = parse_pattern(self.labels[i])
                 nodes.append(Node("mlp", p.layers[0]) if p.kind == "mlp"  # type: ignore[index]
                              else Node("head", p.layers[0], p.heads[0]))  # type: ignore[index]
             return Circuit.from_nodes(nodes, shape, name=label)
-        return circ.top_circuit(self.labels, self.scores, n, shape, signed, label)
+        return circ.top_circuit(self.labels, self.ranking(signed), n, shape, signed, label)
 
     def _feature(self, labels: list[str], name: str) -> FeatureCircuit:
         """The feature circuit of SAE nodes named ``labels``, at the sites this discovery scored."""
@@ -149,12 +159,13 @@ class DiscoveryResult(_Experiment):
         return p
 
     def to_mib(self, path: str | Path, size: int | float | None = None) -> Path:
-        """MIB's graph file (``.json`` or ``.pt`` by the suffix) of the edge scores, with the
-        circuit of ``size`` (default: none) in the graph."""
+        """MIB's graph file (``.json`` or ``.pt`` by the suffix) of the edge scores in MIB's sign
+        (:meth:`ranking`: positive where patching the edge damages the behaviour, as MIB's
+        attribution of a loss gives them), with the circuit of ``size`` (default: none) in the graph."""
         if self.level != "edges":
             raise ValueError("MIB graph files hold edge scores; this discovery scored nodes")
         kept = set() if size is None else {circ.edge_label(e) for e in self.circuit(size).all_edges()}
-        scores = dict(zip(self.labels, self.scores))
+        scores = dict(zip(self.labels, self.ranking(True)))
         if str(path).endswith(".pt"):
             return mib.save_pt(path, self.model_shape, scores, kept)
         return mib.save_json(path, self.model_shape, scores, kept)

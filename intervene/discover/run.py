@@ -8,7 +8,10 @@ per-run values and its executor (whose base passes every method reuses), and
   a score is the mean of m(run) − m(clean) over the examples;
 * ``eap``, ``eap_ig`` — :func:`intervene.discover.attribution.attribute`; node scores are the
   sums of the nodes' outgoing edge scores (DESIGN.md §4);
-* ``atp_star`` — :mod:`intervene.discover.atp`; ``acdc`` — :mod:`intervene.discover.acdc`.
+* ``atp_star`` — :mod:`intervene.discover.atp`; ``acdc`` — :mod:`intervene.discover.acdc`;
+* ``level: latents`` — SAE latents and error nodes: ``exact`` as above (one run per unit),
+  ``eap``/``eap_ig`` by :mod:`intervene.discover.latents`; sizes give feature circuits
+  (:mod:`intervene.sae.circuits`), and a written spec carries the ``saes:`` block.
 
 Then the circuits at the spec's ``sizes`` (pruned to input → logits paths), and with ``mib``
 MIB's curves: f at each fraction of :data:`intervene.discover.mib.FRACTIONS` for the signed
@@ -96,6 +99,7 @@ def discover(p: Any, index: int, values: list[torch.Tensor | None], executor: Ex
         warnings += extra
         kept = cost.pop("kept")
     settings = _settings(exp, seed, len(clean))
+    settings["loss_sign"] = metric.loss_sign  # signed rankings order by score × this (MIB's sign)
     if exp.level == "latents":  # the SAE sites scored, with their sizes: what the result's circuits are made of
         settings["sites"] = {str(s): n for s, n in discovery_sites(exp.sites, shape_with(p.spec, shape))}
     res = DiscoveryResult(exp.name, exp.dataset, str(src), exp.method, exp.level, settings,
@@ -149,7 +153,8 @@ def curves(p: Any, exp: Any, src: ir.Source, metric: metrics.Metric, executor: E
     views = [r for r in p.program.runs if src.run is not None and r.name == src.run]
     ev = CircuitEvaluator(p.model.adapter, p.batches, exp.dataset, src, metric, executor=executor, views=views,
                           indices={r.input: p.program.indices[r.input] for r in views if r.input})
-    return mib.measure(labels, scores, p.model.adapter.shape,
+    sign = metric.loss_sign  # MIB ranks by the attribution of a loss: the damaging edges first
+    return mib.measure(labels, [sign * s for s in scores], p.model.adapter.shape,
                        lambda cs: [float(m.metric.mean()) for m in ev(cs)], m_full)
 
 
