@@ -80,5 +80,6 @@ def test_scores_file_and_mib_export(tmp_path: Path) -> None:
     assert data["labels"] == d.labels and data["scores"] == d.scores and data["settings"]["rank"] == "absolute"
     d.to_mib(tmp_path / "g.json", size=2)
     scores, kept = mib.load_json(tmp_path / "g.json", d.model_shape)
-    assert scores["input->a0.h0<v>"] == 3.0 and kept == {"input->a0.h0<v>", "a0.h0->logits"}
+    # MIB's sign: score × loss_sign (−1 unless the settings say otherwise, as for logit_diff)
+    assert scores["input->a0.h0<v>"] == -3.0 and kept == {"input->a0.h0<v>", "a0.h0->logits"}
     assert math.isnan(d.to_pandas().query("statistic == 'score'")["lo"].iloc[0])

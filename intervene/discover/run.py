@@ -99,7 +99,9 @@ def discover(p: Any, index: int, values: list[torch.Tensor | None], executor: Ex
         warnings += extra
         kept = cost.pop("kept")
     settings = _settings(exp, seed, len(clean))
-    settings["loss_sign"] = metric.loss_sign  # signed rankings order by score × this (MIB's sign)
+    # signed rankings order by score × loss_sign (MIB's sign). AtP*'s scores (GradDrop magnitudes)
+    # and ACDC's (the divergence an edge's removal adds) are already larger-is-more-important
+    settings["loss_sign"] = 1 if exp.method in ("atp_star", "acdc") else metric.loss_sign
     if exp.level == "latents":  # the SAE sites scored, with their sizes: what the result's circuits are made of
         settings["sites"] = {str(s): n for s, n in discovery_sites(exp.sites, shape_with(p.spec, shape))}
     res = DiscoveryResult(exp.name, exp.dataset, str(src), exp.method, exp.level, settings,
@@ -153,7 +155,7 @@ def curves(p: Any, exp: Any, src: ir.Source, metric: metrics.Metric, executor: E
     views = [r for r in p.program.runs if src.run is not None and r.name == src.run]
     ev = CircuitEvaluator(p.model.adapter, p.batches, exp.dataset, src, metric, executor=executor, views=views,
                           indices={r.input: p.program.indices[r.input] for r in views if r.input})
-    sign = metric.loss_sign  # MIB ranks by the attribution of a loss: the damaging edges first
+    sign = 1 if exp.method in ("atp_star", "acdc") else metric.loss_sign  # MIB's sign: damaging edges first
     return mib.measure(labels, [sign * s for s in scores], p.model.adapter.shape,
                        lambda cs: [float(m.metric.mean()) for m in ev(cs)], m_full)
 
