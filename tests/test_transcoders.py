@@ -393,11 +393,14 @@ def _spec(tmp_path: Path, site: str = "m1", body: str | None = None, model: Path
     from tests.test_sae import DATA, INDUCTION
 
     f = tmp_path / "spec.yaml"
+    rows = [{"text": f"t{a} t{a + 1} t{a + 2} t{a + 3}", "answers": {"A": f" t{a + 4}"}, "positions": {"END": -1}}
+            for a in (40, 5, 17, 26)]  # four.jsonl's layout, other tokens
+    (tmp_path / "other.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     f.write_text(f"""version: 1
 model: {{name: {model or INDUCTION}}}
 datasets:
   clean: {{kind: jsonl, path: {DATA / 'four.jsonl'}}}
-  other: {{kind: jsonl, path: {DATA / 'four.jsonl'}, seed: 1}}
+  other: {{kind: jsonl, path: other.jsonl}}
 metric: {{kind: logprob, answer: A}}
 saes:
   tc:
@@ -469,3 +472,52 @@ def test_spec_runs_with_a_trained_transcoder(tmp_path: Path) -> None:
     keys = sorted(k for k in res["lat"].to_pandas()["key"].unique() if k)
     assert keys == sorted([f"m1.sae[{i}]" for i in range(8)] + ["m1.sae.err"])
     assert abs(res["steer"].row.metric.mean - res["steer"].m_clean.mean) > 1e-5
+
+
+def test_mlp_hook_out_is_refused_where_the_mlp_write_is_post_normed(tmp_path: Path) -> None:
+    """circuit-tracer's ``mlp.hook_out`` is the MLP module's output: the MLP's write on a Llama,
+    not on a Gemma 2 (post-norm), where it is refused before anything runs."""
+    from intervene.errors import ExecutionError
+
+    out = {"metadata": {"hook_name": "blocks.1.mlp.hook_in", "hook_name_out": "blocks.1.mlp.hook_out"}}
+    folder = write_saelens_folder(tmp_path / "tc", "transcoder", out)
+    op = ir.Op("patch", latent(1, 0), None, ir.Source("zero"))
+    for family in ("llama_gqa", "gemma2"):
+        m = tiny(family)
+        batches = inv.standard_batches(m)
+        if family == "gemma2":
+            with pytest.raises(ExecutionError, match="post-MLP norm"):
+                run_ops(m, batches, folder, 1, op)
+        else:
+            tc = load(folder)
+            want = hf_logits(m, batches["clean"], 1, lambda y, r, u: y - tc.encode(u)[..., 0, None] * tc.W_dec[0])
+            torch.testing.assert_close(run_ops(m, batches, folder, 1, op), want, atol=1e-5, rtol=0)
+
+
+def test_feature_circuits_and_latent_discovery_over_a_transcoder(tmp_path: Path) -> None:
+    """A transcoder's nodes in a feature circuit and in exact discovery over latents (both lower
+    to patches of latents): the circuit of every node is the model (F = 1); ∅ (every latent and
+    the error read from the source) equals patching the MLP's write from it; exact scores equal
+    a sweep's deltas."""
+    model = with_mlps(tmp_path / "model")
+    tc = random_transcoder("jumprelu_transcoder", "normalized", d=64, n=6, seed=2)
+    save(tc, tmp_path / "tc", 1)
+    few = "completeness: {random: 1, greedy: 1}, minimality: {samples: 0}"
+    src = "{kind: dataset, dataset: other}"
+    f = _spec(tmp_path, model=model, body=f"""  - {{name: all, kind: circuit, dataset: clean, circuit: everything,
+     ablate: {src}, {few}}}
+  - {{name: whole, kind: patch, dataset: clean, interventions: [{{kind: patch, nodes: [m1], source: {src}}}]}}
+  - {{name: ex, kind: discover, dataset: clean, level: latents, method: exact, source: {src}, sizes: [2]}}
+  - {{name: sw, kind: sweep, dataset: clean, targets: ["m1.sae[*]", m1.sae.err], source: {src}}}
+circuits:
+  everything: {{nodes: ["m1.sae[*]", m1.sae.err]}}""")
+    assert api.check(f, device="cpu") == []
+    res = api.run(f, device="cpu")
+    every = res["all"]
+    assert every.m_circuit.mean == every.m_full.mean and every.faithfulness.mean == 1.0
+    assert every.m_empty.mean == pytest.approx(res["whole"].row.metric.mean, abs=1e-5)
+    assert abs(every.m_empty.mean - every.m_full.mean) > 1e-4  # the source moves the metric
+    ex, sw = res["ex"], res["sw"]
+    assert sorted(ex.labels) == sorted([f"m1.sae[{i}]" for i in range(6)] + ["m1.sae.err"])
+    for label, score in zip(ex.labels, ex.scores):
+        assert score == pytest.approx(sw[label].metric.mean - sw.m_clean.mean, abs=1e-9)

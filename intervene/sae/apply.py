@@ -36,6 +36,7 @@ from intervene import ir
 from intervene.errors import ExecutionError
 from intervene.graph import Node
 from intervene.models import adapters
+from intervene.sae import config
 from intervene.sae import model as sae_model
 
 _AT = {"resid": ("resid_latent", "resid_err"), "mlp": ("mlp_latent", "mlp_err")}
@@ -155,10 +156,19 @@ def plan_needs(ex: Any, program: ir.Program) -> None:
     """Make the base passes (and the computed runs that others read) keep the MLP's input
     (place ``mlpin``) where a transcoder's latent or error is patched from a run: its source
     value is the transcoder applied to the source's MLP input. Base passes cached without it
-    are dropped."""
+    are dropped. Before anything runs: a transcoder that writes ``mlp.hook_out`` (the MLP
+    module's output) is refused on a family whose MLP write is post-normed, where that is not
+    the MLP's write ``m{l}``."""
     tc = {site for site, s in program.saes.items() if s.architecture.endswith("transcoder")}
     if not tc:
         return
+    post_normed = type(ex.model).post_norm_mlp is not adapters.Adapter.post_norm_mlp
+    for site in sorted(tc) if post_normed else ():
+        out = config.read(program.saes[site].path).hook_name_out or ""
+        if out.endswith("mlp.hook_out"):
+            raise ExecutionError(f"the transcoder at {site} ({program.saes[site].path}) predicts {out}, the MLP "
+                                 f"before this {ex.model.family} model's post-MLP norm; intervene splices it into the "
+                                 "MLP's write (hook_mlp_out, after the norm): train it on hook_mlp_out")
     for run in program.runs:
         for op in run.ops:
             node, src = op.node, op.source
