@@ -7,11 +7,17 @@ What it owns (no torch): the checks of SAE declarations and of how SAE nodes are
   and is a supported SAELens folder (E120 not found, E121 bad ``cfg.json`` or tensor shapes,
   E122 an architecture or option not supported); two SAEs at one site, or a ``cfg.json``
   ``hook_name`` that names another site than ``site`` (E124); SAE nodes where they are not
-  supported (E127): circuits, hypotheses, path patching, ``add``/``project_out``/``function``
-  interventions, mean sources, and ``clamp``/``steer`` on anything but latents;
+  supported (E127): hypotheses (causal scrubbing), path patching, ``add``/``project_out``/
+  ``function`` interventions, mean sources, and ``clamp``/``steer`` on anything but latents;
+  feature circuits (:mod:`intervene.sae.circuits`: E127 for one that mixes SAE nodes with
+  edges or model nodes, or puts positions on them); ``kind: discover`` with ``level: latents``
+  (:func:`check_discovery`: E125 no SAE, or a ``sites`` entry without one; E127 a method other
+  than exact/eap/eap_ig, ``ig: activations``, ``mib``, a mean source; E080 ``sites`` at another
+  level);
 * model time (:func:`check_against_model`): the site exists in the model (E124) and ``d_in``
-  is its ``d_model`` (E123). Latent names are checked with every other node name, against
-  :func:`shape_with` (E125 no SAE at that site, E126 latent out of range).
+  is its ``d_model`` (E123); the nodes of feature circuits exist (E125, E126). Latent names are
+  checked with every other node name, against :func:`shape_with` (E125 no SAE at that site,
+  E126 latent out of range).
 """
 
 from __future__ import annotations
@@ -112,6 +118,9 @@ def check_discovery(data: dict[str, Any], src: SourceMap | None) -> list[Diagnos
         if method not in LATENT_METHODS:
             out.append(at(src, here + ("method",), ErrorCode.E127, f"method {method} does not score SAE latents",
                           f"use {', '.join(LATENT_METHODS)}", method))
+        if method == "eap_ig" and exp.get("ig") == "activations":
+            out.append(at(src, here + ("ig",), ErrorCode.E127, "on latents eap_ig integrates over the input "
+                          "embedding only", "write ig: inputs (the default)", "activations"))
         if exp.get("mib"):
             out.append(at(src, here + ("mib",), ErrorCode.E127, "MIB's curves are over the model's edges, not SAE "
                           "latents", "remove mib, and score the circuits at sizes with kind: circuit", True))
