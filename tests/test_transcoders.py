@@ -521,3 +521,47 @@ circuits:
     assert sorted(ex.labels) == sorted([f"m1.sae[{i}]" for i in range(6)] + ["m1.sae.err"])
     for label, score in zip(ex.labels, ex.scores):
         assert score == pytest.approx(sw[label].metric.mean - sw.m_clean.mean, abs=1e-9)
+
+
+# -- the real model ---------------------------------------------------------------------------------
+
+
+@pytest.mark.real_model
+def test_real_model_trained_transcoder_splice(real_model) -> None:  # type: ignore[no-untyped-def]
+    """A skip transcoder trained in the test on SmolLM2's layer-3 MLP (its normalised input, as
+    ln2.hook_normalized, to its output): spliced with its error node the logits are the model's;
+    with the error zeroed, the model with the MLP replaced by the prediction; a zeroed latent
+    subtracts exactly its decoder contribution (each against Hugging Face hooks)."""
+    import tempfile
+
+    from intervene.spec.check import parse_spec
+
+    spec = parse_spec("version: 1\ndatasets:\n  clean: {kind: ioi, n: 12, seed: 5}\n"
+                      "metric: {kind: logit_diff, answer: IO, wrong: S}\n"
+                      "experiments:\n  - {name: x, kind: sweep, dataset: clean, targets: [m0], source: {kind: zero}}\n")
+    p = api.prepare(spec, model=real_model)
+    m, b, l, n = real_model.adapter, p.batches["clean"], 3, 32
+    u, y = mlp_values(p, "clean", l)
+    resid, _, y_hf = grab(m, b, l)
+    keep = b.attention_mask.bool()
+    torch.testing.assert_close(y, y_hf[keep], atol=1e-4, rtol=0)  # the outputs trained on are the MLP's
+    torch.testing.assert_close(u, literal_input(m, l, resid, resid, "normalized")[keep], atol=1e-4, rtol=0)
+    tc = train_transcoder(u, y, n, skip=True, steps=80, lr=3e-3)
+    folder = save(tc, Path(tempfile.mkdtemp()), l)
+    i = int(tc.encode(u).gt(0).sum(0).argmax())
+    src = ir.Source("run", "clean")
+    runs = [ir.Run("splice", "clean", tuple(ir.Op("patch", latent(l, j), None, src) for j in range(n))
+                   + (ir.Op("patch", err(l), None, src),)),
+            ir.Run("predict", "clean", (ir.Op("patch", err(l), None, ir.Source("zero")),)),
+            ir.Run("zero", "clean", (ir.Op("patch", latent(l, i), None, ir.Source("zero")),))]
+    prog = ir.Program("real", runs, saes={f"m{l}": ir.Sae("t", f"m{l}", str(folder), "skip_transcoder", n)})
+    with torch.no_grad():
+        got = Executor(m, {"clean": b}, {}, "END").execute(prog, inv._logits_readout)
+    u_of = lambda r: literal_input(m, l, r, r, "normalized")  # noqa: E731
+    clean = hf_logits(m, b, l)
+    torch.testing.assert_close(got[0], clean, atol=1e-4, rtol=0)
+    want = hf_logits(m, b, l, lambda y, r, _: tc.predict(u_of(r)))
+    torch.testing.assert_close(got[1], want, atol=1e-4, rtol=0)
+    assert (want - clean).abs().max() > 1e-2  # the prediction is not exact: the error node matters
+    want = hf_logits(m, b, l, lambda y, r, _: y - tc.encode(u_of(r))[..., i, None] * tc.W_dec[i])
+    torch.testing.assert_close(got[2], want, atol=1e-4, rtol=0)

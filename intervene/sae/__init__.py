@@ -2,7 +2,8 @@
 
 An SAE in SAELens's folder format is attached at a site -- a residual stream ``r{l}`` or an MLP
 output ``m{l}`` -- under a spec's ``saes:``. Its latents become nodes ``r{l}.sae[i]`` and its
-error ``r{l}.sae.err`` (docs/sae.md), usable in sweeps and patch experiments.
+error ``r{l}.sae.err`` (docs/sae.md), usable in sweeps and patch experiments. A transcoder
+(it encodes an MLP's input and predicts its output) is attached at ``m{l}`` the same way.
 
 * :mod:`intervene.sae.config` -- a folder's ``cfg.json`` and tensor shapes, read without torch
   (what ``intervene check`` refuses, and why).
