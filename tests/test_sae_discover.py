@@ -168,11 +168,12 @@ def test_spec_discovery_exact_eap_circuits_and_written_spec(tmp_path: Path) -> N
 
 @pytest.mark.parametrize("case, code, field", [
     ("nosaes", "E125", "latents"), ("site", "E125", "r0"), ("method", "E127", "atp_star"), ("mib", "E127", "true"),
-    ("mean", "E127", "mean"), ("sites", "E080", "[r1]")])
+    ("mean", "E127", "mean"), ("sites", "E080", "[r1]"), ("ig", "E127", "activations")])
 def test_check_errors(tmp_path: Path, case: str, code: str, field: str) -> None:
     exp = {"nosaes": "level: latents", "site": "level: latents, sites: [r1, r0]",
            "method": "level: latents, method: atp_star", "mib": "level: latents, method: exact, mib: true",
-           "mean": "level: latents, method: exact", "sites": "level: nodes, method: exact, sites: [r1]"}[case]
+           "mean": "level: latents, method: exact", "sites": "level: nodes, method: exact, sites: [r1]",
+           "ig": "level: latents, method: eap_ig, ig: activations"}[case]
     source = "{kind: mean}" if case == "mean" else "{kind: zero}"
     f = write_spec(tmp_path, f"  - {{name: d, kind: discover, dataset: clean, {exp}, source: {source}}}\n", "")
     if case == "nosaes":

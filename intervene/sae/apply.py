@@ -82,6 +82,7 @@ def _apply_site(ex: Any, sae: sae_model.Sae, site: Node, ops: list[ir.Op], out: 
     f_new = f.clone()
     e = e_new = None
     rows = torch.arange(b - a, device=out.device)[:, None]
+    enc: dict[Any, Tensor] = {}  # a source's latents, encoded once per (source, positions) for every latent op
     for op in ops:
         node = op.node
         assert node is not None
@@ -89,11 +90,14 @@ def _apply_site(ex: Any, sae: sae_model.Sae, site: Node, ops: list[ir.Op], out: 
             t, src = ex._replacement(ds, op, inp, slots)  # the source's site value (a transcoder's: MLP output)
             t = ex._local(t, out.device)
             src = src.to(out.device, out.dtype)
-            src_u = src if u is None else _source_input(ex, sae, site, ds, op, inp, slots, out)
+            src_u = (lambda: src if u is None else _source_input(ex, sae, site, ds, op, inp, slots, out))  # noqa: E731
             if node.kind.endswith("latent"):
-                val: Tensor | float = sae.encode(src_u)[..., node.head]
+                key = (op.source, op.positions)
+                if key not in enc:
+                    enc[key] = sae.encode(src_u())
+                val: Tensor | float = enc[key][..., node.head]
             else:
-                val = src - sae.predict(src_u)
+                val = src - sae.predict(src_u())
         elif op.action in ("set", "add") or (op.action == "patch" and op.source is not None
                                              and op.source.kind == "zero"):
             t = ex._local(ex._positions(ds, op, inp, None, None)[0], out.device)
@@ -159,12 +163,12 @@ def plan_needs(ex: Any, program: ir.Program) -> None:
     are dropped. Before anything runs: a transcoder that writes ``mlp.hook_out`` (the MLP
     module's output) is refused on a family whose MLP write is post-normed, where that is not
     the MLP's write ``m{l}``."""
-    tc = {site for site, s in program.saes.items() if s.architecture.endswith("transcoder")}
+    tc = {site: cfg for site, s in program.saes.items() if (cfg := _config(s.path)) is not None and cfg.transcoder}
     if not tc:
         return
     post_normed = type(ex.model).post_norm_mlp is not adapters.Adapter.post_norm_mlp
-    for site in sorted(tc) if post_normed else ():
-        out = config.read(program.saes[site].path).hook_name_out or ""
+    for site, cfg in sorted(tc.items()) if post_normed else ():
+        out = cfg.hook_name_out or ""
         if out.endswith("mlp.hook_out"):
             raise ExecutionError(f"the transcoder at {site} ({program.saes[site].path}) predicts {out}, the MLP "
                                  f"before this {ex.model.family} model's post-MLP norm; intervene splices it into the "
@@ -185,3 +189,11 @@ def plan_needs(ex: Any, program: ir.Program) -> None:
             ex._needs(ds, "mlpin", [node.layer])
             if not had:
                 ex._bases.pop(ds, None)
+
+
+def _config(path: str) -> config.SaeConfig | None:
+    """The folder's facts (None when it is not readable: loading it fails with the reason)."""
+    try:
+        return config.read(path)
+    except config.SaeConfigError:
+        return None
