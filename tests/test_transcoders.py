@@ -125,7 +125,7 @@ def grab(m: adapters.Adapter, batch: Any, l: int) -> tuple[Tensor, Tensor, Tenso
 
 def run_ops(m: adapters.Adapter, batches: Any, folder: Path, l: int, *ops: ir.Op) -> Tensor:
     prog = ir.Program("t", [ir.Run("x", "clean", tuple(ops))],
-                      saes={f"m{l}": ir.Sae("t", f"m{l}", str(folder), "transcoder", N)})
+                      saes={f"m{l}": ir.Sae("t", f"m{l}", str(folder))})  # no architecture: read from the folder
     with torch.no_grad():
         (out,) = Executor(m, batches, {}, "END").execute(prog, inv._logits_readout)
     return out
