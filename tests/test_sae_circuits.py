@@ -224,7 +224,7 @@ def test_spec_scores_feature_circuits(spec_dir: Path) -> None:
     assert abs(some.m_empty.mean - some.m_full.mean) > 1e-3  # the ablation moves the metric
     assert sorted(str(m.unit) for m in some.minimality) == sorted(
         ["m0.sae[0]", "m0.sae[1]", "m0.sae[2]", "m0.sae.err", "r1.sae[1]", "r1.sae[4]"])
-    assert some.completeness is not None
+    assert some.completeness is not None and str(some["r1.sae[4]"].unit) == "r1.sae[4]"
 
 
 @pytest.mark.parametrize("case, code, value", [
