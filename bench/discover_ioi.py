@@ -20,7 +20,7 @@ Then, on the same prepared data:
   SmolLM2), too much for two CPU cores, so exact edge patching is run on two well-defined
   subsets: *every edge into the logits* and ``--edges`` edges drawn uniformly at random;
   Pearson's r and Spearman's ρ of EAP and EAP-IG with those exact scores. With
-  ``--exact-edges`` (affordable on Gemma-3-270M: 5,644 edges) exact patching of every edge is
+  ``--exact-edges`` (5,644 runs on Gemma-3-270M: hours on two busy cores) exact patching of every edge is
   one more discover experiment (``exact``, ``mib: true``): its CPR and CMD, the correlations
   over every edge, per sender kind (input, heads, MLPs: a Gemma head's edges go through its
   block's post-norm, which EAP linearises) and over the ``--top`` edges of largest |exact|,
