@@ -361,11 +361,6 @@ def test_saelens_folder_loads(arch: str, tmp_path: Path) -> None:
     torch.testing.assert_close(back.predict(x), tc.predict(x))
 
 
-def test_hook_names_read() -> None:
-    assert config.TRANSCODER_INPUTS["ln2.hook_normalized"] == "normalized"  # Gemma Scope
-    assert config.TRANSCODER_INPUTS["mlp.hook_in"] == "mlp_in"  # SAELens's Llama / Qwen3 transcoders
-
-
 # -- specs --------------------------------------------------------------------------------------------
 
 
