@@ -28,7 +28,9 @@ from intervene.stats import Stat
 
 @dataclass(repr=False)
 class DiscoveryResult(_Experiment):
-    """Scores of every edge (``level`` edges; labels ``a0.h1->a2.h0<q>``) or node (``a0.h1``)."""
+    """Scores of every edge (``level`` edges; labels ``a0.h1->a2.h0<q>``), node (``a0.h1``) or SAE
+    latent and error node (``latents``: ``r1.sae[3]``, ``r1.sae.err``; ``settings["sites"]`` holds
+    the sites scored and their sizes, what its feature circuits are built on)."""
 
     kind: ClassVar[str] = "discover"
     name: str
@@ -91,7 +93,8 @@ class DiscoveryResult(_Experiment):
     # -- conversions ---------------------------------------------------------------------------
     def circuit(self, size: int | float, signed: bool | None = None, name: str | None = None) -> Circuit:
         """The circuit of the top ``size`` edges (a count, or a fraction of all edges), pruned to
-        paths from input to logits; for node scores, the node circuit of the top nodes."""
+        paths from input to logits; for node scores, the node circuit of the top nodes; for
+        latent scores, the feature circuit of the top latents and error nodes."""
         signed = self.settings.get("rank") == "signed" if signed is None else signed
         n = circ.size_of(size, len(self.labels))
         label = name or f"top_{n}"
