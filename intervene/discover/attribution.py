@@ -2,10 +2,12 @@
 
 What it owns: the gradient pass and the contraction that turn it into edge scores.
 
-* :func:`sender_outputs` — every sender's output (``input``, each head's ``z_h @ W_O[h]``, each
-  MLP's write) of the clean run and of the patch source, read from the base passes of
+* :func:`source_minus_clean` — every sender's (source − clean) output (``input``, each head's
+  ``(z′_h − z_h) @ W_O[h]``, each MLP's write): the source's values read from the base passes of
   :class:`intervene.sources.Sources` (so every source the executor supports — a paired
-  dataset, seeded resampling, a mean, zero — gives the same values here as in a patch).
+  dataset, seeded resampling, a mean, zero — gives the same values here as in a patch), the
+  clean ones recorded by the gradient pass itself (:class:`Recorded`);
+  :func:`sender_outputs` gives the outputs themselves, for EAP-IG's intermediate points.
 * :func:`receiver_grads` — one forward and one backward pass through the family's own block
   (:func:`intervene.models.block.block`) that give ∂m/∂in_r at *every* receiver r at once. The
   pass is the model's own; the backward reads the gradient at each head's slice of the q/k/v
@@ -73,6 +75,46 @@ class Outputs:
         return self.values[:, layout.mlp_col(l)]
 
 
+@dataclass
+class Recorded:
+    """What a gradient pass records of its own run, for the senders' differences: the input
+    embedding [n, T, d], each layer's head z's [n, H, T, dh] (before the output projection) and
+    MLP writes [n, T, d]."""
+
+    input: Tensor
+    z: list[Tensor]
+    mlp: list[Tensor]
+
+    def outputs(self, m: Adapter, layout: Layout) -> Outputs:
+        """Every sender's output [n, S, T, d] (heads projected by their slice of W_O)."""
+        n, T, d = self.input.shape
+        out = torch.empty(n, layout.n_send, T, d, dtype=self.input.dtype, device=self.input.device)
+        out[:, 0] = self.input
+        for l, (z, y) in enumerate(zip(self.z, self.mlp)):
+            out[:, layout.head_cols(l)] = torch.einsum("nhtk,hkd->nhtd", z, m.o_weight(l))
+            out[:, layout.mlp_col(l)] = y
+        return Outputs(out)
+
+
+def source_minus_clean(src: Sources, layout: Layout, dataset: str, source: ir.Source, ex: Tensor,
+                       clean: Recorded) -> Tensor:
+    """out_s(x′) − out_s(x) for every sender s, sender-major [S, n, T, d]: the source's values read
+    as :func:`sender_outputs` reads them, minus the clean pass's; a head's difference is taken
+    on its z and projected once, (z′ − z) @ W_O[h]."""
+    m = src.model
+    T = src.batches[dataset].input_ids.shape[1]
+    src._window = (0, T)
+    n = len(ex)
+    where = src._source_index(dataset, source, ex, ex, "")
+    out = torch.empty(layout.n_send, n, T, m.shape.d_model, dtype=m.dtype, device=m.device)
+    out[0] = src._source_values(source, where, n, "input", 0) - clean.input
+    for l in range(m.shape.n_layers):
+        z = src._source_values(source, where, n, "z", l) - clean.z[l]
+        out[layout.head_cols(l)] = torch.einsum("nhtk,hkd->hntd", z, m.o_weight(l))
+        out[layout.mlp_col(l)] = src._source_values(source, where, n, "mlp", l) - clean.mlp[l]
+    return out
+
+
 def sender_outputs(src: Sources, layout: Layout, dataset: str, source: ir.Source | None, ex: Tensor) -> Outputs:
     """Senders' outputs for examples ``ex`` of ``dataset``: the clean run's (``source`` None) or
     the source's, paired with those examples as a patch pairs them. Every position of the
@@ -105,12 +147,12 @@ layer l's heads' summed write [n, T, d] with the output bias, an MLP [n, T, d]) 
 
 def receiver_grads(m: Adapter, batch: BatchLike, ex: Tensor, metric: MetricFn, position: str,
                    override: Override | None = None, record: bool = False
-                   ) -> tuple[Tensor, Tensor, list[Tensor], Outputs | None]:
+                   ) -> tuple[Tensor, Tensor, list[Tensor], Recorded | None]:
     """∂(Σ_examples m)/∂in_r at every receiver [R, n, T, d] (receivers in
     :func:`intervene.graph.receivers` order; the logits' only at the metric position), the
     metric values [n] of the pass, each layer's attention output before its post-norm
-    [n, T, d] (only for families with one), and (``record``) every sender's output in this
-    pass. ``override`` replaces some sender groups' writes (EAP-IG).
+    [n, T, d] (only for families with one), and (``record``) what the senders computed in
+    this pass (:class:`Recorded`). ``override`` replaces some sender groups' writes (EAP-IG).
 
     Where the family's queries, keys and values are per-head slices of one projection
     (:attr:`Adapter.separable_qkv`), the pass is the model's own: the gradient at each head's
@@ -138,9 +180,7 @@ def receiver_grads(m: Adapter, batch: BatchLike, ex: Tensor, metric: MetricFn, p
             x = o
         if separable and not x.requires_grad:  # the projections must be part of the graph from layer 0
             x = x.detach().requires_grad_(True)
-        rec = torch.empty(n, layout.n_send, T, d, dtype=m.dtype, device=dev) if record else None
-        if rec is not None:
-            rec[:, 0] = x.detach()
+        rec = Recorded(x.detach(), [], []) if record else None
         pre: list[Tensor] = []
         reads: list[Tensor] = []  # per layer: the residual its attention reads (separable) or the copies' leaf
         attn_at: list[Tensor] = []  # per layer: q, k, v projections (separable)
@@ -169,7 +209,7 @@ def receiver_grads(m: Adapter, batch: BatchLike, ex: Tensor, metric: MetricFn, p
     out[-1] = 0
     if grads[-1] is not None:
         out[-1, ar, end] = grads[-1]
-    return out, values.detach(), pre, None if rec is None else Outputs(rec)
+    return out, values.detach(), pre, rec
 
 
 def _pull_back(m: Adapter, l: int, x: Tensor, grads: tuple[Tensor | None, ...], raw: list[Tensor]) -> Tensor:
@@ -191,7 +231,7 @@ def _pull_back(m: Adapter, l: int, x: Tensor, grads: tuple[Tensor | None, ...], 
 
 def _layer(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mask: Mask, copies: Tensor | None,
            attn_at: list[Tensor] | None, leaf_mlp: Tensor, override: Override | None, H: int, G: int,
-           pre: list[Tensor] | None, rec: Tensor | None = None, layout: Layout | None = None) -> Tensor:
+           pre: list[Tensor] | None, rec: Recorded | None = None, layout: Layout | None = None) -> Tensor:
     """Layer l with its receivers' gradients made reachable: the q/k/v projections appended to
     ``attn_at`` (separable families), or every attention receiver reading its own copy of the
     residual through ``copies`` [n, H + 2G, T, d]; the MLP reads through ``leaf_mlp``. The attention
@@ -219,10 +259,10 @@ def _layer(m: Adapter, l: int, x: Tensor, rot: tuple[Tensor, Tensor] | None, mas
         if mlp is not None:
             y.copy_(mlp)
         if rec is not None:
-            rec[:, layout.mlp_col(l)] = y.detach()  # type: ignore[union-attr]
+            rec.mlp.append(y.detach())
 
     def on_z(z: Tensor) -> None:
-        rec[:, layout.head_cols(l)] = torch.einsum("nhtk,hkd->nhtd", z.detach(), m.o_weight(l))  # type: ignore[index, union-attr]
+        rec.z.append(z.detach())  # type: ignore[union-attr]
 
     return block(m, l, x, rot, mask, on_qkv=on_qkv, on_attn=on_attn if heads is not None or pre is not None else None,
                  on_mlp=on_mlp if mlp is not None or rec is not None else None,
@@ -244,23 +284,23 @@ def _contract_heads(u: Tensor, diff_heads: Tensor) -> Tensor:
     return torch.einsum("rntd,hntd->rh", u.double(), diff_heads.double())
 
 
-def contract(grads: Tensor, diff: Tensor, exists: np.ndarray) -> Tensor:
-    """Σ over examples, positions and d of grads [R, n, T, d] · diff [S, n, T, d]: [R, S], computed
-    only where an edge can exist (``exists`` [R, S]: each receiver reads a leading run of senders,
-    so every block of receivers with the same run is one matrix product). Products in the
-    model's precision (at least fp32), the result in fp64."""
+def contract(grads: Tensor, diff: Tensor, exists: np.ndarray, rows_per_block: int = 128) -> Tensor:
+    """Σ over examples, positions and d of grads [R, n, T, d] · diff [S, n, T, d]: [R, S]. Each
+    receiver reads a leading run of senders (``exists`` [R, S]), so receivers are taken in blocks
+    of about ``rows_per_block`` rows, each one matrix product with the senders its rows can read
+    (entries outside ``exists`` in a block are computed and left for the caller to mask): about
+    half the products of the whole table, in products large enough to run at full speed.
+    Products in the model's precision (at least fp32), the result in fp64."""
     R, S = grads.shape[0], diff.shape[0]
     work = torch.promote_types(grads.dtype, torch.float32)
     g, s = grads.reshape(R, -1).to(work), diff.reshape(S, -1).to(work)
     out = torch.zeros(R, S, dtype=torch.float64, device=grads.device)
     reach = exists.sum(1)  # senders each receiver reads: exists[r, :reach[r]]
-    lo = 0
-    for hi in range(1, R + 1):
-        if hi == R or reach[hi] != reach[lo]:
-            k = int(reach[lo])
-            if k:
-                out[lo:hi, :k] = (g[lo:hi] @ s[:k].T).double()
-            lo = hi
+    for lo in range(0, R, rows_per_block):
+        hi = min(R, lo + rows_per_block)
+        k = int(reach[lo:hi].max())
+        if k:
+            out[lo:hi, :k] = (g[lo:hi] @ s[:k].T).double()
     return out
 
 
@@ -310,14 +350,13 @@ def attribute(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: i
     clean_metric = []
     for lo in range(0, N, chunk):
         ex = torch.arange(lo, min(N, lo + chunk))
-        with torch.no_grad():
-            other = sender_outputs(src, layout, dataset, source, ex)
         g, clean_vals, pre, rec = receiver_grads(m, batch, ex, metric, position, None, record=True)
-        own = rec
-        # sender-major, as the receivers' gradients are receiver-major: both contract without copies
-        diff = torch.empty(other.values.shape[1], *other.values.shape[:1], *other.values.shape[2:],
-                           dtype=other.values.dtype, device=other.values.device)
-        torch.sub(other.values.transpose(0, 1), own.values.transpose(0, 1), out=diff)  # type: ignore[union-attr]
+        assert rec is not None
+        with torch.no_grad():
+            # sender-major, as the receivers' gradients are receiver-major: both contract without copies
+            diff = source_minus_clean(src, layout, dataset, source, ex, rec)
+            if others:  # the senders' own values, for the writes between the source and the clean run
+                own, other = rec.outputs(m, layout), sender_outputs(src, layout, dataset, source, ex)
         normed: dict[int, tuple[np.ndarray, Tensor]] = {}  # layer -> (rows, Σ_passes [rows, H])
         passes += 1
 
