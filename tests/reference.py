@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from intervene.execute import attention_mask
-from intervene.graph import Node, Receiver, all_nodes, edge_error, receivers
+from intervene.graph import Node, Receiver, edge_error, receivers
 from intervene.models.adapters import Adapter
 
 Where = dict[tuple[Node, Receiver], Tensor]
@@ -90,3 +90,17 @@ def run(m: Adapter, batch, src: dict[Node, Tensor] | None = None, where: Where |
             y = mlp_out(l)
         own[Node("mlp", l)] = y
     return m.unembed(inp(Receiver("logits"))), own
+
+
+def hf_end_logits(m: Adapter, batch, hooks: list) -> Tensor:  # type: ignore[no-untyped-def,type-arg]
+    """The Hugging Face model's own logits [B, V] at each example's END, with the forward
+    ``hooks`` (handles, already registered) in place; they are removed afterwards, whatever happens.
+    Gradients flow unless the caller turns them off."""
+    try:
+        out = m.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids).logits
+    finally:
+        for h in hooks:
+            h.remove()
+    end = batch.positions["END"]
+    return out[torch.arange(len(end)), end]

@@ -13,6 +13,8 @@ import pytest
 import torch
 from torch import Tensor
 
+from reference import hf_end_logits
+
 from intervene import api, ir, scores
 from intervene.graph import Node
 from intervene.sae.circuits import FeatureCircuit, feature_run, site_nodes
@@ -52,15 +54,8 @@ def hf_edit(m, batch, edits: dict[str, Callable[[Tensor], Tensor]],  # type: ign
                 else (args, {**kw, "hidden_states": edit(s, kw["hidden_states"])}), with_kwargs=True))
         else:
             hooks.append(layers[l].mlp.register_forward_hook(lambda _, __, out, s=site: edit(s, out)))
-    try:
-        with torch.no_grad():
-            out = m.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids).logits
-    finally:
-        for h in hooks:
-            h.remove()
-    end = batch.positions["END"]
-    return out[torch.arange(len(end)), end]
+    with torch.no_grad():
+        return hf_end_logits(m, batch, hooks)
 
 
 def literal(m, batches, saes: dict[str, Sae], kept: set[Node], source: str | None) -> Tensor:  # type: ignore[no-untyped-def]

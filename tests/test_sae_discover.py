@@ -11,6 +11,8 @@ import pytest
 import torch
 from torch import Tensor
 
+from reference import hf_end_logits
+
 from intervene import api, ir
 from intervene.errors import SpecError
 from intervene.discover import latents
@@ -95,14 +97,7 @@ def _hf_grad(m, batch, edits):  # type: ignore[no-untyped-def]
                 else (args, {**kw, "hidden_states": fn(kw["hidden_states"])}), with_kwargs=True))
         else:
             hooks.append(layers[l].mlp.register_forward_hook(lambda _, __, out, fn=fn: fn(out)))
-    try:
-        out = m.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=batch.position_ids).logits
-    finally:
-        for h in hooks:
-            h.remove()
-    end = batch.positions["END"]
-    return out[torch.arange(len(end)), end]
+    return hf_end_logits(m, batch, hooks)
 
 
 def ours(setup, method: str, steps: int, source: ir.Source) -> dict[str, float]:  # type: ignore[no-untyped-def]

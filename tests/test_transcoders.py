@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from reference import hf_end_logits
+
 from intervene import api, graph, ir
 from intervene.execute import Executor
 from intervene.graph import Node, Receiver
@@ -23,7 +25,7 @@ from intervene.sae.apply import transcoder_input
 from intervene.sae.model import Sae, load
 from intervene.sae.train import mlp_values, train_transcoder
 from intervene.testing import invariants as inv
-from intervene.testing.tiny import FAMILIES, POST_NORM, tiny
+from intervene.testing.tiny import FAMILIES, tiny
 
 D, N = 32, 24  # the tiny models' d_model; latents of the test transcoders
 HOOK_IN = {"normalized": "ln2.hook_normalized", "mlp_in": "mlp.hook_in", "resid": "hook_resid_mid"}
@@ -106,15 +108,8 @@ def hf_logits(m: adapters.Adapter, batch: Any, l: int, fn: Callable[[Tensor, Ten
     else:
         hooks.append(mlp.register_forward_pre_hook(lambda _, args: seen.__setitem__("in", args[0].detach().clone())))
     hooks.append(write.register_forward_hook(post_write))
-    try:
-        with torch.no_grad():
-            out = m.hf(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                       position_ids=batch.position_ids).logits
-    finally:
-        for h in hooks:
-            h.remove()
-    end = batch.positions["END"]
-    return out[torch.arange(len(end)), end]
+    with torch.no_grad():
+        return hf_end_logits(m, batch, hooks)
 
 
 def grab(m: adapters.Adapter, batch: Any, l: int) -> tuple[Tensor, Tensor, Tensor]:
