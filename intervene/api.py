@@ -28,8 +28,6 @@ from intervene import data, files, finite, ir, metrics, outputs, results, scores
 from intervene import shards
 from intervene import progress as progress_
 from intervene import bind
-from intervene.circuit import Circuit
-from intervene.sae.circuits import FeatureCircuit
 from intervene.compile import DataFacts, compile_spec, lower_source
 from intervene.errors import Diagnostic, ErrorCode, ExecutionError, SpecError, UsageError
 from intervene.evaluate import CircuitEvaluator
@@ -380,7 +378,6 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
             values[main] = values[main] - values[twin]  # type: ignore[operator]
         values[twin] = None
     shape = p.model.adapter.shape
-    full, empty = Circuit.full(shape), Circuit(frozenset(), name="∅")
     caches: dict[tuple[str, ir.Source], dict[Any, scores.Measured]] = {}
     out: dict[str, scores.CircuitScores] = {}
     programs: dict[str, list[str]] = {}
@@ -395,7 +392,7 @@ def execute(p: Prepared, progress: progress_.Report | None = None, max_tokens: i
         cache = caches.setdefault((e.dataset, src), {})
         measured = {r.key[0]: got[j] for j, r in enumerate(prog.runs) if r.experiment == e.name}
         circuit = prog.circuits[e.name]
-        m_full, m_empty = (circuit.full(), circuit.empty()) if isinstance(circuit, FeatureCircuit) else (full, empty)
+        m_full, m_empty = circuit.baselines(shape)
         for c, key in ((m_full, "clean"), (m_empty, "source"), (circuit, "circuit")):
             v = measured[key]
             cache[scores.circuit_key(c)] = scores.Measured(v[:, 0].double().numpy(), v[:, 1].double().numpy())

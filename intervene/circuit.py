@@ -96,6 +96,10 @@ class Circuit:
         units = tuple(n for n in all_nodes(shape) if n.kind != "input")
         return cls(frozenset(edges(shape)), (), units, name)
 
+    def baselines(self, shape: ModelShape) -> tuple[Circuit, Circuit]:
+        """(M, ∅) this circuit is scored between: the whole model and no edge at all."""
+        return Circuit.full(shape), Circuit(frozenset(), name="∅")
+
     # -- algebra ---------------------------------------------------------------------------
     def all_edges(self) -> frozenset[Edge]:
         """Every edge the circuit keeps somewhere."""

@@ -264,7 +264,7 @@ def compile_spec(spec: schema.Spec, shape: graph.ModelShape, positions: dict[str
             prog.circuits[exp.name] = circuit
             origin = spec.where(loc + ("circuit",))
             every = frozenset(graph.edges(shape))
-            empty = circuit.empty() if isinstance(circuit, sae_circuits.FeatureCircuit) else Circuit(frozenset(), name="∅")
+            empty = circuit.baselines(shape)[1]
             prog.runs.append(ir.Run("M (clean)", exp.dataset, (), exp.name, ("clean",)))
             prog.runs.append(circuit_run(empty, exp.dataset, src, every, exp.name,
                                          ("source",), spec.where(loc + ("ablate",)), shape))

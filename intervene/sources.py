@@ -162,6 +162,19 @@ class Sources:
             if need != self._need.get(ds, {}):
                 del self._bases[ds]
 
+    def base_with(self, dataset: str, needs: dict[str, Iterable[int]]) -> BaseCache:
+        """The unpatched pass over ``dataset`` (without gradients) keeping at least ``needs``
+        (kind -> layers: ``z``, ``mlp``, ``mlpin``): for code that reads a base pass outside a
+        program (discovery, SAE training). A base cached earlier without them is computed again."""
+        want = {kind: list(layers) for kind, layers in needs.items()}
+        for kind, layers in want.items():
+            self._needs(dataset, kind, layers)
+        have = self._bases.get(dataset)
+        if have is not None and any(l not in getattr(have, kind) for kind, layers in want.items() for l in layers):
+            del self._bases[dataset]
+        with torch.no_grad():
+            return self.base(dataset)
+
     def base(self, dataset: str) -> BaseCache:
         """The unpatched pass over ``dataset`` (computed once, in chunks)."""
         if dataset in self._bases:

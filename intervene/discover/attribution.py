@@ -390,13 +390,7 @@ def ensure_bases(src: Sources, datasets: list[str | None]) -> None:
     z's and MLP outputs cached; a base cached earlier without them is computed again."""
     L = src.model.shape.n_layers
     for ds in dict.fromkeys(d for d in datasets if d is not None):
-        src._needs(ds, "z", range(L))
-        src._needs(ds, "mlp", range(L))
-        have = src._bases.get(ds)
-        if have is not None and (len(have.z) < L or len(have.mlp) < L):
-            del src._bases[ds]
-        with torch.no_grad():
-            src.base(ds)
+        src.base_with(ds, {"z": range(L), "mlp": range(L)})
 
 
 def _points(method: str, steps: int, ig: str, L: int) -> list[tuple[float, tuple[str, int] | None]]:

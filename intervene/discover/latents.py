@@ -76,15 +76,8 @@ def site_grads(m: Adapter, batch: BatchLike, ex: Tensor, metric: MetricFn, posit
 
 def _bases(src: Sources, source: ir.Source, sites: list[Node]) -> None:
     """The source's base pass, with the MLP writes of the ``m{l}`` sites kept."""
-    if source.dataset is None:
-        return
-    mlps = [s.layer for s in sites if s.kind == "mlp"]
-    src._needs(source.dataset, "mlp", mlps)
-    have = src._bases.get(source.dataset)
-    if have is not None and any(l not in have.mlp for l in mlps):
-        del src._bases[source.dataset]
-    with torch.no_grad():
-        src.base(source.dataset)
+    if source.dataset is not None:
+        src.base_with(source.dataset, {"mlp": [s.layer for s in sites if s.kind == "mlp"]})
 
 
 def attribute(m: Adapter, batches: dict[str, BatchLike], dataset: str, source: ir.Source, metric: MetricFn,

@@ -99,9 +99,7 @@ def discover(p: Any, index: int, values: list[torch.Tensor | None], executor: Ex
         warnings += extra
         kept = cost.pop("kept")
     settings = _settings(exp, seed, len(clean))
-    # signed rankings order by score × loss_sign (MIB's sign). AtP*'s scores (GradDrop magnitudes)
-    # and ACDC's (the divergence an edge's removal adds) are already larger-is-more-important
-    settings["loss_sign"] = 1 if exp.method in ("atp_star", "acdc") else metric.loss_sign
+    settings["loss_sign"] = loss_sign(exp.method, metric)
     if exp.level == "latents":  # the SAE sites scored, with their sizes: what the result's circuits are made of
         settings["sites"] = {str(s): n for s, n in discovery_sites(exp.sites, shape_with(p.spec, shape))}
     res = DiscoveryResult(exp.name, exp.dataset, str(src), exp.method, exp.level, settings,
@@ -126,6 +124,13 @@ def discover(p: Any, index: int, values: list[torch.Tensor | None], executor: Ex
         res.cost["wrote"] = str(path)
     res.cost["seconds"] = time.perf_counter() - t0
     return res
+
+
+def loss_sign(method: str, metric: metrics.Metric) -> int:
+    """What a method's scores are multiplied by for signed rankings (MIB's sign): the metric's
+    ``loss_sign`` for scores that are changes of the metric; 1 for AtP*'s (GradDrop magnitudes)
+    and ACDC's (the divergence an edge's removal adds), which already grow with importance."""
+    return 1 if method in ("atp_star", "acdc") else metric.loss_sign
 
 
 def _labels(scores: np.ndarray, shape: graph.ModelShape, level: str) -> tuple[list[str], list[float]]:
@@ -155,7 +160,7 @@ def curves(p: Any, exp: Any, src: ir.Source, metric: metrics.Metric, executor: E
     views = [r for r in p.program.runs if src.run is not None and r.name == src.run]
     ev = CircuitEvaluator(p.model.adapter, p.batches, exp.dataset, src, metric, executor=executor, views=views,
                           indices={r.input: p.program.indices[r.input] for r in views if r.input})
-    sign = 1 if exp.method in ("atp_star", "acdc") else metric.loss_sign  # MIB's sign: damaging edges first
+    sign = loss_sign(exp.method, metric)  # MIB's sign: the damaging edges first
     return mib.measure(labels, [sign * s for s in scores], p.model.adapter.shape,
                        lambda cs: [float(m.metric.mean()) for m in ev(cs)], m_full)
 

@@ -134,6 +134,10 @@ class FeatureCircuit(Circuit):
         """∅: no node of the circuit's sites kept."""
         return FeatureCircuit.of((), self.sites, "∅")
 
+    def baselines(self, shape: graph.ModelShape) -> tuple[Circuit, Circuit]:
+        """(M, ∅) of the circuit's own sites (the model's shape does not matter)."""
+        return self.full(), self.empty()
+
     def __len__(self) -> int:
         return len(self.units)
 

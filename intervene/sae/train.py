@@ -63,11 +63,8 @@ def site_values(p: Prepared, dataset: str, site: str) -> Tensor:
     kind, layer = site[0], int(site[1:])
     b = p.batches[dataset]
     ex = Executor(p.model.adapter, {dataset: b})
-    if kind == "m":
-        ex._needs(dataset, "mlp", [layer])  # the base pass keeps that MLP's output
-    with torch.no_grad():
-        base = ex.base(dataset)
-        values = base.resid[layer] if kind == "r" else base.mlp[layer]
+    base = ex.base_with(dataset, {"mlp": [layer] if kind == "m" else []})  # keeping that MLP's output
+    values = base.resid[layer] if kind == "r" else base.mlp[layer]
     return values[b.attention_mask.bool().to(values.device)]
 
 
@@ -115,11 +112,9 @@ def mlp_values(p: Prepared, dataset: str, layer: int, reads: str = "normalized")
 
     b = p.batches[dataset]
     ex = Executor(p.model.adapter, {dataset: b})
-    ex._needs(dataset, "mlp", [layer])
-    ex._needs(dataset, "mlpin", [layer])
+    base = ex.base_with(dataset, {"mlp": [layer], "mlpin": [layer]})
     with torch.no_grad():
-        base = ex.base(dataset)
         u = transcoder_input(p.model.adapter, layer, base.mlpin[layer], reads)
-        y = base.mlp[layer]
+    y = base.mlp[layer]
     keep = b.attention_mask.bool().to(y.device)
     return u[keep], y[keep]
